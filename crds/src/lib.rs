@@ -1,0 +1,36 @@
+//! Shoal's resource types in group `shoal.dev`, version `v1alpha1`:
+//! [`Service`] and [`Task`] (namespaced) and [`Host`] (cluster-scoped), with
+//! the quantity and duration parsers and the one [`validate`] entry point
+//! every front door uses.
+
+pub mod condition;
+pub mod crd;
+pub mod host;
+pub mod labels;
+pub mod quantity;
+pub mod service;
+pub mod task;
+pub mod template;
+pub mod validate;
+
+pub use condition::{Condition, ConditionStatus};
+pub use host::{Availability, Host, HostResources, HostSpec, HostStatus};
+pub use quantity::{ByteQuantity, CpuQuantity, DurationValue, QuantityError};
+pub use service::{
+    FailureAction, HostLossPolicy, Placement, Service, ServiceMode, ServiceSpec, ServiceStatus,
+    UpdateConfig, UpdateOrder,
+};
+pub use task::{DesiredState, HealthState, Task, TaskPhase, TaskSpec, TaskStatus};
+pub use template::{
+    Capabilities, ContainerTemplate, EnvVar, HealthCheck, ImagePullPolicy, Mount, MountType,
+    PortMapping, Protocol, ResourceLimits, ResourceReservations, Resources, RestartCondition,
+    RestartPolicy,
+};
+pub use validate::{FieldError, Validated, ValidationErrors, validate};
+
+/// API group of every Shoal resource.
+pub const GROUP: &str = "shoal.dev";
+/// API version of every Shoal resource.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in manifests.
+pub const API_VERSION: &str = "shoal.dev/v1alpha1";
