@@ -1,5 +1,9 @@
 //! `Host`: one Docker host with an agent (cluster-scoped, like a Node).
 
+// kube's `printcolumn(...)` repeats keys such as `type_`, which clippy
+// mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

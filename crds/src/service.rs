@@ -1,5 +1,9 @@
 //! `Service`: what users declare.
 
+// kube's `printcolumn(...)` repeats keys such as `type_`, which clippy
+// mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use schemars::JsonSchema;

@@ -1,6 +1,10 @@
 //! `Task`: one replica slot placed on one host. Created and deleted by the
 //! control plane, never by users.
 
+// kube's `printcolumn(...)` repeats keys such as `type_`, which clippy
+// mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;

@@ -224,6 +224,14 @@ fn ignored_path(p: &serde_ignored::Path<'_>, out: &mut String) {
 
 /// Deserializes with unknown fields and type errors reported by path.
 fn typed<T: DeserializeOwned>(obj: &Value, c: &mut Checker) -> Option<T> {
+    // apiVersion and kind were checked by the caller; the derived types
+    // ignore them, so take them out before looking for unknown fields.
+    let mut obj = obj.clone();
+    if let Some(m) = obj.as_object_mut() {
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
+    let obj = &obj;
     let mut unknown = Vec::new();
     let mut on_unknown = |p: serde_ignored::Path<'_>| {
         let mut s = String::new();
