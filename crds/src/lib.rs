@@ -7,6 +7,7 @@ pub mod condition;
 pub mod crd;
 pub mod host;
 pub mod labels;
+pub mod manifest;
 pub mod quantity;
 pub mod service;
 pub mod task;
