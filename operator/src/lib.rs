@@ -1,1 +1,2 @@
-//! placeholder
+//! The Shoal control plane's deciding parts: orchestrator and scheduler (and,
+//! later, the dispatcher), all on the store seam of `shoal-store`.

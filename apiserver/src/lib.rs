@@ -1,0 +1,1 @@
+//! The embedded API server (Kubernetes REST dialect for group shoal.dev).
