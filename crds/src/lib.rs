@@ -2,6 +2,12 @@
 //! [`Service`] and [`Task`] (namespaced) and [`Host`] (cluster-scoped), with
 //! the quantity and duration parsers and the one [`validate`] entry point
 //! every front door uses.
+//!
+//! A note on doc comments: the enums' own descriptions are plain `//`
+//! comments on purpose. schemars puts an enum type's doc comment in place of
+//! the field's in the generated CRD schema, and the field's description is the
+//! one that carries the default (what `kubectl explain` shows); the variants
+//! keep their `///` docs.
 
 pub mod condition;
 pub mod crd;
