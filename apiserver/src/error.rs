@@ -1,0 +1,208 @@
+//! API errors as Kubernetes `Status` bodies.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use shoal_crds::ValidationErrors;
+use shoal_store::StoreError;
+
+/// One failed request: the HTTP code, the Kubernetes `reason`, a message for
+/// people and optional `details`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code} {reason}: {message}")]
+pub struct ApiError {
+    /// HTTP status code.
+    pub code: u16,
+    /// `Status.reason` (`NotFound`, `Conflict`, `Invalid`…).
+    pub reason: &'static str,
+    /// `Status.message`.
+    pub message: String,
+    /// `Status.details`, if any.
+    pub details: Option<Value>,
+}
+
+/// What a request was about, for error messages and details.
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    /// Plural resource name (`services`).
+    pub plural: String,
+    /// Kind (`Service`).
+    pub kind: String,
+    /// Object name, if one.
+    pub name: Option<String>,
+}
+
+impl Subject {
+    fn qualified(&self) -> String {
+        format!("{}.{}", self.plural, shoal_crds::GROUP)
+    }
+    fn details(&self) -> Value {
+        let mut d = json!({ "group": shoal_crds::GROUP, "kind": self.plural });
+        if let Some(n) = &self.name {
+            d["name"] = Value::String(n.clone());
+        }
+        d
+    }
+}
+
+impl ApiError {
+    /// A plain error without details.
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+    /// 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+    /// 404 for a path that names nothing served.
+    pub fn no_route(path: &str) -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
+    }
+    /// 405 for a verb a resource does not support.
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(405, "MethodNotAllowed", message)
+    }
+    /// 415 Unsupported Media Type.
+    pub fn unsupported_media(message: impl Into<String>) -> Self {
+        Self::new(415, "UnsupportedMediaType", message)
+    }
+    /// 413 Request Entity Too Large.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    }
+    /// 404 for a missing object.
+    pub fn not_found(s: &Subject) -> Self {
+        let name = s.name.clone().unwrap_or_default();
+        Self {
+            code: 404,
+            reason: "NotFound",
+            message: format!("{} {name:?} not found", s.qualified()),
+            details: Some(s.details()),
+        }
+    }
+    /// 422 with one cause per field error.
+    pub fn invalid(s: &Subject, errs: &ValidationErrors) -> Self {
+        let causes: Vec<Value> = errs
+            .0
+            .iter()
+            .map(|e| {
+                let reason = if e.message == "unknown field" {
+                    "FieldValueInvalid"
+                } else if e.message == "required" {
+                    "FieldValueRequired"
+                } else {
+                    "FieldValueInvalid"
+                };
+                json!({ "reason": reason, "message": e.to_string(), "field": e.path })
+            })
+            .collect();
+        let list: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+        let name = s.name.clone().unwrap_or_default();
+        let mut details = s.details();
+        details["kind"] = Value::String(s.kind.clone());
+        details["causes"] = Value::Array(causes);
+        Self {
+            code: 422,
+            reason: "Invalid",
+            message: format!(
+                "{}.{} {name:?} is invalid: [{}]",
+                s.kind,
+                shoal_crds::GROUP,
+                list.join(", ")
+            ),
+            details: Some(details),
+        }
+    }
+    /// A store error, in Kubernetes terms.
+    pub fn from_store(s: &Subject, e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(_) => Self::not_found(s),
+            StoreError::AlreadyExists(_) => Self {
+                code: 409,
+                reason: "AlreadyExists",
+                message: format!(
+                    "{} {:?} already exists",
+                    s.qualified(),
+                    s.name.clone().unwrap_or_default()
+                ),
+                details: Some(s.details()),
+            },
+            StoreError::Conflict { message, .. } => Self {
+                code: 409,
+                reason: "Conflict",
+                message: format!(
+                    "Operation cannot be fulfilled on {} {:?}: {message}; the object has been modified; please apply your changes to the latest version and try again",
+                    s.qualified(),
+                    s.name.clone().unwrap_or_default()
+                ),
+                details: Some(s.details()),
+            },
+            StoreError::Invalid(m) => Self {
+                code: 422,
+                reason: "Invalid",
+                message: format!(
+                    "{} {:?} is invalid: {m}",
+                    s.qualified(),
+                    s.name.clone().unwrap_or_default()
+                ),
+                details: Some(s.details()),
+            },
+            StoreError::BadSelector(m) => {
+                Self::bad_request(format!("unable to parse requirement: {m}"))
+            }
+            StoreError::TooOld { requested, oldest } => Self::gone(requested, oldest),
+            StoreError::Unavailable(m) => Self::new(503, "ServiceUnavailable", m),
+            StoreError::Internal(m) => Self::new(500, "InternalError", m),
+        }
+    }
+    /// 410 Gone for a watch from a revision older than the history.
+    pub fn gone(requested: u64, oldest: u64) -> Self {
+        Self::new(
+            410,
+            "Expired",
+            format!("too old resource version: {requested} ({oldest})"),
+        )
+    }
+    /// The `Status` object.
+    pub fn status(&self) -> Value {
+        let mut v = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some(d) = &self.details {
+            v["details"] = d.clone();
+        }
+        v
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = self.status().to_string();
+        let mut resp = (code, body).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}

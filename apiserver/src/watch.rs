@@ -1,0 +1,194 @@
+//! `?watch=1`: a stream of `{"type": ..., "object": ...}` lines.
+//!
+//! Without a resourceVersion (or with "0") the current objects come first as
+//! ADDED events. A resourceVersion older than the store's history answers
+//! HTTP 200 with one in-stream `ERROR` event carrying a 410 `Status` — that
+//! is what makes clients relist (an HTTP 410 makes kube-rs retry forever).
+//! The stream ends after `timeoutSeconds`, when the store cuts the watcher
+//! off, or when the server shuts down.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use shoal_store::{StoreError, WatchEvent, WatchStream};
+use tokio::time::Instant;
+
+use crate::App;
+use crate::error::ApiError;
+use crate::model::Resource;
+use crate::resources::{Query, Target};
+use crate::table::{self, Include};
+
+fn line(kind: &str, object: Value) -> Bytes {
+    let mut s = json!({ "type": kind, "object": object }).to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+fn error_line(e: &ApiError) -> Bytes {
+    line("ERROR", e.status())
+}
+
+struct Encoder {
+    res: Resource,
+    table: Option<Include>,
+    bookmarks: bool,
+}
+
+impl Encoder {
+    fn object(&self, obj: Value) -> Value {
+        match self.table {
+            Some(inc) => {
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                table::table(&self.res, std::slice::from_ref(&obj), inc, &rv)
+            }
+            None => obj,
+        }
+    }
+    fn event(&self, ev: WatchEvent) -> Option<Bytes> {
+        match ev {
+            WatchEvent::Added(o) => Some(line("ADDED", self.object(o))),
+            WatchEvent::Modified(o) => Some(line("MODIFIED", self.object(o))),
+            WatchEvent::Deleted(o) => Some(line("DELETED", self.object(o))),
+            WatchEvent::Progress(rev) if self.bookmarks && self.table.is_none() => Some(line(
+                "BOOKMARK",
+                json!({
+                    "kind": self.res.kind_name(),
+                    "apiVersion": shoal_crds::API_VERSION,
+                    "metadata": { "resourceVersion": rev.to_string() },
+                }),
+            )),
+            WatchEvent::Progress(_) => None,
+        }
+    }
+}
+
+struct State {
+    pending: VecDeque<Bytes>,
+    stream: Option<WatchStream>,
+    enc: Encoder,
+    deadline: Instant,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+async fn next(mut st: State) -> Option<(Result<Bytes, std::io::Error>, State)> {
+    loop {
+        if let Some(b) = st.pending.pop_front() {
+            return Some((Ok(b), st));
+        }
+        let stream = st.stream.as_mut()?;
+        let item = tokio::select! {
+            item = stream.next() => item,
+            _ = tokio::time::sleep_until(st.deadline) => None,
+            _ = st.shutdown.wait_for(|v| *v) => None,
+        };
+        match item {
+            None => {
+                st.stream = None;
+                return None;
+            }
+            Some(Ok(ev)) => {
+                if let Some(b) = st.enc.event(ev) {
+                    return Some((Ok(b), st));
+                }
+            }
+            Some(Err(e)) => {
+                // Cut off (too old) or failed: tell the client in-stream, end.
+                st.stream = None;
+                let err = match e {
+                    StoreError::TooOld { requested, oldest } => ApiError::gone(requested, oldest),
+                    other => ApiError::from_store(&Default::default(), other),
+                };
+                return Some((Ok(error_line(&err)), st));
+            }
+        }
+    }
+}
+
+fn streaming(body: Body) -> Response {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    resp
+}
+
+/// Serves a watch.
+pub(crate) async fn watch(
+    app: Arc<App>,
+    t: &Target<'_>,
+    q: &Query,
+    as_table: Option<Include>,
+) -> Result<Response, ApiError> {
+    let opts = t.list_options(q);
+    let subject = t.subject();
+    let enc = Encoder {
+        res: t.res.clone(),
+        table: as_table,
+        bookmarks: q.flag("allowWatchBookmarks"),
+    };
+    let timeout =
+        match q.get("timeoutSeconds").filter(|s| !s.is_empty()) {
+            Some(s) => Duration::from_secs(s.parse().map_err(|_| {
+                ApiError::bad_request(format!("timeoutSeconds {s:?} is not a number"))
+            })?),
+            None => app.cfg.watch_timeout,
+        };
+    let mut pending = VecDeque::new();
+    let from = match q
+        .get("resourceVersion")
+        .filter(|s| !s.is_empty() && *s != "0")
+    {
+        Some(rv) => rv.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("resourceVersion {rv:?} is not a resource version"))
+        })?,
+        None => {
+            let list = app
+                .store
+                .list(t.res.kind, &opts)
+                .await
+                .map_err(|e| ApiError::from_store(&subject, e))?;
+            for o in list.items {
+                if let Some(b) = enc.event(WatchEvent::Added(o)) {
+                    pending.push_back(b);
+                }
+            }
+            list.revision
+        }
+    };
+    let stream = match app.store.watch(t.res.kind, from, &opts).await {
+        Ok(s) => Some(s),
+        Err(StoreError::TooOld { requested, oldest }) => {
+            pending.push_back(error_line(&ApiError::gone(requested, oldest)));
+            None
+        }
+        Err(e) => return Err(ApiError::from_store(&subject, e)),
+    };
+    let st = State {
+        pending,
+        stream,
+        enc,
+        deadline: Instant::now() + timeout,
+        shutdown: app.shutdown.clone(),
+    };
+    Ok(streaming(Body::from_stream(futures::stream::unfold(
+        st, next,
+    ))))
+}
