@@ -26,7 +26,14 @@
 //!   bounded history; a revision older than the history is
 //!   [`StoreError::TooOld`] (the API server turns it into the in-stream 410).
 
+pub mod hub;
+pub mod mem;
+pub mod selector;
+pub mod state;
 pub mod typed;
+
+pub use hub::WatchConfig;
+pub use mem::MemStore;
 
 use std::pin::Pin;
 
@@ -91,11 +98,19 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// Key of a namespaced object.
     pub fn namespaced(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { kind, namespace: Some(namespace.into()), name: name.into() }
+        Self {
+            kind,
+            namespace: Some(namespace.into()),
+            name: name.into(),
+        }
     }
     /// Key of a cluster-scoped object.
     pub fn cluster(kind: Kind, name: impl Into<String>) -> Self {
-        Self { kind, namespace: None, name: name.into() }
+        Self {
+            kind,
+            namespace: None,
+            name: name.into(),
+        }
     }
 }
 
@@ -212,7 +227,10 @@ impl StoreError {
     /// Whether retrying the same call later may succeed. Conflicts are
     /// retryable after re-reading the object.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Conflict { .. } | StoreError::Unavailable(_) | StoreError::TooOld { .. })
+        matches!(
+            self,
+            StoreError::Conflict { .. } | StoreError::Unavailable(_) | StoreError::TooOld { .. }
+        )
     }
 }
 

@@ -27,7 +27,10 @@ impl StoreKind for Host {
 pub fn to_value<T: StoreKind>(obj: &T) -> Result<Value, StoreError> {
     let mut v = serde_json::to_value(obj).map_err(|e| StoreError::Invalid(e.to_string()))?;
     if let Some(m) = v.as_object_mut() {
-        m.insert("apiVersion".into(), Value::String(shoal_crds::API_VERSION.into()));
+        m.insert(
+            "apiVersion".into(),
+            Value::String(shoal_crds::API_VERSION.into()),
+        );
         m.insert("kind".into(), Value::String(T::KIND.name().into()));
     }
     Ok(v)
@@ -35,19 +38,28 @@ pub fn to_value<T: StoreKind>(obj: &T) -> Result<Value, StoreError> {
 
 /// The typed form of a stored object.
 pub fn from_value<T: StoreKind>(v: Value) -> Result<T, StoreError> {
-    serde_json::from_value(v).map_err(|e| StoreError::Internal(format!("stored {} does not decode: {e}", T::KIND.name())))
+    serde_json::from_value(v).map_err(|e| {
+        StoreError::Internal(format!("stored {} does not decode: {e}", T::KIND.name()))
+    })
 }
 
 /// `metadata.resourceVersion` of an object as a revision.
 pub fn revision_of(obj: &Value) -> Option<Revision> {
-    obj.pointer("/metadata/resourceVersion")?.as_str()?.parse().ok()
+    obj.pointer("/metadata/resourceVersion")?
+        .as_str()?
+        .parse()
+        .ok()
 }
 
 /// Key of an object of kind `T`.
 pub fn key<T: StoreKind>(namespace: Option<&str>, name: &str) -> ObjectKey {
     ObjectKey {
         kind: T::KIND,
-        namespace: if T::KIND.namespaced() { namespace.map(str::to_owned) } else { None },
+        namespace: if T::KIND.namespaced() {
+            namespace.map(str::to_owned)
+        } else {
+            None
+        },
         name: name.to_owned(),
     }
 }
@@ -58,7 +70,11 @@ pub async fn get<T: StoreKind>(
     namespace: Option<&str>,
     name: &str,
 ) -> Result<Option<T>, StoreError> {
-    store.get(&key::<T>(namespace, name)).await?.map(from_value).transpose()
+    store
+        .get(&key::<T>(namespace, name))
+        .await?
+        .map(from_value)
+        .transpose()
 }
 
 /// Lists objects and the revision of the snapshot.
@@ -67,7 +83,11 @@ pub async fn list<T: StoreKind>(
     opts: &ListOptions,
 ) -> Result<(Vec<T>, Revision), StoreError> {
     let list = store.list(T::KIND, opts).await?;
-    let items = list.items.into_iter().map(from_value).collect::<Result<_, _>>()?;
+    let items = list
+        .items
+        .into_iter()
+        .map(from_value)
+        .collect::<Result<_, _>>()?;
     Ok((items, list.revision))
 }
 
@@ -82,6 +102,9 @@ pub async fn update<T: StoreKind>(store: &dyn ClusterStore, obj: &T) -> Result<T
 }
 
 /// Updates status (conditional on the object's resourceVersion, if set).
-pub async fn update_status<T: StoreKind>(store: &dyn ClusterStore, obj: &T) -> Result<T, StoreError> {
+pub async fn update_status<T: StoreKind>(
+    store: &dyn ClusterStore,
+    obj: &T,
+) -> Result<T, StoreError> {
     from_value(store.update_status(to_value(obj)?).await?)
 }
