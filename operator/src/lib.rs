@@ -1,2 +1,5 @@
 //! The Shoal control plane's deciding parts: orchestrator and scheduler (and,
 //! later, the dispatcher), all on the store seam of `shoal-store`.
+
+pub mod scheduler;
+pub mod selector;
