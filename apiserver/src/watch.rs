@@ -1,7 +1,8 @@
 //! `?watch=1`: a stream of `{"type": ..., "object": ...}` lines.
 //!
-//! Without a resourceVersion (or with "0") the current objects come first as
-//! ADDED events. A resourceVersion older than the store's history answers
+//! Without a resourceVersion the current objects come first as ADDED
+//! events; "0" replays the store's history from its start when it reaches
+//! that far back (a list of an empty store has version 0), else acts the same. A resourceVersion older than the store's history answers
 //! HTTP 200 with one in-stream `ERROR` event carrying a 410 `Status` — that
 //! is what makes clients relist (an HTTP 410 makes kube-rs retry forever).
 //! The stream ends after `timeoutSeconds`, when the store cuts the watcher
@@ -152,14 +153,32 @@ pub(crate) async fn watch(
             None => app.cfg.watch_timeout,
         };
     let mut pending = VecDeque::new();
-    let from = match q
-        .get("resourceVersion")
-        .filter(|s| !s.is_empty() && *s != "0")
-    {
-        Some(rv) => rv.parse::<u64>().map_err(|_| {
+    let rv = q.get("resourceVersion").filter(|s| !s.is_empty());
+    let from = match rv {
+        Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
             ApiError::bad_request(format!("resourceVersion {rv:?} is not a resource version"))
-        })?,
+        })?),
+        None => None,
+    };
+    // "0" is both "any starting point" and the version of a list of an empty
+    // store: replaying from revision 0 serves both while the history reaches
+    // back that far.
+    let stream = match from {
+        Some(from) => match app.store.watch(t.res.kind, from, &opts).await {
+            Ok(s) => Some(s),
+            Err(StoreError::TooOld { .. }) if from == 0 => None,
+            Err(StoreError::TooOld { requested, oldest }) => {
+                pending.push_back(error_line(&ApiError::gone(requested, oldest)));
+                return Ok(respond(pending, None, enc, timeout, &app));
+            }
+            Err(e) => return Err(ApiError::from_store(&subject, e)),
+        },
+        None => None,
+    };
+    let stream = match stream {
+        Some(s) => s,
         None => {
+            // No version: the current objects as ADDED, then changes after them.
             let list = app
                 .store
                 .list(t.res.kind, &opts)
@@ -170,17 +189,26 @@ pub(crate) async fn watch(
                     pending.push_back(b);
                 }
             }
-            list.revision
+            match app.store.watch(t.res.kind, list.revision, &opts).await {
+                Ok(s) => s,
+                Err(StoreError::TooOld { requested, oldest }) => {
+                    pending.push_back(error_line(&ApiError::gone(requested, oldest)));
+                    return Ok(respond(pending, None, enc, timeout, &app));
+                }
+                Err(e) => return Err(ApiError::from_store(&subject, e)),
+            }
         }
     };
-    let stream = match app.store.watch(t.res.kind, from, &opts).await {
-        Ok(s) => Some(s),
-        Err(StoreError::TooOld { requested, oldest }) => {
-            pending.push_back(error_line(&ApiError::gone(requested, oldest)));
-            None
-        }
-        Err(e) => return Err(ApiError::from_store(&subject, e)),
-    };
+    Ok(respond(pending, Some(stream), enc, timeout, &app))
+}
+
+fn respond(
+    pending: VecDeque<Bytes>,
+    stream: Option<WatchStream>,
+    enc: Encoder,
+    timeout: Duration,
+    app: &App,
+) -> Response {
     let st = State {
         pending,
         stream,
@@ -188,7 +216,5 @@ pub(crate) async fn watch(
         deadline: Instant::now() + timeout,
         shutdown: app.shutdown.clone(),
     };
-    Ok(streaming(Body::from_stream(futures::stream::unfold(
-        st, next,
-    ))))
+    streaming(Body::from_stream(futures::stream::unfold(st, next)))
 }
