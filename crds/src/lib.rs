@@ -41,3 +41,8 @@ pub const GROUP: &str = "shoal.dev";
 pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as written in manifests.
 pub const API_VERSION: &str = "shoal.dev/v1alpha1";
+
+/// Finalizer on every Task: removed by the dispatcher once the task's
+/// container is confirmed gone (or its host is lost), so a replacement never
+/// races its predecessor for a host port.
+pub const TASK_FINALIZER: &str = "shoal.dev/container";

@@ -1,0 +1,43 @@
+//! Dispatcher settings, with DESIGN.md's defaults.
+
+use std::time::Duration;
+
+/// How the dispatcher talks to agents and judges their liveness.
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// Cluster id sent to agents in `Welcome`; they label their containers
+    /// with it and touch no other.
+    pub cluster_id: String,
+    /// How often agents send a heartbeat. Default 500 ms.
+    pub heartbeat_interval: Duration,
+    /// Heartbeats missed before a connected host is lost. Default 4.
+    pub heartbeat_misses: u32,
+    /// After an agent's stream closes, how long the host may take to come
+    /// back before it is lost (covers an agent restart). Default 1 s.
+    pub reconnect_grace: Duration,
+    /// Longest time a task status waits to be written with others. Default
+    /// 20 ms.
+    pub status_batch_window: Duration,
+    /// Version reported to agents.
+    pub server_version: String,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            cluster_id: "local".into(),
+            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_misses: 4,
+            reconnect_grace: Duration::from_secs(1),
+            status_batch_window: Duration::from_millis(20),
+            server_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+impl DispatcherConfig {
+    /// Silence after which a connected host is lost.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.heartbeat_interval * self.heartbeat_misses.max(1)
+    }
+}

@@ -1,0 +1,341 @@
+//! The dispatcher of the Shoal control plane (DESIGN.md, "Agent protocol" and
+//! "Failure model"): it serves the `Dispatcher` gRPC service that every
+//! host's agent dials, and
+//!
+//! - creates the Host object when an agent first joins and keeps its status
+//!   current from the agent's hello;
+//! - sends each agent its `Welcome`, the **complete** set of tasks bound to
+//!   its host, then incremental deltas with sequence numbers, from a store
+//!   watch;
+//! - ingests task status batches, coalesced and written off the session's
+//!   path (heartbeat handling never waits on a store write), and removes a
+//!   Task's finalizer once its container is confirmed gone;
+//! - keeps liveness in memory and writes only transitions: a closed stream
+//!   starts the reconnect grace, missed heartbeats make a connected host
+//!   NotReady; a lost host's live tasks become `Orphaned` so the orchestrator
+//!   replaces them; after a (re)start every host gets a fresh grace;
+//! - routes log and stats requests to agents and their answers, which arrive
+//!   on separate agent-initiated streams, back to the requester.
+//!
+//! It listens on loopback only until the security work (mutual TLS) lands.
+
+mod assign;
+mod config;
+mod hosts;
+mod liveness;
+mod logs;
+mod session;
+mod status;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use shoal_crds::{Host, Task};
+use shoal_proto::{ControlMessage, DispatcherServer};
+use shoal_store::{ClusterStore, Kind, ListOptions, StoreError, WatchEvent, typed};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use config::DispatcherConfig;
+pub use hosts::is_ready;
+pub use liveness::{Entry, Link, LostReason, lost_hosts};
+pub use logs::{DataChunk, LogOptions};
+pub use status::container_gone;
+
+/// Dispatcher errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The store refused or failed (see its own retryability).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gRPC server could not start or failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The host has no open session (its agent is not connected).
+    #[error("host {0} is not connected")]
+    NotConnected(String),
+    /// The task is not bound to a host yet.
+    #[error("task {0} is not placed on a host")]
+    NotPlaced(String),
+}
+
+impl DispatchError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DispatchError::Store(e) => e.is_retryable(),
+            DispatchError::Transport(_) | DispatchError::NotConnected(_) => true,
+            DispatchError::NotPlaced(_) => false,
+        }
+    }
+}
+
+type ControlTx = mpsc::Sender<Result<ControlMessage, tonic::Status>>;
+
+/// The open session of a host.
+#[derive(Debug)]
+struct SessionSlot {
+    id: u64,
+    tx: ControlTx,
+}
+
+#[derive(Debug)]
+struct HostState {
+    entry: Entry,
+    session: Option<SessionSlot>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    hosts: BTreeMap<String, HostState>,
+    routes: HashMap<u64, logs::Route>,
+    next_id: u64,
+}
+
+/// The dispatcher. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn ClusterStore>,
+    config: DispatcherConfig,
+    shared: Mutex<Shared>,
+    status_tx: mpsc::UnboundedSender<status::Report>,
+    status_rx: Mutex<Option<mpsc::UnboundedReceiver<status::Report>>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher over a store; `shutdown` ends its sessions and loops.
+    pub fn new(
+        store: Arc<dyn ClusterStore>,
+        config: DispatcherConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (status_tx, status_rx) = mpsc::unbounded_channel();
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                shared: Mutex::new(Shared::default()),
+                status_tx,
+                status_rx: Mutex::new(Some(status_rx)),
+                shutdown,
+            }),
+        }
+    }
+
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding the lock cannot leave the maps inconsistent
+        // in a way worse than losing one update: keep serving.
+        self.inner
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DispatcherConfig {
+        &self.inner.config
+    }
+
+    /// The gRPC service to mount on a tonic server.
+    pub fn service(&self) -> DispatcherServer<session::Service> {
+        DispatcherServer::new(session::Service { d: self.clone() })
+    }
+
+    /// Serves agents on `listener` and runs the background loops (status
+    /// writer, liveness monitor, finalizer release) until shutdown.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<(), DispatchError> {
+        let shutdown = self.inner.shutdown.clone();
+        let mut loops = tokio::task::JoinSet::new();
+        if let Some(rx) = self
+            .inner
+            .status_rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            let store = self.inner.store.clone();
+            let window = self.inner.config.status_batch_window;
+            let s = shutdown.clone();
+            loops.spawn(
+                status::writer(store, rx, window, s)
+                    .instrument(tracing::info_span!("status-writer")),
+            );
+        }
+        let me = self.clone();
+        loops.spawn(
+            async move { me.liveness_loop().await }.instrument(tracing::info_span!("liveness")),
+        );
+        let me = self.clone();
+        loops.spawn(
+            async move { me.release_loop().await }.instrument(tracing::info_span!("task-release")),
+        );
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let res = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(self.service())
+            .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
+            .await;
+        shutdown.cancel();
+        while loops.join_next().await.is_some() {}
+        res.map_err(DispatchError::from)
+    }
+
+    /// Binds a loopback address and serves (see [`Dispatcher::serve`]).
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+        if !addr.ip().is_loopback() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the dispatcher listens on loopback only until agents authenticate with mutual TLS",
+            ));
+        }
+        tokio::net::TcpListener::bind(addr).await
+    }
+
+    /// Liveness of every known host, as the dispatcher sees it.
+    pub fn liveness(&self) -> BTreeMap<String, Entry> {
+        self.shared()
+            .hosts
+            .iter()
+            .map(|(k, v)| (k.clone(), v.entry))
+            .collect()
+    }
+
+    async fn liveness_loop(&self) {
+        let cfg = &self.inner.config;
+        // After a (re)start every host gets a fresh grace: a Ready host with
+        // no session counts as disconnected from now, for at least a
+        // heartbeat timeout (agents reconnect at once, without backoff).
+        let startup_grace = cfg.heartbeat_timeout().max(cfg.reconnect_grace);
+        let start = Instant::now() + (startup_grace - cfg.reconnect_grace);
+        match typed::list::<Host>(self.inner.store.as_ref(), &ListOptions::default()).await {
+            Ok((hosts, _)) => {
+                let mut sh = self.shared();
+                for h in hosts {
+                    let Some(name) = h.metadata.name.clone() else {
+                        continue;
+                    };
+                    sh.hosts.entry(name).or_insert(HostState {
+                        entry: Entry {
+                            link: Link::Disconnected { since: start },
+                            ready: is_ready(&h),
+                        },
+                        session: None,
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list hosts at start"),
+        }
+        let tick = (cfg.heartbeat_interval / 4).max(Duration::from_millis(20));
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                () = self.inner.shutdown.cancelled() => return,
+            }
+            let lost = {
+                let mut sh = self.shared();
+                let entries: BTreeMap<String, Entry> =
+                    sh.hosts.iter().map(|(k, v)| (k.clone(), v.entry)).collect();
+                let lost = lost_hosts(
+                    Instant::now(),
+                    &entries,
+                    cfg.heartbeat_timeout(),
+                    cfg.reconnect_grace,
+                );
+                for (name, _) in &lost {
+                    if let Some(h) = sh.hosts.get_mut(name) {
+                        h.entry.ready = false;
+                    }
+                }
+                lost
+            };
+            for (name, reason) in lost {
+                let store = self.inner.store.clone();
+                let span = tracing::info_span!("host-lost", host = %name);
+                tokio::spawn(
+                    async move {
+                        match hosts::mark_lost(store.as_ref(), &name, reason.as_str()).await {
+                            Ok(n) => {
+                                tracing::warn!(reason = reason.as_str(), orphaned = n, "host lost")
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot mark host lost"),
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+
+    /// Watches tasks and releases the finalizer of those marked for deletion
+    /// whose container is gone (the status writer does it too, as reports
+    /// arrive; this catches tasks marked after their last report).
+    async fn release_loop(&self) {
+        let store = self.inner.store.clone();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                return;
+            }
+            let res = async {
+                let list = store.list(Kind::Task, &ListOptions::default()).await?;
+                for v in list.items {
+                    if let Ok(t) = typed::from_value::<Task>(v) {
+                        status::release_if_gone(store.as_ref(), t).await?;
+                    }
+                }
+                let mut w = store
+                    .watch(Kind::Task, list.revision, &ListOptions::default())
+                    .await?;
+                loop {
+                    let ev = tokio::select! {
+                        ev = w.next() => ev,
+                        () = self.inner.shutdown.cancelled() => return Ok::<(), StoreError>(()),
+                    };
+                    match ev {
+                        Some(Ok(WatchEvent::Modified(v) | WatchEvent::Added(v))) => {
+                            if let Ok(t) = typed::from_value::<Task>(v) {
+                                status::release_if_gone(store.as_ref(), t).await?;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e),
+                        None => return Err(StoreError::Unavailable("task watch ended".into())),
+                    }
+                }
+            }
+            .await;
+            match res {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "task release watch restarts");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.inner.shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Log and stats requests: the requester gets a channel; the request goes to
+//! the task's agent on its session; the agent answers on a separate
+//! `SendLogs`/`SendStats` stream whose chunks carry the request id, and the
+//! dispatcher forwards them.
+
+use shoal_crds::Task;
+use shoal_proto::v1::control_message::Message as ToAgent;
+use shoal_proto::{CancelRequest, ControlMessage, LogChunk, LogsRequest, StatsChunk, StatsRequest};
+use tokio::sync::mpsc;
+
+use crate::{DispatchError, Dispatcher};
+
+/// A chunk of answer data, or the agent's refusal.
+#[derive(Debug, Clone)]
+pub enum DataChunk {
+    /// Log lines.
+    Logs(LogChunk),
+    /// Stats samples.
+    Stats(StatsChunk),
+    /// The agent could not serve the request.
+    Error(String),
+}
+
+/// What logs to read.
+#[derive(Debug, Clone, Default)]
+pub struct LogOptions {
+    /// Keep streaming new lines.
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail_lines: Option<u32>,
+    /// Only lines after this time.
+    pub since: Option<prost_types::Timestamp>,
+    /// Ask for timestamps.
+    pub timestamps: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Route {
+    tx: mpsc::Sender<DataChunk>,
+    host: String,
+}
+
+/// Answer chunks that may wait for a slow reader before the request is
+/// cancelled.
+const ROUTE_BUFFER: usize = 256;
+
+impl Dispatcher {
+    fn open_route(
+        &self,
+        host: &str,
+    ) -> Result<(u64, mpsc::Receiver<DataChunk>, crate::ControlTx), DispatchError> {
+        let (tx, rx) = mpsc::channel(ROUTE_BUFFER);
+        let mut sh = self.shared();
+        let control = sh
+            .hosts
+            .get(host)
+            .and_then(|h| h.session.as_ref())
+            .map(|s| s.tx.clone())
+            .ok_or_else(|| DispatchError::NotConnected(host.to_string()))?;
+        sh.next_id += 1;
+        let id = sh.next_id;
+        sh.routes.insert(
+            id,
+            Route {
+                tx,
+                host: host.to_string(),
+            },
+        );
+        Ok((id, rx, control))
+    }
+
+    /// Asks the agent of the task's host for its logs. The receiver yields
+    /// chunks until the agent is done; dropping it cancels the request.
+    pub async fn logs(
+        &self,
+        task: &Task,
+        opts: LogOptions,
+    ) -> Result<mpsc::Receiver<DataChunk>, DispatchError> {
+        let name = task.metadata.name.clone().unwrap_or_default();
+        let host = task
+            .spec
+            .host_name
+            .clone()
+            .ok_or(DispatchError::NotPlaced(name))?;
+        let (id, rx, control) = self.open_route(&host)?;
+        let req = LogsRequest {
+            request_id: id,
+            task_uid: task.metadata.uid.clone().unwrap_or_default(),
+            follow: opts.follow,
+            tail_lines: opts.tail_lines,
+            since: opts.since,
+            timestamps: opts.timestamps,
+        };
+        if control
+            .send(Ok(ControlMessage {
+                message: Some(ToAgent::LogsRequest(req)),
+            }))
+            .await
+            .is_err()
+        {
+            self.finish_route(id);
+            return Err(DispatchError::NotConnected(host));
+        }
+        Ok(rx)
+    }
+
+    /// Asks the agent of `host` for stats of these tasks.
+    pub async fn stats(
+        &self,
+        host: &str,
+        task_uids: Vec<String>,
+        stream: bool,
+    ) -> Result<mpsc::Receiver<DataChunk>, DispatchError> {
+        let (id, rx, control) = self.open_route(host)?;
+        let req = StatsRequest {
+            request_id: id,
+            task_uids,
+            stream,
+        };
+        if control
+            .send(Ok(ControlMessage {
+                message: Some(ToAgent::StatsRequest(req)),
+            }))
+            .await
+            .is_err()
+        {
+            self.finish_route(id);
+            return Err(DispatchError::NotConnected(host.to_string()));
+        }
+        Ok(rx)
+    }
+
+    /// Forwards a chunk; false if nobody wants it any more (the request is
+    /// then cancelled on the agent).
+    pub(crate) fn route(&self, id: u64, chunk: DataChunk) -> bool {
+        let tx = self.shared().routes.get(&id).map(|r| r.tx.clone());
+        let ok = tx.is_some_and(|tx| tx.try_send(chunk).is_ok());
+        if !ok {
+            self.cancel(id);
+        }
+        ok
+    }
+
+    /// The agent finished answering.
+    pub(crate) fn finish_route(&self, id: u64) {
+        self.shared().routes.remove(&id);
+    }
+
+    pub(crate) fn fail_route(&self, id: u64, message: String) {
+        if let Some(r) = self.shared().routes.remove(&id) {
+            let _ = r.tx.try_send(DataChunk::Error(message));
+        }
+    }
+
+    fn cancel(&self, id: u64) {
+        let mut sh = self.shared();
+        if let Some(r) = sh.routes.remove(&id)
+            && let Some(s) = sh.hosts.get(&r.host).and_then(|h| h.session.as_ref())
+        {
+            let _ = s.tx.try_send(Ok(ControlMessage {
+                message: Some(ToAgent::CancelRequest(CancelRequest { request_id: id })),
+            }));
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The gRPC service: one session per connected agent, and the data streams.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use shoal_crds::Task;
+use shoal_proto::v1::agent_message::Message as FromAgent;
+use shoal_proto::v1::control_message::Message as ToAgent;
+use shoal_proto::{AgentMessage, ControlMessage, DataAck, Hello, LogChunk, StatsChunk, Welcome};
+use shoal_store::{Kind, ListOptions, StoreError, WatchEvent, typed};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::assign::{Tracker, assigned_to};
+use crate::liveness::{Entry, Link};
+use crate::logs::DataChunk;
+use crate::{Dispatcher, HostState, SessionSlot, hosts, status};
+
+/// How long an agent has to send its hello after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Control messages that may wait for one agent before its session is
+/// dropped (it reconnects and gets a complete set).
+const CONTROL_BUFFER: usize = 1024;
+
+/// The tonic service (see [`Dispatcher::service`]).
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub(crate) d: Dispatcher,
+}
+
+#[tonic::async_trait]
+impl shoal_proto::Dispatcher for Service {
+    type SessionStream = ReceiverStream<Result<ControlMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let address = request.remote_addr().map(|a| a.ip().to_string());
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(AgentMessage {
+                message: Some(FromAgent::Hello(h)),
+            }))) => h,
+            Ok(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be a Hello",
+                ));
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10s")),
+        };
+        if let Some(e) = shoal_crds::labels::dns_subdomain_error(&hello.host_name) {
+            return Err(Status::invalid_argument(format!("host name: {e}")));
+        }
+        let d = self.d.clone();
+        hosts::register(d.inner.store.as_ref(), &hello, address)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot register host: {e}")))?;
+        let (tx, rx) = mpsc::channel(CONTROL_BUFFER);
+        let session_id = {
+            let mut sh = d.shared();
+            sh.next_id += 1;
+            let id = sh.next_id;
+            let state = sh
+                .hosts
+                .entry(hello.host_name.clone())
+                .or_insert(HostState {
+                    entry: Entry {
+                        link: Link::Connected {
+                            last_seen: Instant::now(),
+                        },
+                        ready: true,
+                    },
+                    session: None,
+                });
+            state.entry = Entry {
+                link: Link::Connected {
+                    last_seen: Instant::now(),
+                },
+                ready: true,
+            };
+            // A newer session replaces an older one of the same host: dropping
+            // the old sender ends the old outbound stream.
+            state.session = Some(SessionSlot { id, tx: tx.clone() });
+            id
+        };
+        let welcome = Welcome {
+            cluster_id: d.inner.config.cluster_id.clone(),
+            heartbeat_interval_ms: u32::try_from(d.inner.config.heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
+            heartbeat_misses: d.inner.config.heartbeat_misses,
+            server_version: d.inner.config.server_version.clone(),
+        };
+        tx.send(Ok(ControlMessage {
+            message: Some(ToAgent::Welcome(welcome)),
+        }))
+        .await
+        .map_err(|_| Status::cancelled("session closed"))?;
+        let span = tracing::info_span!("session", host = %hello.host_name, session = session_id);
+        tracing::info!(parent: &span, agent = %hello.agent_version, engine = %hello.engine_version, "agent connected");
+        tokio::spawn(run_session(d, hello, session_id, inbound, tx).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn send_logs(
+        &self,
+        request: Request<Streaming<LogChunk>>,
+    ) -> Result<Response<DataAck>, Status> {
+        let mut inbound = request.into_inner();
+        let mut n = 0;
+        let mut id = None;
+        while let Some(chunk) = inbound.message().await? {
+            n += 1;
+            id = Some(chunk.request_id);
+            if !self.d.route(chunk.request_id, DataChunk::Logs(chunk)) {
+                break;
+            }
+        }
+        if let Some(id) = id {
+            self.d.finish_route(id);
+        }
+        Ok(Response::new(DataAck { chunks_received: n }))
+    }
+
+    async fn send_stats(
+        &self,
+        request: Request<Streaming<StatsChunk>>,
+    ) -> Result<Response<DataAck>, Status> {
+        let mut inbound = request.into_inner();
+        let mut n = 0;
+        let mut id = None;
+        while let Some(chunk) = inbound.message().await? {
+            n += 1;
+            id = Some(chunk.request_id);
+            if !self.d.route(chunk.request_id, DataChunk::Stats(chunk)) {
+                break;
+            }
+        }
+        if let Some(id) = id {
+            self.d.finish_route(id);
+        }
+        Ok(Response::new(DataAck { chunks_received: n }))
+    }
+}
+
+type Tx = mpsc::Sender<Result<ControlMessage, Status>>;
+
+async fn run_session(
+    d: Dispatcher,
+    hello: Hello,
+    session_id: u64,
+    mut inbound: Streaming<AgentMessage>,
+    tx: Tx,
+) {
+    let host = hello.host_name.clone();
+    let shutdown = d.inner.shutdown.clone();
+    let assign = assignments(&d, &host, &tx);
+    tokio::pin!(assign);
+    loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(m)) => d.on_agent_message(&host, m),
+                Ok(None) => { tracing::info!("agent closed its stream"); break; }
+                Err(e) => { tracing::info!(error = %e, "agent stream failed"); break; }
+            },
+            res = &mut assign => {
+                match res {
+                    // The outbound side is gone (the agent went away or a newer
+                    // session replaced this one).
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "assignments failed; closing the session so the agent reconnects");
+                        let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                        break;
+                    }
+                }
+            },
+            () = shutdown.cancelled() => break,
+        }
+    }
+    let mut sh = d.shared();
+    if let Some(state) = sh.hosts.get_mut(&host)
+        && state.session.as_ref().is_some_and(|s| s.id == session_id)
+    {
+        state.session = None;
+        state.entry.link = Link::Disconnected {
+            since: Instant::now(),
+        };
+    }
+}
+
+/// Sends the complete set, then deltas from a watch, until the outbound side
+/// closes (`Ok`) or the store fails (`Err`). A watch that falls behind
+/// ("too old") relists and sends a new complete set.
+async fn assignments(d: &Dispatcher, host: &str, tx: &Tx) -> Result<(), StoreError> {
+    let store = d.inner.store.clone();
+    let mut tracker = Tracker::new();
+    loop {
+        let list = store.list(Kind::Task, &ListOptions::default()).await?;
+        let mine: Vec<Task> = list
+            .items
+            .into_iter()
+            .filter_map(|v| typed::from_value::<Task>(v).ok())
+            .filter(|t| assigned_to(t, host))
+            .collect();
+        let set = tracker.complete(mine);
+        tracing::debug!(
+            tasks = set.assignments.len(),
+            sequence = set.sequence,
+            "complete assignment set"
+        );
+        if tx
+            .send(Ok(ControlMessage {
+                message: Some(ToAgent::AssignmentSet(set)),
+            }))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        let mut watch = store
+            .watch(Kind::Task, list.revision, &ListOptions::default())
+            .await?;
+        loop {
+            let ev = tokio::select! {
+                ev = watch.next() => ev,
+                () = tx.closed() => return Ok(()),
+            };
+            let (task, live) = match ev {
+                Some(Ok(WatchEvent::Added(v) | WatchEvent::Modified(v))) => (v, true),
+                Some(Ok(WatchEvent::Deleted(v))) => (v, false),
+                Some(Ok(WatchEvent::Progress(_))) => continue,
+                Some(Err(StoreError::TooOld { .. })) => break,
+                Some(Err(e)) => return Err(e),
+                None => return Err(StoreError::Unavailable("task watch ended".into())),
+            };
+            let Ok(task) = typed::from_value::<Task>(task) else {
+                continue;
+            };
+            let assigned = live && assigned_to(&task, host);
+            if let Some(delta) = tracker.change(task, assigned) {
+                // A full buffer means the agent cannot keep up: end the
+                // session rather than block; it reconnects and gets a set.
+                match tx.try_send(Ok(ControlMessage {
+                    message: Some(ToAgent::AssignmentDelta(delta)),
+                })) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        return Err(StoreError::Unavailable(
+                            "agent too slow to take assignments".into(),
+                        ));
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    fn on_agent_message(&self, host: &str, m: AgentMessage) {
+        if let Some(state) = self.shared().hosts.get_mut(host)
+            && let Link::Connected { last_seen } = &mut state.entry.link
+        {
+            *last_seen = Instant::now();
+        }
+        match m.message {
+            Some(FromAgent::Heartbeat(_)) | None => {}
+            Some(FromAgent::TaskStatus(batch)) => {
+                for u in batch.updates {
+                    let Some(status) = u.status else { continue };
+                    match shoal_crds::TaskStatus::try_from(status) {
+                        Ok(status) => {
+                            let _ = self.inner.status_tx.send(status::Report {
+                                namespace: u.namespace,
+                                name: u.name,
+                                uid: u.task_uid,
+                                status,
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, task = %u.name, "bad task status from agent")
+                        }
+                    }
+                }
+            }
+            Some(FromAgent::ContainerEvent(ev)) => {
+                tracing::debug!(task = %ev.task_uid, action = ev.action, "container event");
+            }
+            Some(FromAgent::RequestError(e)) => {
+                self.fail_route(e.request_id, e.message);
+            }
+            Some(FromAgent::Hello(_)) => tracing::warn!("a second Hello on one session is ignored"),
+        }
+    }
+}
