@@ -100,13 +100,13 @@ impl ApiError {
             .iter()
             .map(|e| {
                 let reason = if e.message == "unknown field" {
-                    "FieldValueInvalid"
+                    "FieldValueNotSupported"
                 } else if e.message == "required" {
                     "FieldValueRequired"
                 } else {
                     "FieldValueInvalid"
                 };
-                json!({ "reason": reason, "message": e.to_string(), "field": e.path })
+                json!({ "reason": reason, "message": e.message, "field": e.path })
             })
             .collect();
         let list: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();

@@ -163,11 +163,11 @@ fn resource_paths(r: &Resource, paths: &mut Map<String, Value>) {
     if r.namespaced {
         scope_params.push(path_param("namespace"));
     }
+    // No strategic merge patch (kubectl would use it for client-side apply
+    // if declared) and no apply patch (server-side apply is not served yet).
     let patch_types = [
         "application/json-patch+json",
         "application/merge-patch+json",
-        "application/strategic-merge-patch+json",
-        "application/apply-patch+yaml",
     ];
     let patch_body = body(json!({ "type": "object" }), &patch_types);
 
@@ -410,6 +410,15 @@ mod tests {
         }
         // services, services/status, services/scale, tasks, tasks/status, hosts, hosts/status
         assert_eq!(patches, 7);
+        // kubectl's client-side apply sends a strategic merge patch when the
+        // operation declares one.
+        for item in doc["paths"].as_object().unwrap().values() {
+            if let Some(p) = item.get("patch") {
+                let content = p["requestBody"]["content"].as_object().unwrap();
+                assert!(!content.contains_key("application/strategic-merge-patch+json"));
+                assert!(content.contains_key("application/merge-patch+json"));
+            }
+        }
         let svc = &doc["components"]["schemas"]["dev.shoal.v1alpha1.Service"];
         assert_eq!(svc["x-kubernetes-group-version-kind"][0]["kind"], "Service");
         assert!(

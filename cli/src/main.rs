@@ -24,6 +24,7 @@ struct Cli {
 enum Command {
     Validate(cmd::validate::Args),
     Crds(cmd::crds::Args),
+    Server(cmd::server::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Validate(a) => cmd::validate::run(a),
         Command::Crds(a) => cmd::crds::run(a),
+        Command::Server(a) => cmd::server::run(a),
     };
     match res {
         Ok(code) => code,
