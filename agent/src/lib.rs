@@ -1,1 +1,27 @@
-//! placeholder
+//! Shoal's host agent: given the set of tasks assigned to its host, it makes
+//! the local Docker engine run exactly those containers and keeps them
+//! running (DESIGN.md "Agent protocol", "Failure model and timings").
+//!
+//! - [`engine`]: the engine seam (trait), [`docker`] its bollard
+//!   implementation, [`fake`] an in-memory one for unit tests;
+//! - [`spec`]: template → create request; [`labels`]: names and labels;
+//! - [`plan`]: the pure planner and restart policy; [`executor`]: runs one
+//!   action; [`reconciler`]: the loop that ties them together;
+//! - [`assignments`]: the `--assignments FILE` feeder.
+
+pub mod assignments;
+pub mod docker;
+pub mod engine;
+pub mod error;
+pub mod executor;
+pub mod fake;
+pub mod labels;
+pub mod plan;
+pub mod reconciler;
+pub mod spec;
+pub mod task;
+
+pub use engine::ContainerEngine;
+pub use error::{AgentError, EngineError};
+pub use reconciler::{AgentConfig, Assignments, Reconciler, StatusUpdate};
+pub use task::{AssignedTask, RestartSettings};

@@ -1,0 +1,239 @@
+//! The engine seam: what the agent needs of a container engine, as a trait,
+//! with the Docker implementation in [`crate::docker`] and an in-memory fake in
+//! [`crate::fake`].
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bollard::models::ContainerCreateBody;
+use futures::stream::BoxStream;
+use shoal_crds::HealthState;
+
+use crate::error::EngineError;
+use crate::labels::TASK_UID;
+
+/// Run state of a container, as the engine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Created, never started (or the start failed).
+    Created,
+    /// Running.
+    Running,
+    /// Paused.
+    Paused,
+    /// The engine is restarting it (never for Shoal's containers).
+    Restarting,
+    /// Being removed.
+    Removing,
+    /// Exited.
+    Exited,
+    /// Dead (removal failed).
+    Dead,
+}
+
+impl RunState {
+    /// Running or paused: a process exists.
+    pub fn is_up(self) -> bool {
+        matches!(self, Self::Running | Self::Paused | Self::Restarting)
+    }
+}
+
+/// What the agent knows of one container, from an inspect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerInfo {
+    /// Engine id.
+    pub id: String,
+    /// Name, without the leading `/`.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Run state.
+    pub state: RunState,
+    /// Exit code of the last exit (meaningful once it exited).
+    pub exit_code: Option<i64>,
+    /// Whether the last exit was an OOM kill.
+    pub oom_killed: bool,
+    /// Health, if the container has a health check.
+    pub health: Option<HealthState>,
+    /// When the current (or last) process started; `None` if never.
+    pub started_at: Option<SystemTime>,
+    /// When the last process exited; `None` if never.
+    pub finished_at: Option<SystemTime>,
+    /// The engine's error message of the last start, if any.
+    pub error: Option<String>,
+    /// Engine restart policy name (`no` for Shoal's containers).
+    pub restart_policy: Option<String>,
+}
+
+impl ContainerInfo {
+    /// The task uid label, if any.
+    pub fn task_uid(&self) -> Option<&str> {
+        self.labels.get(TASK_UID).map(String::as_str)
+    }
+}
+
+/// One line of a container listing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerListing {
+    /// Engine id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What happened to a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// Created.
+    Create,
+    /// Started.
+    Start,
+    /// Its process exited.
+    Die,
+    /// The kernel's OOM killer hit it.
+    Oom,
+    /// Its health changed.
+    Health(HealthState),
+    /// Removed.
+    Destroy,
+    /// Anything else (stop, kill, rename, …), by action name.
+    Other(String),
+}
+
+/// One container event from the engine's event stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineEvent {
+    /// The container's id.
+    pub container_id: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// When, by the engine's clock.
+    pub time: SystemTime,
+    /// The container's labels (as the engine attaches them to events).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Engine identity, from the version call.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EngineVersion {
+    /// Engine version, e.g. `20.10.24`.
+    pub version: String,
+    /// API version in use (negotiated).
+    pub api_version: String,
+}
+
+/// A one-shot resource sample of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContainerStats {
+    /// Memory in use, bytes.
+    pub memory_bytes: u64,
+    /// Memory limit, bytes.
+    pub memory_limit_bytes: u64,
+    /// Total CPU time, nanoseconds.
+    pub cpu_total_ns: u64,
+}
+
+/// The container operations the agent uses. Implementations make them
+/// idempotent where the engine allows: starting a running container and
+/// removing a missing one succeed.
+#[async_trait]
+pub trait ContainerEngine: Send + Sync + Debug {
+    /// Engine version and the API version in use; also a liveness check.
+    async fn version(&self) -> Result<EngineVersion, EngineError>;
+    /// Create a container named `name`. A name conflict is
+    /// [`EngineError::Conflict`]; see [`create_for_task`] for the adoption rule.
+    async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, EngineError>;
+    /// Start a container; starting a running one succeeds.
+    async fn start(&self, id: &str) -> Result<(), EngineError>;
+    /// Stop: the stop signal, then SIGKILL after `grace_secs` (the
+    /// container's own stop timeout when `None`). A missing or stopped
+    /// container succeeds.
+    async fn stop(&self, id: &str, grace_secs: Option<i64>) -> Result<(), EngineError>;
+    /// Send a signal.
+    async fn kill(&self, id: &str, signal: &str) -> Result<(), EngineError>;
+    /// Remove (forced); a missing container succeeds.
+    async fn remove(&self, id: &str) -> Result<(), EngineError>;
+    /// Inspect by id or name.
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, EngineError>;
+    /// All containers (running or not) carrying every `key=value` label given.
+    async fn list(&self, labels: &[(String, String)])
+    -> Result<Vec<ContainerListing>, EngineError>;
+    /// Container events of containers carrying every label given, from
+    /// `since` (replayed by the engine) onwards. Exec events (health-check
+    /// noise) are not delivered. The stream ends when the engine goes away.
+    fn events(
+        &self,
+        since: Option<SystemTime>,
+        labels: &[(String, String)],
+    ) -> BoxStream<'static, Result<EngineEvent, EngineError>>;
+    /// The last `tail` lines of output (stdout and stderr).
+    async fn logs(&self, id: &str, tail: usize) -> Result<String, EngineError>;
+    /// One resource sample.
+    async fn stats(&self, id: &str) -> Result<ContainerStats, EngineError>;
+    /// Whether the engine has the image.
+    async fn image_present(&self, image: &str) -> Result<bool, EngineError>;
+    /// Pull the image, giving up after `timeout` ([`EngineError::ImageNotFound`]).
+    async fn pull(&self, image: &str, timeout: Duration) -> Result<(), EngineError>;
+    /// Create the user-defined bridge network `name` unless it exists.
+    async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), EngineError>;
+}
+
+/// Create the container of task `task_uid`. A name conflict is success only
+/// when the existing container carries the same task uid (then its id is
+/// returned); otherwise it is an error, never adopted.
+pub async fn create_for_task(
+    engine: &dyn ContainerEngine,
+    name: &str,
+    body: ContainerCreateBody,
+    task_uid: &str,
+) -> Result<String, EngineError> {
+    match engine.create(name, body).await {
+        Err(EngineError::Conflict(msg)) => {
+            let existing = engine.inspect(name).await?;
+            if existing.task_uid() == Some(task_uid) {
+                Ok(existing.id)
+            } else {
+                Err(EngineError::Conflict(format!(
+                    "{msg} (the existing container belongs to task {:?})",
+                    existing.task_uid().unwrap_or("none")
+                )))
+            }
+        }
+        other => other,
+    }
+}
+
+/// Parses an engine timestamp (RFC 3339); the engine's zero time
+/// (`0001-01-01T00:00:00Z`) and anything before 1970 mean "never".
+pub fn parse_engine_time(s: &str) -> Option<SystemTime> {
+    let ts: k8s_openapi::jiff::Timestamp = s.parse().ok()?;
+    let ns = ts.as_nanosecond();
+    if ns <= 0 {
+        return None;
+    }
+    let ns = u64::try_from(ns).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_times() {
+        assert_eq!(parse_engine_time("0001-01-01T00:00:00Z"), None);
+        assert_eq!(parse_engine_time(""), None);
+        let t = parse_engine_time("2026-11-24T16:53:49.123456789Z").unwrap();
+        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(d.subsec_nanos(), 123_456_789);
+        assert_eq!(d.as_secs(), 1_795_539_229);
+    }
+}

@@ -1,0 +1,330 @@
+//! The agent's session to the control plane (DESIGN.md, "Agent protocol"):
+//! dial out, say hello, receive the complete assignment set and then deltas,
+//! report task status changes in batches, send heartbeats, and answer log
+//! requests on separate streams.
+//!
+//! The session is a feeder of the local reconciler, like `--assignments
+//! FILE`: it publishes the assigned tasks on a `watch` channel — `None` until
+//! a complete set arrived, so nothing is removed on a guess — and takes the
+//! reconciler's status reports from a channel. Reconnects use exponential
+//! backoff, except the first attempt after a session ends, which is
+//! immediate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use shoal_crds::{Task, TaskStatus};
+use shoal_proto::v1::agent_message::Message as ToPlane;
+use shoal_proto::v1::control_message::Message as FromPlane;
+use shoal_proto::v1::{HostCapacity, LogLine, TaskStatusUpdate};
+use shoal_proto::{
+    AgentMessage, DispatcherClient, Heartbeat, Hello, LogChunk, LogsRequest, RequestError,
+    TaskStatusBatch,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// What the agent tells the control plane about its host.
+#[derive(Debug, Clone, Default)]
+pub struct HostInfo {
+    /// Host name (the Host object's name).
+    pub host_name: String,
+    /// Labels applied when the host first joins.
+    pub labels: BTreeMap<String, String>,
+    /// CPUs, in millicores.
+    pub cpu_millicores: u64,
+    /// Memory, in bytes.
+    pub memory_bytes: u64,
+    /// Docker engine version.
+    pub engine_version: String,
+    /// Negotiated Docker API version.
+    pub engine_api_version: String,
+    /// Operating system.
+    pub os: String,
+    /// Architecture.
+    pub arch: String,
+}
+
+/// Session settings.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The dispatcher's address, e.g. `http://127.0.0.1:7444`.
+    pub endpoint: String,
+    /// The host's description.
+    pub host: HostInfo,
+    /// Longest wait between reconnect attempts.
+    pub max_backoff: Duration,
+    /// Longest time status reports wait to be sent together.
+    pub status_batch_window: Duration,
+}
+
+impl SessionConfig {
+    /// Settings with the defaults (backoff up to 5 s, 10 ms status batches).
+    pub fn new(endpoint: impl Into<String>, host: HostInfo) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            host,
+            max_backoff: Duration::from_secs(5),
+            status_batch_window: Duration::from_millis(10),
+        }
+    }
+}
+
+/// A status change of one task, from the reconciler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusReport {
+    /// Task uid.
+    pub uid: String,
+    /// Task namespace.
+    pub namespace: String,
+    /// Task name.
+    pub name: String,
+    /// The full current status.
+    pub status: TaskStatus,
+}
+
+/// Reads a task's container logs for the control plane.
+#[async_trait::async_trait]
+pub trait LogSource: Send + Sync + 'static {
+    /// Log lines of the current container of the task with this uid.
+    async fn logs(&self, req: &LogsRequest) -> Result<BoxStream<'static, LogLine>, String>;
+}
+
+/// The published state of the session.
+#[derive(Debug, Clone, Default)]
+pub struct Assigned {
+    /// Cluster id from the control plane's welcome.
+    pub cluster_id: String,
+    /// The tasks assigned to this host (the complete set with deltas applied).
+    pub tasks: Arc<Vec<Task>>,
+}
+
+/// Why a session ended (each leads to a reconnect).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Could not connect.
+    #[error("connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    /// The control plane refused or the stream failed.
+    #[error("stream: {0}")]
+    Stream(#[from] tonic::Status),
+    /// The control plane broke the protocol (e.g. a delta on an unknown
+    /// sequence).
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// Runs sessions until shutdown, publishing assignments on `assigned` and
+/// sending the reports that arrive on `reports`.
+pub async fn run(
+    cfg: SessionConfig,
+    assigned: watch::Sender<Option<Assigned>>,
+    mut reports: mpsc::Receiver<StatusReport>,
+    logs: Arc<dyn LogSource>,
+    shutdown: CancellationToken,
+) {
+    // Latest status per task, re-sent on every new session so the control
+    // plane is current after a reconnect.
+    let mut latest: HashMap<String, StatusReport> = HashMap::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut immediate = true;
+    loop {
+        if !immediate {
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(cfg.max_backoff);
+        }
+        let started = tokio::time::Instant::now();
+        let res = session(&cfg, &assigned, &mut reports, &mut latest, &logs, &shutdown).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match res {
+            Ok(()) => tracing::info!("session closed by the control plane"),
+            Err(e) => tracing::warn!(error = %e, "session ended"),
+        }
+        // A session that lived a while resets the backoff and earns an
+        // immediate first reconnect.
+        immediate = started.elapsed() > Duration::from_secs(2);
+        if immediate {
+            backoff = Duration::from_millis(100);
+        }
+    }
+}
+
+fn hello(h: &HostInfo, last_applied: Option<u64>) -> Hello {
+    Hello {
+        host_name: h.host_name.clone(),
+        labels: h.labels.clone(),
+        capacity: Some(HostCapacity { cpu_millicores: h.cpu_millicores, memory_bytes: h.memory_bytes }),
+        engine_version: h.engine_version.clone(),
+        engine_api_version: h.engine_api_version.clone(),
+        os: h.os.clone(),
+        arch: h.arch.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        last_applied_sequence: last_applied,
+        session_id: format!("{}-{}", std::process::id(), SESSION_START.elapsed().as_nanos()),
+    }
+}
+
+static SESSION_START: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
+
+async fn session(
+    cfg: &SessionConfig,
+    assigned: &watch::Sender<Option<Assigned>>,
+    reports: &mut mpsc::Receiver<StatusReport>,
+    latest: &mut HashMap<String, StatusReport>,
+    logs: &Arc<dyn LogSource>,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
+        .map_err(SessionError::Connect)?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await?;
+    let mut client = DispatcherClient::new(channel);
+    let (tx, out) = mpsc::channel::<AgentMessage>(256);
+    let send = |m: ToPlane| AgentMessage { message: Some(m) };
+    let _ = tx.send(send(ToPlane::Hello(hello(&cfg.host, None)))).await;
+    let mut inbound = client.session(tokio_stream::wrappers::ReceiverStream::new(out)).await?.into_inner();
+
+    let mut cluster_id = String::new();
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sequence: Option<u64> = None;
+    let mut tasks: BTreeMap<String, Task> = BTreeMap::new();
+    let mut pending: Vec<TaskStatusUpdate> = latest.values().map(to_update).collect();
+    let mut flush = tokio::time::interval(cfg.status_batch_window.max(Duration::from_millis(1)));
+    let session_token = shutdown.child_token();
+    let _guard = session_token.clone().drop_guard();
+
+    loop {
+        tokio::select! {
+            msg = inbound.message() => {
+                let Some(msg) = msg? else { return Ok(()) };
+                match msg.message {
+                    Some(FromPlane::Welcome(w)) => {
+                        cluster_id = w.cluster_id;
+                        let every = Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(10)));
+                        heartbeat = tokio::time::interval(every);
+                        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        tracing::info!(cluster = %cluster_id, "welcomed by the control plane");
+                    }
+                    Some(FromPlane::AssignmentSet(set)) => {
+                        tasks.clear();
+                        for a in set.assignments {
+                            match Task::try_from(a) {
+                                Ok(t) => { tasks.insert(t.metadata.uid.clone().unwrap_or_default(), t); }
+                                Err(e) => return Err(SessionError::Protocol(format!("bad assignment: {e}"))),
+                            }
+                        }
+                        sequence = Some(set.sequence);
+                        publish(assigned, &cluster_id, &tasks);
+                    }
+                    Some(FromPlane::AssignmentDelta(d)) => {
+                        if sequence != Some(d.previous_sequence) {
+                            return Err(SessionError::Protocol(format!(
+                                "delta {} applies on {} but this agent holds {sequence:?}",
+                                d.sequence, d.previous_sequence
+                            )));
+                        }
+                        for uid in d.removed_task_uids {
+                            tasks.remove(&uid);
+                        }
+                        for a in d.upserted {
+                            match Task::try_from(a) {
+                                Ok(t) => { tasks.insert(t.metadata.uid.clone().unwrap_or_default(), t); }
+                                Err(e) => return Err(SessionError::Protocol(format!("bad assignment: {e}"))),
+                            }
+                        }
+                        sequence = Some(d.sequence);
+                        publish(assigned, &cluster_id, &tasks);
+                    }
+                    Some(FromPlane::LogsRequest(req)) => {
+                        let span = tracing::info_span!("logs", request = req.request_id);
+                        tokio::spawn(
+                            serve_logs(client.clone(), logs.clone(), req, tx.clone(), session_token.clone()).instrument(span),
+                        );
+                    }
+                    Some(FromPlane::StatsRequest(req)) => {
+                        let _ = tx.try_send(send(ToPlane::RequestError(RequestError {
+                            request_id: req.request_id,
+                            message: "stats are not served by this agent yet".into(),
+                        })));
+                    }
+                    Some(FromPlane::CancelRequest(_)) | None => {}
+                }
+            }
+            r = reports.recv() => {
+                let Some(r) = r else { return Ok(()) };
+                pending.push(to_update(&r));
+                latest.insert(r.uid.clone(), r);
+            }
+            _ = flush.tick(), if !pending.is_empty() => {
+                let batch = TaskStatusBatch { updates: std::mem::take(&mut pending) };
+                if tx.send(send(ToPlane::TaskStatus(batch))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = heartbeat.tick() => {
+                let hb = Heartbeat { agent_time: None, last_applied_sequence: sequence };
+                if tx.try_send(send(ToPlane::Heartbeat(hb))).is_err() {
+                    return Err(SessionError::Protocol("outbound queue full".into()));
+                }
+            }
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+fn to_update(r: &StatusReport) -> TaskStatusUpdate {
+    TaskStatusUpdate {
+        task_uid: r.uid.clone(),
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        status: Some(r.status.clone().into()),
+    }
+}
+
+fn publish(assigned: &watch::Sender<Option<Assigned>>, cluster_id: &str, tasks: &BTreeMap<String, Task>) {
+    assigned.send_replace(Some(Assigned {
+        cluster_id: cluster_id.to_string(),
+        tasks: Arc::new(tasks.values().cloned().collect()),
+    }));
+}
+
+async fn serve_logs(
+    mut client: DispatcherClient<tonic::transport::Channel>,
+    source: Arc<dyn LogSource>,
+    req: LogsRequest,
+    control: mpsc::Sender<AgentMessage>,
+    stop: CancellationToken,
+) {
+    let id = req.request_id;
+    let lines = match source.logs(&req).await {
+        Ok(l) => l,
+        Err(message) => {
+            let _ = control
+                .send(AgentMessage { message: Some(ToPlane::RequestError(RequestError { request_id: id, message })) })
+                .await;
+            return;
+        }
+    };
+    // An empty first chunk names the request even if there are no lines;
+    // then chunks of up to 64 lines, sent as they come.
+    let first = futures::stream::once(async move { LogChunk { request_id: id, lines: vec![] } });
+    let chunks = first
+        .chain(lines.ready_chunks(64).map(move |lines| LogChunk { request_id: id, lines }))
+        .take_until(stop.cancelled_owned());
+    if let Err(e) = client.send_logs(chunks).await {
+        tracing::debug!(error = %e, "log stream ended");
+    }
+}
