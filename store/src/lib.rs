@@ -28,12 +28,14 @@
 
 pub mod hub;
 pub mod mem;
+pub mod raft;
 pub mod selector;
 pub mod state;
 pub mod typed;
 
 pub use hub::WatchConfig;
 pub use mem::MemStore;
+pub use raft::{RaftConfig, RaftStore};
 
 use std::pin::Pin;
 

@@ -1,0 +1,289 @@
+//! [`RaftStore`]: the embedded store, replicated with Raft (raft-rs) and kept
+//! in redb.
+//!
+//! - One thread per node owns the `RawNode` (see [`node`] for the `on_ready`
+//!   order, the transactions and group commit).
+//! - Writes are proposed to Raft and answered once applied on this node;
+//!   reads (get, list, watch) are served from this node's state machine
+//!   (what it has applied: on the leader, every acknowledged write).
+//! - One redb file in the data directory holds the log, hard state, conf
+//!   state, compaction point and the state machine (see [`storage`]).
+//! - The log is compacted every [`RaftConfig::compact_every`] applied entries
+//!   (the state machine in redb is the snapshot); a follower too far behind
+//!   gets a snapshot of the state machine.
+//! - Membership is bootstrapped from [`RaftConfig::voters`] only on an empty
+//!   store. A single voter is the default; more voters need only their ids in
+//!   the configuration and a [`Transport`].
+
+mod logger;
+mod node;
+mod storage;
+mod transport;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+pub use transport::{Inbox, MemTransport, NoTransport, Transport};
+
+use crate::hub::{Hub, WatchConfig};
+use crate::mem::delete_outcome;
+use crate::state::{Command, Outcome};
+use crate::{
+    ClusterStore, DeleteOutcome, DeletePreconditions, Kind, ListOptions, ObjectKey, ObjectList,
+    Revision, StoreError, WatchStream,
+};
+use node::{Msg, Node};
+use storage::DiskStorage;
+
+/// Name of the database file in the data directory.
+pub const DB_FILE: &str = "store.redb";
+
+/// Settings of one Raft node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// This node's id (non-zero).
+    pub id: u64,
+    /// The voters to bootstrap an empty store with (default: this node alone).
+    pub voters: Vec<u64>,
+    /// Where the database lives.
+    pub data_dir: PathBuf,
+    /// One Raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader before a follower campaigns.
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Compact the log once this many entries were applied since the last
+    /// compaction.
+    pub compact_every: u64,
+    /// Entries kept after a compaction for followers that are a little behind
+    /// (further behind, they get a snapshot).
+    pub catch_up_entries: u64,
+    /// How long a write waits to be applied before `Unavailable`.
+    pub propose_timeout: Duration,
+    /// At most this many queued messages are taken per turn.
+    pub max_batch: usize,
+    /// Watch history and fan-out.
+    pub watch: WatchConfig,
+}
+
+impl RaftConfig {
+    /// A single voter (id 1) in `data_dir`, with the default settings.
+    pub fn single(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            id: 1,
+            voters: vec![1],
+            data_dir: data_dir.into(),
+            tick: node::DEFAULT_TICK,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            compact_every: 10_000,
+            catch_up_entries: 1_000,
+            propose_timeout: Duration::from_secs(10),
+            max_batch: 4_096,
+            watch: WatchConfig::default(),
+        }
+    }
+}
+
+/// What a node reports about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Node id.
+    pub id: u64,
+    /// Current term.
+    pub term: u64,
+    /// The leader it knows (0: none).
+    pub leader_id: u64,
+    /// Whether it leads.
+    pub is_leader: bool,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// First index still in the log.
+    pub first_index: u64,
+    /// Snapshots installed from a leader since start.
+    pub snapshots_installed: u64,
+    /// The voters.
+    pub voters: Vec<u64>,
+    /// The node loop has stopped.
+    pub stopped: bool,
+}
+
+/// A Raft-replicated, redb-backed [`ClusterStore`].
+#[derive(Debug)]
+pub struct RaftStore {
+    hub: Arc<Hub>,
+    tx: std::sync::mpsc::Sender<Msg>,
+    status: Arc<Mutex<NodeStatus>>,
+    thread: Option<JoinHandle<()>>,
+    propose_timeout: Duration,
+}
+
+impl RaftStore {
+    /// Opens a single voter in `data_dir` (created if missing).
+    pub fn open_single(data_dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        Self::open(RaftConfig::single(data_dir), Arc::new(NoTransport))
+    }
+
+    /// Opens a node: loads its state from the data directory (bootstrapping
+    /// membership if the store is empty) and starts its Raft thread.
+    pub fn open(config: RaftConfig, transport: Arc<dyn Transport>) -> Result<Self, StoreError> {
+        if config.id == 0 {
+            return Err(StoreError::Invalid("a Raft node id must not be 0".into()));
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StoreError::Internal(format!("creating {}: {e}", config.data_dir.display()))
+        })?;
+        let voters = if config.voters.is_empty() {
+            vec![config.id]
+        } else {
+            config.voters.clone()
+        };
+        let loaded = DiskStorage::open(
+            &config.data_dir.join(DB_FILE),
+            &voters,
+            config.watch.history,
+        )?;
+        let mut storage = loaded.storage;
+        let hub = Hub::new(loaded.state, config.watch.clone());
+        storage.set_hub(hub.clone());
+
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied: storage.applied(),
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        let raw = raft::RawNode::new(&raft_config, storage, &logger::logger(config.id))
+            .map_err(|e| StoreError::Internal(format!("starting raft: {e}")))?;
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        transport.attach(config.id, Inbox(tx.clone()));
+        let status = Arc::new(Mutex::new(NodeStatus {
+            id: config.id,
+            ..Default::default()
+        }));
+        let propose_timeout = config.propose_timeout;
+        let span = tracing::info_span!("raft", id = config.id);
+        let node = Node::new(raw, hub.clone(), rx, transport, status.clone(), config);
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-{}", node.config.id))
+            .spawn(move || {
+                let _entered = span.enter();
+                node.run();
+            })
+            .map_err(|e| StoreError::Internal(format!("starting the raft thread: {e}")))?;
+        Ok(Self {
+            hub,
+            tx,
+            status,
+            thread: Some(thread),
+            propose_timeout,
+        })
+    }
+
+    /// Where peers' messages for this node go.
+    pub fn inbox(&self) -> Inbox {
+        Inbox(self.tx.clone())
+    }
+
+    /// The node's current status.
+    pub fn status(&self) -> NodeStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops the Raft thread and waits for it (also done on drop).
+    pub fn shutdown(&mut self) {
+        let _ = self.tx.send(Msg::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<Outcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Propose { cmd, reply })
+            .map_err(|_| StoreError::Unavailable("the raft node has stopped".into()))?;
+        match tokio::time::timeout(self.propose_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::Unavailable("the raft node has stopped".into())),
+            Err(_) => Err(StoreError::Unavailable(
+                "timed out waiting for the write to be committed; it may or may not have been applied".into(),
+            )),
+        }
+    }
+}
+
+impl Drop for RaftStore {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[async_trait::async_trait]
+impl ClusterStore for RaftStore {
+    async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, StoreError> {
+        Ok(self.hub.get(key))
+    }
+
+    async fn list(&self, kind: Kind, opts: &ListOptions) -> Result<ObjectList, StoreError> {
+        self.hub.list(kind, opts)
+    }
+
+    async fn create(&self, obj: Value) -> Result<Value, StoreError> {
+        Ok(self.propose(Command::create(obj)).await?.into_object())
+    }
+
+    async fn update(&self, obj: Value) -> Result<Value, StoreError> {
+        Ok(self
+            .propose(Command::Update { object: obj })
+            .await?
+            .into_object())
+    }
+
+    async fn update_status(&self, obj: Value) -> Result<Value, StoreError> {
+        Ok(self
+            .propose(Command::UpdateStatus { object: obj })
+            .await?
+            .into_object())
+    }
+
+    async fn delete(
+        &self,
+        key: &ObjectKey,
+        preconditions: &DeletePreconditions,
+    ) -> Result<DeleteOutcome, StoreError> {
+        Ok(delete_outcome(
+            self.propose(Command::delete(key, preconditions)).await?,
+        ))
+    }
+
+    async fn watch(
+        &self,
+        kind: Kind,
+        from: Revision,
+        opts: &ListOptions,
+    ) -> Result<WatchStream, StoreError> {
+        self.hub.watch(kind, from, opts)
+    }
+
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        Ok(self.hub.revision())
+    }
+}

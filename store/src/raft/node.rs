@@ -1,0 +1,404 @@
+//! The Raft loop: one thread owns the `RawNode` and its storage and follows
+//! raft-rs's `on_ready` order. It is a thread, not a tokio task, because it
+//! blocks on fsync.
+//!
+//! Each turn: wait for a message or the next tick; take every queued message
+//! (proposals from clients, messages from peers) — so all proposals that
+//! arrived during the previous fsync share the next one (group commit); tick
+//! if due; then handle the `Ready`:
+//! 1. send its messages (a leader may send appends before persisting);
+//! 2. in one transaction: install its snapshot, apply its committed entries
+//!    (objects + applied index), append its entries, save its hard state —
+//!    fsync'd if raft says the Ready must be synced;
+//! 3. answer the clients whose entries were applied; send the persisted
+//!    messages; `advance`;
+//! 4. the `LightReady`: send its messages; in one transaction apply its
+//!    committed entries and save the commit index (and compact the log when
+//!    due); answer; `advance_apply`.
+//!
+//! A proposal carries `(node id, proposal id)`; when its entry is applied on
+//! the node that proposed it, that node answers the client with the apply's
+//! result. When the term changes every pending proposal fails with a
+//! retryable `Unavailable`: its entry may or may not be committed later.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::storage::{DiskStorage, db_err};
+use super::transport::Transport;
+use super::{NodeStatus, RaftConfig};
+use crate::hub::Hub;
+use crate::state::{Command, Outcome};
+use crate::{ObjectKey, StoreError};
+
+pub(crate) type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
+
+/// What the node loop receives.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// A client's write.
+    Propose { cmd: Command, reply: Reply },
+    /// A message from a peer.
+    Raft(Box<Message>),
+    /// Stop.
+    Shutdown,
+}
+
+/// What a log entry holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    /// The node that proposed it (and answers the client).
+    node: u64,
+    /// The proposal id on that node.
+    id: u64,
+    cmd: Command,
+}
+
+pub(crate) struct Node {
+    pub raw: RawNode<DiskStorage>,
+    pub hub: Arc<Hub>,
+    pub rx: Receiver<Msg>,
+    pub transport: Arc<dyn Transport>,
+    pub status: Arc<Mutex<NodeStatus>>,
+    pub config: RaftConfig,
+    pending: HashMap<u64, Reply>,
+    next_id: u64,
+    term: u64,
+    snapshots_installed: u64,
+}
+
+type Answers = Vec<(Reply, Result<Outcome, StoreError>)>;
+
+impl Node {
+    pub fn new(
+        raw: RawNode<DiskStorage>,
+        hub: Arc<Hub>,
+        rx: Receiver<Msg>,
+        transport: Arc<dyn Transport>,
+        status: Arc<Mutex<NodeStatus>>,
+        config: RaftConfig,
+    ) -> Self {
+        let term = raw.raft.term;
+        Self {
+            raw,
+            hub,
+            rx,
+            transport,
+            status,
+            config,
+            pending: HashMap::new(),
+            next_id: 1,
+            term,
+            snapshots_installed: 0,
+        }
+    }
+
+    /// Runs until shutdown or a storage failure.
+    pub fn run(mut self) {
+        // A lone voter need not wait an election timeout to lead.
+        if self.raw.store().conf_state().voters == [self.config.id]
+            && let Err(e) = self.raw.campaign()
+        {
+            tracing::warn!(error = %e, "campaign failed");
+        }
+        let tick = self.config.tick;
+        let mut next_tick = Instant::now() + tick;
+        let mut stop = false;
+        while !stop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(wait) {
+                Ok(msg) => {
+                    stop = self.handle(msg);
+                    // Group commit: take everything that queued up meanwhile.
+                    let mut taken = 1;
+                    while !stop && taken < self.config.max_batch {
+                        match self.rx.try_recv() {
+                            Ok(msg) => {
+                                stop = self.handle(msg);
+                                taken += 1;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => stop = true,
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                next_tick = now + tick;
+                self.pending.retain(|_, r| !r.is_closed());
+            }
+            if let Err(e) = self.on_ready() {
+                tracing::error!(error = %e, "raft storage failed: stopping this node");
+                self.fail_pending(&e);
+                self.publish_status(true);
+                break;
+            }
+            self.check_term();
+            self.publish_status(false);
+        }
+        self.fail_pending(&StoreError::Unavailable(
+            "the store is shutting down".into(),
+        ));
+        self.publish_status(true);
+        self.hub.shutdown();
+        tracing::info!("raft node stopped");
+    }
+
+    /// Handles one message; true to stop.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Shutdown => return true,
+            Msg::Raft(m) => {
+                if let Err(e) = self.raw.step(*m) {
+                    tracing::debug!(error = %e, "raft message refused");
+                }
+            }
+            Msg::Propose { cmd, reply } => {
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(StoreError::Unavailable(
+                        "no Raft leader at the moment".into(),
+                    )));
+                    return false;
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                let env = Envelope {
+                    node: self.config.id,
+                    id,
+                    cmd,
+                };
+                let data = match serde_json::to_vec(&env) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = reply.send(Err(StoreError::Invalid(format!(
+                            "cannot encode the write: {e}"
+                        ))));
+                        return false;
+                    }
+                };
+                match self.raw.propose(vec![], data) {
+                    Ok(()) => {
+                        self.pending.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(StoreError::Unavailable(format!(
+                            "proposal dropped: {e}"
+                        ))));
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            let (to, snapshot) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
+            let delivered = self.transport.send(m);
+            if !delivered {
+                self.raw.report_unreachable(to);
+            }
+            if snapshot {
+                let status = if delivered {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+        }
+    }
+
+    fn on_ready(&mut self) -> Result<(), StoreError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        self.send(ready.take_messages());
+
+        let has_snapshot = !ready.snapshot().is_empty();
+        let txn = self.raw.store().begin(ready.must_sync() || has_snapshot)?;
+        if has_snapshot {
+            let history = self.hub.config().history;
+            let sm = self
+                .raw
+                .mut_store()
+                .apply_snapshot(&txn, ready.snapshot(), history)?;
+            tracing::info!(
+                index = ready.snapshot().get_metadata().index,
+                "installed a snapshot"
+            );
+            self.hub.lock().replace_state(sm);
+            self.snapshots_installed += 1;
+        }
+        let answers = self.apply(&txn, ready.take_committed_entries())?;
+        self.raw.mut_store().append(&txn, ready.entries())?;
+        if let Some(hs) = ready.hs() {
+            self.raw.mut_store().set_hard_state(&txn, hs.clone())?;
+        }
+        txn.commit().map_err(|e| db_err("commit", e))?;
+        answer(answers);
+        self.send(ready.take_persisted_messages());
+
+        let mut light = self.raw.advance(ready);
+        self.send(light.take_messages());
+        let committed = light.take_committed_entries();
+        if light.commit_index().is_some() || !committed.is_empty() {
+            let txn = self.raw.store().begin(false)?;
+            if let Some(commit) = light.commit_index() {
+                self.raw.mut_store().set_commit(&txn, commit)?;
+            }
+            let answers = self.apply(&txn, committed)?;
+            self.maybe_compact(&txn)?;
+            txn.commit().map_err(|e| db_err("commit", e))?;
+            answer(answers);
+        }
+        self.raw.advance_apply();
+        Ok(())
+    }
+
+    /// Applies committed entries: objects and applied index go into `txn`.
+    fn apply(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        entries: Vec<Entry>,
+    ) -> Result<Answers, StoreError> {
+        let mut answers = Vec::new();
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(answers);
+        };
+        let mut dirty: Vec<ObjectKey> = Vec::new();
+        let hub = self.hub.clone();
+        let mut core = hub.lock();
+        for entry in entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if entry.get_data().is_empty() {
+                        continue; // a new leader's empty entry
+                    }
+                    let env: Envelope = match serde_json::from_slice(entry.get_data()) {
+                        Ok(env) => env,
+                        Err(e) => {
+                            tracing::error!(index = entry.index, error = %e, "undecodable log entry skipped");
+                            continue;
+                        }
+                    };
+                    let result = core.apply(&env.cmd);
+                    if let Ok(applied) = &result
+                        && let Some(change) = &applied.change
+                    {
+                        dirty.push(change.key.clone());
+                    }
+                    if env.node == self.config.id
+                        && let Some(reply) = self.pending.remove(&env.id)
+                    {
+                        answers.push((reply, result.map(|a| a.outcome)));
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(entry.get_data())
+                        .map_err(|e| db_err("conf change", e))?;
+                    let cs = self
+                        .raw
+                        .apply_conf_change(&cc)
+                        .map_err(|e| db_err("conf change", e))?;
+                    self.raw.mut_store().set_conf_state(txn, cs)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(entry.get_data())
+                        .map_err(|e| db_err("conf change", e))?;
+                    let cs = self
+                        .raw
+                        .apply_conf_change(&cc)
+                        .map_err(|e| db_err("conf change", e))?;
+                    self.raw.mut_store().set_conf_state(txn, cs)?;
+                }
+            }
+        }
+        dirty.sort();
+        dirty.dedup();
+        self.raw
+            .mut_store()
+            .write_applied(txn, core.state(), &dirty, last)?;
+        Ok(answers)
+    }
+
+    /// Compacts the log once `compact_every` entries were applied since the
+    /// last compaction, keeping `catch_up_entries` for slow followers.
+    fn maybe_compact(&mut self, txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+        let store = self.raw.store();
+        let applied = store.applied();
+        if applied.saturating_sub(store.compacted_index())
+            < self.config.compact_every + self.config.catch_up_entries
+        {
+            return Ok(());
+        }
+        let to = applied.saturating_sub(self.config.catch_up_entries);
+        tracing::debug!(to, "compacting the raft log");
+        self.raw.mut_store().compact(txn, to)
+    }
+
+    fn check_term(&mut self) {
+        let term = self.raw.raft.term;
+        if term != self.term {
+            tracing::info!(
+                from = self.term,
+                to = term,
+                leader = self.raw.raft.leader_id,
+                "term changed"
+            );
+            self.term = term;
+            let err = StoreError::Unavailable(format!(
+                "the Raft term changed to {term}: the write may or may not have been applied"
+            ));
+            self.fail_pending(&err);
+        }
+    }
+
+    fn fail_pending(&mut self, err: &StoreError) {
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+
+    fn publish_status(&self, stopped: bool) {
+        let raft = &self.raw.raft;
+        let store = self.raw.store();
+        let status = NodeStatus {
+            id: self.config.id,
+            term: raft.term,
+            leader_id: raft.leader_id,
+            is_leader: raft.state == StateRole::Leader,
+            commit: store.hard_state().commit,
+            applied: store.applied(),
+            first_index: store.compacted_index() + 1,
+            snapshots_installed: self.snapshots_installed,
+            voters: store.conf_state().voters.clone(),
+            stopped,
+        };
+        *self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = status;
+    }
+}
+
+fn answer(answers: Answers) {
+    for (reply, result) in answers {
+        let _ = reply.send(result);
+    }
+}
+
+/// The tick interval default: 100 ms, as raft-rs's examples.
+pub(crate) const DEFAULT_TICK: Duration = Duration::from_millis(100);

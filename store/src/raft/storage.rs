@@ -1,0 +1,457 @@
+//! Raft's storage on redb: the log, hard state, conf state, the compaction
+//! point and the state machine (objects, revision, applied index), all in one
+//! database file.
+//!
+//! Reads (raft's [`Storage`] trait) are served from memory: the entries since
+//! the last compaction, the hard and conf states. Every change goes to redb in
+//! a write transaction that the node loop opens and commits — one per `Ready`
+//! (fsync'd when raft says it must be) and one per `LightReady`. Whatever is
+//! written together is committed together: a snapshot with the entries and
+//! hard state of its `Ready`, the objects an apply changed with the applied
+//! index, the revision and the hard state. A transaction that skips the fsync
+//! is made durable by the next one that does not; if the process dies first,
+//! the state goes back to an older applied index whose entries are still in
+//! the durable log, and they are applied again — the state machine is
+//! deterministic, so the same revisions come out.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage};
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use serde_json::Value;
+
+use crate::hub::Hub;
+use crate::state::{SnapshotData, StateMachine, key_of};
+use crate::{ObjectKey, Revision, StoreError};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+
+const HARD_STATE: &str = "hard_state";
+const CONF_STATE: &str = "conf_state";
+/// Index and term of the last entry removed by compaction (or of the
+/// installed snapshot): 16 bytes, little-endian.
+const COMPACTED: &str = "compacted";
+const APPLIED: &str = "applied";
+const REVISION: &str = "revision";
+
+pub(crate) fn db_err(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("{what}: {e}"))
+}
+
+fn raft_err(e: StoreError) -> raft::Error {
+    raft::Error::Store(raft::StorageError::Other(Box::new(e)))
+}
+
+fn encode_key(key: &ObjectKey) -> String {
+    format!(
+        "{}/{}/{}",
+        key.kind.name(),
+        key.namespace.as_deref().unwrap_or(""),
+        key.name
+    )
+}
+
+fn u64_of(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = bytes.len().min(8);
+    b[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(b)
+}
+
+/// What was loaded at open.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub storage: DiskStorage,
+    pub state: StateMachine,
+}
+
+/// Raft's storage; owned by the `RawNode`, changed only by the node loop.
+#[derive(Debug)]
+pub(crate) struct DiskStorage {
+    db: Database,
+    hard_state: HardState,
+    conf_state: ConfState,
+    compacted_index: u64,
+    compacted_term: u64,
+    /// Entries `compacted_index + 1 ..= last`.
+    entries: VecDeque<Entry>,
+    applied: u64,
+    hub: Option<Arc<Hub>>,
+}
+
+impl DiskStorage {
+    /// Opens (or creates) the database. Membership is bootstrapped with
+    /// `voters` only if the database is empty.
+    pub fn open(path: &Path, voters: &[u64], history: usize) -> Result<Loaded, StoreError> {
+        let db = Database::create(path).map_err(|e| db_err("opening the store database", e))?;
+        let txn = db.begin_write().map_err(|e| db_err("begin", e))?;
+        let mut meta_vals: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut entries = VecDeque::new();
+        let mut objects = BTreeMap::new();
+        {
+            let meta = txn.open_table(META).map_err(|e| db_err("meta table", e))?;
+            for row in meta.iter().map_err(|e| db_err("meta", e))? {
+                let (k, v) = row.map_err(|e| db_err("meta", e))?;
+                meta_vals.insert(k.value().to_owned(), v.value().to_vec());
+            }
+            let log = txn.open_table(LOG).map_err(|e| db_err("log table", e))?;
+            for row in log.iter().map_err(|e| db_err("log", e))? {
+                let (_, v) = row.map_err(|e| db_err("log", e))?;
+                entries.push_back(
+                    Entry::parse_from_bytes(v.value()).map_err(|e| db_err("log entry", e))?,
+                );
+            }
+            let objs = txn
+                .open_table(OBJECTS)
+                .map_err(|e| db_err("objects table", e))?;
+            for row in objs.iter().map_err(|e| db_err("objects", e))? {
+                let (_, v) = row.map_err(|e| db_err("objects", e))?;
+                let obj: Value =
+                    serde_json::from_slice(v.value()).map_err(|e| db_err("stored object", e))?;
+                objects.insert(key_of(&obj)?, obj);
+            }
+        }
+        let fresh = meta_vals.is_empty() && entries.is_empty() && objects.is_empty();
+        let conf_state = match meta_vals.get(CONF_STATE) {
+            Some(b) => ConfState::parse_from_bytes(b).map_err(|e| db_err("conf state", e))?,
+            None if fresh => {
+                let cs = ConfState::from((voters.to_vec(), Vec::<u64>::new()));
+                let bytes = cs.write_to_bytes().map_err(|e| db_err("conf state", e))?;
+                let mut meta = txn.open_table(META).map_err(|e| db_err("meta table", e))?;
+                meta.insert(CONF_STATE, bytes.as_slice())
+                    .map_err(|e| db_err("bootstrap", e))?;
+                tracing::info!(?voters, "bootstrapped an empty store");
+                cs
+            }
+            None => {
+                return Err(StoreError::Internal(
+                    "the store database has no membership".into(),
+                ));
+            }
+        };
+        txn.commit().map_err(|e| db_err("bootstrap commit", e))?;
+
+        let hard_state = match meta_vals.get(HARD_STATE) {
+            Some(b) => HardState::parse_from_bytes(b).map_err(|e| db_err("hard state", e))?,
+            None => HardState::default(),
+        };
+        let (compacted_index, compacted_term) = match meta_vals.get(COMPACTED) {
+            Some(b) if b.len() == 16 => (u64_of(&b[..8]), u64_of(&b[8..])),
+            _ => (0, 0),
+        };
+        let applied = meta_vals.get(APPLIED).map_or(0, |b| u64_of(b));
+        let revision: Revision = meta_vals.get(REVISION).map_or(0, |b| u64_of(b));
+        if let Some(first) = entries.front()
+            && first.index != compacted_index + 1
+        {
+            return Err(StoreError::Internal(format!(
+                "the raft log starts at {} but was compacted to {compacted_index}",
+                first.index
+            )));
+        }
+        let storage = DiskStorage {
+            db,
+            hard_state,
+            conf_state,
+            compacted_index,
+            compacted_term,
+            entries,
+            applied,
+            hub: None,
+        };
+        Ok(Loaded {
+            storage,
+            state: StateMachine::restore(objects, revision, history),
+        })
+    }
+
+    pub fn set_hub(&mut self, hub: Arc<Hub>) {
+        self.hub = Some(hub);
+    }
+
+    pub fn begin(&self, durable: bool) -> Result<WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| db_err("begin", e))?;
+        let durability = if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        txn.set_durability(durability)
+            .map_err(|e| db_err("durability", e))?;
+        Ok(txn)
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn compacted_index(&self) -> u64 {
+        self.compacted_index
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    fn last(&self) -> u64 {
+        self.compacted_index + self.entries.len() as u64
+    }
+
+    fn put_meta(txn: &WriteTransaction, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut meta = txn.open_table(META).map_err(|e| db_err("meta table", e))?;
+        meta.insert(key, value)
+            .map_err(|e| db_err("meta write", e))?;
+        Ok(())
+    }
+
+    /// Appends entries, replacing any conflicting suffix.
+    pub fn append(&mut self, txn: &WriteTransaction, ents: &[Entry]) -> Result<(), StoreError> {
+        let Some(first) = ents.first() else {
+            return Ok(());
+        };
+        if first.index <= self.compacted_index || first.index > self.last() + 1 {
+            return Err(StoreError::Internal(format!(
+                "append at {} to a log holding {}..={}",
+                first.index,
+                self.compacted_index + 1,
+                self.last()
+            )));
+        }
+        let mut log = txn.open_table(LOG).map_err(|e| db_err("log table", e))?;
+        if first.index <= self.last() {
+            log.retain_in(first.index.., |_, _| false)
+                .map_err(|e| db_err("log truncate", e))?;
+            self.entries
+                .truncate((first.index - self.compacted_index - 1) as usize);
+        }
+        for e in ents {
+            let bytes = e.write_to_bytes().map_err(|e| db_err("encode entry", e))?;
+            log.insert(e.index, bytes.as_slice())
+                .map_err(|e| db_err("log write", e))?;
+        }
+        self.entries.extend(ents.iter().cloned());
+        Ok(())
+    }
+
+    pub fn set_hard_state(
+        &mut self,
+        txn: &WriteTransaction,
+        hs: HardState,
+    ) -> Result<(), StoreError> {
+        let bytes = hs
+            .write_to_bytes()
+            .map_err(|e| db_err("encode hard state", e))?;
+        Self::put_meta(txn, HARD_STATE, &bytes)?;
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    pub fn set_commit(&mut self, txn: &WriteTransaction, commit: u64) -> Result<(), StoreError> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.set_hard_state(txn, hs)
+    }
+
+    pub fn set_conf_state(
+        &mut self,
+        txn: &WriteTransaction,
+        cs: ConfState,
+    ) -> Result<(), StoreError> {
+        let bytes = cs
+            .write_to_bytes()
+            .map_err(|e| db_err("encode conf state", e))?;
+        Self::put_meta(txn, CONF_STATE, &bytes)?;
+        self.conf_state = cs;
+        Ok(())
+    }
+
+    /// Records an apply: the objects it changed (current value or deleted),
+    /// the applied index and the revision, in the same transaction.
+    pub fn write_applied(
+        &mut self,
+        txn: &WriteTransaction,
+        state: &StateMachine,
+        dirty: &[ObjectKey],
+        applied: u64,
+    ) -> Result<(), StoreError> {
+        {
+            let mut objs = txn
+                .open_table(OBJECTS)
+                .map_err(|e| db_err("objects table", e))?;
+            for key in dirty {
+                let k = encode_key(key);
+                match state.get(key) {
+                    Some(obj) => {
+                        let bytes =
+                            serde_json::to_vec(obj).map_err(|e| db_err("encode object", e))?;
+                        objs.insert(k.as_str(), bytes.as_slice())
+                            .map_err(|e| db_err("object write", e))?;
+                    }
+                    None => {
+                        objs.remove(k.as_str())
+                            .map_err(|e| db_err("object delete", e))?;
+                    }
+                }
+            }
+        }
+        Self::put_meta(txn, APPLIED, &applied.to_le_bytes())?;
+        Self::put_meta(txn, REVISION, &state.revision().to_le_bytes())?;
+        self.applied = applied;
+        Ok(())
+    }
+
+    /// Drops the log up to `index` (inclusive; at most the applied index).
+    pub fn compact(&mut self, txn: &WriteTransaction, index: u64) -> Result<(), StoreError> {
+        let index = index.min(self.applied);
+        if index <= self.compacted_index {
+            return Ok(());
+        }
+        let term = self.term(index).map_err(|e| db_err("compaction term", e))?;
+        let mut log = txn.open_table(LOG).map_err(|e| db_err("log table", e))?;
+        log.retain_in(..=index, |_, _| false)
+            .map_err(|e| db_err("log compaction", e))?;
+        drop(log);
+        let drop_n = (index - self.compacted_index) as usize;
+        self.entries.drain(..drop_n.min(self.entries.len()));
+        self.set_compacted(txn, index, term)
+    }
+
+    fn set_compacted(
+        &mut self,
+        txn: &WriteTransaction,
+        index: u64,
+        term: u64,
+    ) -> Result<(), StoreError> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&index.to_le_bytes());
+        b[8..].copy_from_slice(&term.to_le_bytes());
+        Self::put_meta(txn, COMPACTED, &b)?;
+        self.compacted_index = index;
+        self.compacted_term = term;
+        Ok(())
+    }
+
+    /// Installs a snapshot from the leader: the whole state machine, the
+    /// membership, and an empty log after it. Returns the new state machine.
+    pub fn apply_snapshot(
+        &mut self,
+        txn: &WriteTransaction,
+        snap: &Snapshot,
+        history: usize,
+    ) -> Result<StateMachine, StoreError> {
+        let meta = snap.get_metadata();
+        let data: SnapshotData =
+            serde_json::from_slice(snap.get_data()).map_err(|e| db_err("decode snapshot", e))?;
+        let sm = StateMachine::from_snapshot(data, history)?;
+        {
+            let mut objs = txn
+                .open_table(OBJECTS)
+                .map_err(|e| db_err("objects table", e))?;
+            objs.retain(|_, _| false)
+                .map_err(|e| db_err("objects clear", e))?;
+            for (key, obj) in sm.objects() {
+                let bytes = serde_json::to_vec(obj).map_err(|e| db_err("encode object", e))?;
+                objs.insert(encode_key(key).as_str(), bytes.as_slice())
+                    .map_err(|e| db_err("object write", e))?;
+            }
+            let mut log = txn.open_table(LOG).map_err(|e| db_err("log table", e))?;
+            log.retain(|_, _| false)
+                .map_err(|e| db_err("log clear", e))?;
+        }
+        self.entries.clear();
+        self.set_compacted(txn, meta.index, meta.term)?;
+        self.set_conf_state(txn, meta.get_conf_state().clone())?;
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = meta.index;
+        self.set_hard_state(txn, hs)?;
+        Self::put_meta(txn, APPLIED, &meta.index.to_le_bytes())?;
+        Self::put_meta(txn, REVISION, &sm.revision().to_le_bytes())?;
+        self.applied = meta.index;
+        Ok(sm)
+    }
+}
+
+impl Storage for DiskStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.compacted_index {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > self.last() + 1 || low > high {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let lo = (low - self.compacted_index - 1) as usize;
+        let hi = (high - self.compacted_index - 1) as usize;
+        let mut ents: Vec<Entry> = self.entries.range(lo..hi).cloned().collect();
+        raft::util::limit_size(&mut ents, max_size.into());
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.compacted_index {
+            return Ok(self.compacted_term);
+        }
+        if idx < self.compacted_index {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > self.last() {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        Ok(self.entries[(idx - self.compacted_index - 1) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.compacted_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    /// A snapshot of the state machine at the applied index, made on demand
+    /// (the state machine is always at the applied index between readies).
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        if self.applied < request_index {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let hub = self
+            .hub
+            .as_ref()
+            .ok_or_else(|| raft_err(StoreError::Internal("no state machine attached".into())))?;
+        let data = serde_json::to_vec(&hub.lock().state().snapshot())
+            .map_err(|e| raft_err(db_err("encode snapshot", e)))?;
+        let mut snap = Snapshot::default();
+        snap.set_data(data.into());
+        let meta = snap.mut_metadata();
+        meta.index = self.applied;
+        meta.term = self.term(self.applied)?;
+        meta.set_conf_state(self.conf_state.clone());
+        tracing::info!(to, index = self.applied, "sending a snapshot");
+        Ok(snap)
+    }
+}
