@@ -1,0 +1,607 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use shoal_crds::{
+    Availability, ConditionStatus, ContainerTemplate, DesiredState, Placement, Service,
+    ServiceMode, ServiceSpec, Task, TaskPhase, TaskSpec, TaskStatus, UpdateConfig,
+};
+
+use super::*;
+use crate::scheduler::SchedHost;
+
+fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn service(replicas: i32) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some("web".into()),
+            namespace: Some("default".into()),
+            uid: Some("uid-web".into()),
+            generation: Some(3),
+            finalizers: Some(vec![SERVICE_FINALIZER.into()]),
+            ..Default::default()
+        },
+        spec: ServiceSpec {
+            replicas: Some(replicas),
+            template: ContainerTemplate {
+                image: "busybox:1".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+fn global(selector_zone: Option<&str>) -> Service {
+    let mut s = service(0);
+    s.spec.replicas = None;
+    s.spec.mode = Some(ServiceMode::Global);
+    s.spec.placement = selector_zone.map(|z| Placement {
+        host_selector: Some(LabelSelector {
+            match_labels: Some([("zone".to_string(), z.to_string())].into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    s
+}
+
+fn hash_of(s: &Service) -> String {
+    template_hash(&s.spec.template, s.spec.restart_policy.as_ref())
+}
+
+/// A task `web-<slot>-a<attempt>`, current template, desired Running.
+fn task(s: &Service, slot: i32, attempt: u32, phase: TaskPhase, host: Option<&str>) -> Task {
+    Task {
+        metadata: ObjectMeta {
+            name: Some(format!("web-{slot}-a{attempt}")),
+            namespace: Some("default".into()),
+            labels: Some(BTreeMap::from([(
+                ATTEMPT_LABEL.to_string(),
+                attempt.to_string(),
+            )])),
+            creation_timestamp: Some(Time(ts(i64::from(attempt)))),
+            ..Default::default()
+        },
+        spec: TaskSpec {
+            service: "web".into(),
+            slot: Some(slot),
+            template: s.spec.template.clone(),
+            template_hash: hash_of(s),
+            host_name: host.map(str::to_owned),
+            desired_state: Some(DesiredState::Running),
+            ..Default::default()
+        },
+        status: Some(TaskStatus {
+            phase: Some(phase),
+            finished_at: phase.is_terminal().then(|| Time(ts(100))),
+            ..Default::default()
+        }),
+    }
+}
+
+fn global_task(s: &Service, host: &str, attempt: u32, phase: TaskPhase) -> Task {
+    let mut t = task(s, 0, attempt, phase, Some(host));
+    t.metadata.name = Some(format!("web-{host}-a{attempt}"));
+    t.spec.slot = None;
+    t.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(crate::scheduler::TARGET_HOST_LABEL.into(), host.into());
+    t
+}
+
+fn stopped(mut t: Task) -> Task {
+    t.spec.desired_state = Some(DesiredState::Shutdown);
+    t
+}
+
+fn old(mut t: Task) -> Task {
+    t.spec.template_hash = "old".into();
+    t
+}
+
+fn host(name: &str) -> SchedHost {
+    SchedHost {
+        name: name.into(),
+        labels: BTreeMap::from([("zone".to_string(), "east".to_string())]),
+        ready: true,
+        availability: Availability::Active,
+        cpu_millis: 4000,
+        memory_bytes: 1 << 33,
+    }
+}
+
+fn hosts() -> Vec<SchedHost> {
+    vec![host("h1"), host("h2"), host("h3")]
+}
+
+fn run(s: &Service, tasks: &[Task], hosts: &[SchedHost], now: i64) -> Plan {
+    plan(&PlanInput {
+        service: s,
+        tasks,
+        hosts,
+        now: ts(now),
+        history_limit: DEFAULT_HISTORY_LIMIT,
+        unschedulable: None,
+    })
+}
+
+fn create(n: i32, attempt: u32) -> Action {
+    Action::Create {
+        slot: SlotKey::Slot(n),
+        attempt,
+    }
+}
+fn create_on(h: &str) -> Action {
+    Action::Create {
+        slot: SlotKey::Host(h.into()),
+        attempt: 1,
+    }
+}
+fn shutdown(n: &str) -> Action {
+    Action::Shutdown(n.into())
+}
+fn delete(n: &str) -> Action {
+    Action::Delete(n.into())
+}
+
+struct Case {
+    name: &'static str,
+    service: Service,
+    tasks: Vec<Task>,
+    hosts: Vec<SchedHost>,
+    now: i64,
+    want: Vec<Action>,
+    requeue: Option<Duration>,
+}
+
+fn case(name: &'static str, service: Service, tasks: Vec<Task>, want: Vec<Action>) -> Case {
+    Case {
+        name,
+        service,
+        tasks,
+        hosts: hosts(),
+        now: 100,
+        want,
+        requeue: None,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    use TaskPhase::*;
+    let s = service(3);
+    let mut cases = Vec::new();
+
+    let mut fresh = service(3);
+    fresh.metadata.finalizers = None;
+    cases.push(case(
+        "a new service gets its finalizer, then slots 0..N-1",
+        fresh,
+        vec![],
+        vec![
+            Action::AddServiceFinalizer,
+            create(0, 1),
+            create(1, 1),
+            create(2, 1),
+        ],
+    ));
+    cases.push(case(
+        "scale up fills the missing slots",
+        s.clone(),
+        vec![task(&s, 0, 1, Running, Some("h1"))],
+        vec![create(1, 1), create(2, 1)],
+    ));
+    cases.push(case(
+        "steady state: nothing to do",
+        s.clone(),
+        vec![
+            task(&s, 0, 1, Running, Some("h1")),
+            task(&s, 1, 1, Running, Some("h2")),
+            task(&s, 2, 1, Starting, Some("h3")),
+        ],
+        vec![],
+    ));
+    cases.push(case(
+        "scale down: non-running first, then the most loaded host, then the highest slot",
+        service(2),
+        vec![
+            task(&s, 0, 1, Running, Some("h1")),
+            task(&s, 1, 1, Running, Some("h2")),
+            task(&s, 2, 1, Pending, None),
+            task(&s, 3, 1, Running, Some("h1")),
+        ],
+        vec![
+            shutdown("web-2-a1"),
+            shutdown("web-3-a1"),
+            delete("web-2-a1"),
+            delete("web-3-a1"),
+        ],
+    ));
+    cases.push(case(
+        "scale down removes the history of removed slots too",
+        service(1),
+        vec![
+            task(&s, 0, 2, Running, Some("h1")),
+            task(&s, 1, 2, Running, Some("h2")),
+            stopped(task(&s, 1, 1, Rejected, Some("h2"))),
+        ],
+        vec![shutdown("web-1-a2"), delete("web-1-a1"), delete("web-1-a2")],
+    ));
+    cases.push(case(
+        "scale up reuses the lowest free slots",
+        service(2),
+        vec![task(&s, 1, 1, Running, Some("h1"))],
+        vec![create(0, 1)],
+    ));
+    cases.push(case(
+        "a rejected task is replaced (first time: the restart delay, 0s)",
+        service(1),
+        vec![task(&s, 0, 1, Rejected, Some("h1"))],
+        vec![shutdown("web-0-a1"), create(0, 2)],
+    ));
+    cases.push(Case {
+        requeue: Some(Duration::from_millis(100)),
+        ..case(
+            "a second rejection in a row backs off",
+            service(1),
+            vec![
+                stopped(task(&s, 0, 1, Rejected, Some("h1"))),
+                task(&s, 0, 2, Rejected, Some("h2")),
+            ],
+            vec![shutdown("web-0-a2")],
+        )
+    });
+    cases.push(Case {
+        now: 101,
+        ..case(
+            "after the backoff the replacement comes",
+            service(1),
+            vec![
+                stopped(task(&s, 0, 1, Rejected, Some("h1"))),
+                stopped(task(&s, 0, 2, Rejected, Some("h2"))),
+            ],
+            vec![create(0, 3)],
+        )
+    });
+    cases.push(case(
+        "an orphaned task is replaced at once",
+        service(1),
+        vec![task(&s, 0, 1, Orphaned, Some("h1"))],
+        vec![shutdown("web-0-a1"), create(0, 2)],
+    ));
+    cases.push(case(
+        "a task whose host is gone is replaced at once",
+        service(1),
+        vec![task(&s, 0, 1, Running, Some("gone"))],
+        vec![shutdown("web-0-a1"), create(0, 2)],
+    ));
+    cases.push(case(
+        "failed and succeeded tasks are not replaced",
+        service(2),
+        vec![
+            task(&s, 0, 1, Failed, Some("h1")),
+            task(&s, 1, 1, Succeeded, Some("h2")),
+        ],
+        vec![],
+    ));
+    let mut drained = hosts();
+    drained[0].availability = Availability::Drain;
+    cases.push(Case {
+        hosts: drained.clone(),
+        ..case(
+            "a task on a draining host is stopped, its replacement waits for the stop",
+            service(1),
+            vec![task(&s, 0, 1, Running, Some("h1"))],
+            vec![shutdown("web-0-a1")],
+        )
+    });
+    cases.push(Case {
+        hosts: drained,
+        ..case(
+            "once stopped, the replacement is created",
+            service(1),
+            vec![stopped(task(&s, 0, 1, Shutdown, Some("h1")))],
+            vec![create(0, 2)],
+        )
+    });
+    cases.push(case(
+        "two current tasks in one slot: the newest stays",
+        service(1),
+        vec![
+            task(&s, 0, 1, Running, Some("h1")),
+            task(&s, 0, 2, Running, Some("h2")),
+        ],
+        vec![shutdown("web-0-a1"), delete("web-0-a1")],
+    ));
+
+    // Rolling update, stop first, parallelism 1 (the default).
+    cases.push(case(
+        "update: the first batch is stopped",
+        s.clone(),
+        vec![
+            old(task(&s, 0, 1, Running, Some("h1"))),
+            old(task(&s, 1, 1, Running, Some("h2"))),
+            old(task(&s, 2, 1, Running, Some("h3"))),
+        ],
+        vec![shutdown("web-0-a1")],
+    ));
+    cases.push(case(
+        "update: nothing more while the old task stops",
+        s.clone(),
+        vec![
+            stopped(old(task(&s, 0, 1, Running, Some("h1")))),
+            old(task(&s, 1, 1, Running, Some("h2"))),
+            old(task(&s, 2, 1, Running, Some("h3"))),
+        ],
+        vec![],
+    ));
+    cases.push(case(
+        "update: the old task stopped, its replacement is created",
+        s.clone(),
+        vec![
+            stopped(old(task(&s, 0, 1, Shutdown, Some("h1")))),
+            old(task(&s, 1, 1, Running, Some("h2"))),
+            old(task(&s, 2, 1, Running, Some("h3"))),
+        ],
+        vec![create(0, 2)],
+    ));
+    cases.push(case(
+        "update: the next batch waits until the new task runs",
+        s.clone(),
+        vec![
+            stopped(old(task(&s, 0, 1, Shutdown, Some("h1")))),
+            task(&s, 0, 2, Starting, Some("h1")),
+            old(task(&s, 1, 1, Running, Some("h2"))),
+            old(task(&s, 2, 1, Running, Some("h3"))),
+        ],
+        vec![],
+    ));
+    cases.push(case(
+        "update: the next batch",
+        s.clone(),
+        vec![
+            stopped(old(task(&s, 0, 1, Shutdown, Some("h1")))),
+            task(&s, 0, 2, Running, Some("h1")),
+            old(task(&s, 1, 1, Running, Some("h2"))),
+            old(task(&s, 2, 1, Running, Some("h3"))),
+        ],
+        vec![shutdown("web-1-a1")],
+    ));
+    let mut p2 = s.clone();
+    p2.spec.update = Some(UpdateConfig {
+        parallelism: Some(2),
+        ..Default::default()
+    });
+    cases.push(case(
+        "update: parallelism 2",
+        p2,
+        vec![
+            old(task(&s, 0, 1, Running, Some("h1"))),
+            old(task(&s, 1, 1, Running, Some("h2"))),
+            old(task(&s, 2, 1, Running, Some("h3"))),
+        ],
+        vec![shutdown("web-0-a1"), shutdown("web-1-a1")],
+    ));
+    let mut p0 = s.clone();
+    p0.spec.update = Some(UpdateConfig {
+        parallelism: Some(0),
+        ..Default::default()
+    });
+    cases.push(case(
+        "update: parallelism 0 is all at once; an ended old task is replaced at once",
+        p0,
+        vec![
+            old(task(&s, 0, 1, Running, Some("h1"))),
+            old(task(&s, 1, 1, Failed, Some("h2"))),
+            old(task(&s, 2, 1, Running, Some("h3"))),
+        ],
+        vec![
+            shutdown("web-0-a1"),
+            shutdown("web-1-a1"),
+            shutdown("web-2-a1"),
+            create(1, 2),
+        ],
+    ));
+
+    let mut history: Vec<Task> = (1..=7)
+        .map(|a| stopped(task(&s, 0, a, Rejected, Some("h1"))))
+        .collect();
+    history.push(task(&s, 0, 8, Running, Some("h1")));
+    cases.push(case(
+        "history: the newest 5 ended tasks of a slot are kept",
+        service(1),
+        history,
+        vec![delete("web-0-a1"), delete("web-0-a2")],
+    ));
+
+    let mut deleting = service(2);
+    deleting.metadata.deletion_timestamp = Some(Time(ts(50)));
+    cases.push(case(
+        "a deleted service stops and deletes its tasks",
+        deleting.clone(),
+        vec![
+            task(&s, 0, 1, Running, Some("h1")),
+            stopped(task(&s, 1, 1, Shutdown, Some("h2"))),
+        ],
+        vec![shutdown("web-0-a1"), delete("web-0-a1"), delete("web-1-a1")],
+    ));
+    let mut marked = task(&s, 0, 1, Running, Some("h1"));
+    marked.metadata.deletion_timestamp = Some(Time(ts(60)));
+    cases.push(case(
+        "a deleted service waits for its marked tasks to go",
+        deleting.clone(),
+        vec![stopped(marked)],
+        vec![],
+    ));
+    cases.push(case(
+        "a deleted service without tasks loses its finalizer",
+        deleting,
+        vec![],
+        vec![Action::RemoveServiceFinalizer],
+    ));
+
+    // Global mode.
+    let g = global(Some("east"));
+    let mut west = host("w1");
+    west.labels.insert("zone".into(), "west".into());
+    let mut not_ready = host("h4");
+    not_ready.ready = false;
+    cases.push(Case {
+        hosts: vec![host("h1"), host("h2"), west.clone(), not_ready.clone()],
+        ..case(
+            "global: one task per eligible host",
+            g.clone(),
+            vec![global_task(&g, "h1", 1, Running)],
+            vec![create_on("h2")],
+        )
+    });
+    cases.push(Case {
+        hosts: vec![host("h1"), not_ready.clone()],
+        ..case(
+            "global: a task on a host that is not ready stays",
+            g.clone(),
+            vec![
+                global_task(&g, "h1", 1, Running),
+                global_task(&g, "h4", 1, Running),
+            ],
+            vec![],
+        )
+    });
+    let mut drain = host("h2");
+    drain.availability = Availability::Drain;
+    cases.push(Case {
+        hosts: vec![host("h1"), drain, west],
+        ..case(
+            "global: tasks on draining or no longer matching hosts go",
+            g.clone(),
+            vec![
+                global_task(&g, "h1", 1, Running),
+                global_task(&g, "h2", 1, Running),
+                global_task(&g, "w1", 1, Running),
+            ],
+            vec![
+                shutdown("web-h2-a1"),
+                shutdown("web-w1-a1"),
+                delete("web-h2-a1"),
+                delete("web-w1-a1"),
+            ],
+        )
+    });
+    cases.push(Case {
+        hosts: vec![host("h1")],
+        ..case(
+            "global: switching to Replicated mode replaces per-host tasks",
+            service(1),
+            vec![global_task(&g, "h1", 1, Running)],
+            vec![shutdown("web-h1-a1"), delete("web-h1-a1"), create(0, 1)],
+        )
+    });
+    cases
+}
+
+#[test]
+fn plan_table() {
+    for c in cases() {
+        let p = run(&c.service, &c.tasks, &c.hosts, c.now);
+        assert_eq!(p.actions, c.want, "{}", c.name);
+        assert_eq!(p.requeue_after, c.requeue, "{}: requeue", c.name);
+    }
+}
+
+fn condition<'a>(p: &'a Plan, type_: &str) -> (ConditionStatus, &'a str, &'a str) {
+    let c = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == type_));
+    match c {
+        Some(c) => (
+            c.status,
+            c.reason.as_deref().unwrap_or(""),
+            c.message.as_deref().unwrap_or(""),
+        ),
+        None => (ConditionStatus::Unknown, "", ""),
+    }
+}
+
+#[test]
+fn status_counts_and_conditions() {
+    use TaskPhase::*;
+    let s = service(3);
+    let tasks = vec![
+        task(&s, 0, 1, Running, Some("h1")),
+        old(task(&s, 1, 1, Running, Some("h2"))),
+        task(&s, 2, 1, Pending, None),
+    ];
+    let p = plan(&PlanInput {
+        service: &s,
+        tasks: &tasks,
+        hosts: &hosts(),
+        now: ts(100),
+        history_limit: 5,
+        unschedulable: Some("0/3 hosts: 3 insufficient memory"),
+    });
+    let st = p.status.clone().unwrap_or_default();
+    assert_eq!(st.observed_generation, Some(3));
+    assert_eq!(st.replicas, Some(3));
+    assert_eq!(st.ready_replicas, Some(2));
+    assert_eq!(st.updated_replicas, Some(2));
+    assert_eq!(
+        condition(&p, "Available"),
+        (
+            ConditionStatus::False,
+            "ReplicasUnavailable",
+            "2/3 replicas ready"
+        )
+    );
+    assert_eq!(condition(&p, "Progressing").0, ConditionStatus::True);
+    assert_eq!(condition(&p, "Progressing").1, "Updating");
+    assert_eq!(
+        condition(&p, "Schedulable"),
+        (
+            ConditionStatus::False,
+            "Unschedulable",
+            "0/3 hosts: 3 insufficient memory"
+        )
+    );
+
+    let done = vec![
+        task(&s, 0, 1, Running, Some("h1")),
+        task(&s, 1, 1, Running, Some("h2")),
+        task(&s, 2, 1, Running, Some("h3")),
+    ];
+    let p = run(&s, &done, &hosts(), 100);
+    assert_eq!(condition(&p, "Available").0, ConditionStatus::True);
+    assert_eq!(
+        condition(&p, "Progressing"),
+        (ConditionStatus::False, "Complete", "3/3 tasks up to date")
+    );
+    assert_eq!(
+        condition(&p, "Schedulable"),
+        (ConditionStatus::True, "Scheduled", "")
+    );
+}
+
+#[test]
+fn health_gates_readiness() {
+    use shoal_crds::{HealthCheck, HealthState};
+    let mut s = service(1);
+    s.spec.template.healthcheck = Some(HealthCheck {
+        command: vec!["CMD".into(), "true".into()],
+        ..Default::default()
+    });
+    let mut t = task(&s, 0, 1, TaskPhase::Running, Some("h1"));
+    let p = run(&s, std::slice::from_ref(&t), &hosts(), 100);
+    assert_eq!(p.status.as_ref().and_then(|s| s.ready_replicas), Some(0));
+    if let Some(st) = t.status.as_mut() {
+        st.health = Some(HealthState::Healthy);
+    }
+    let p = run(&s, &[t], &hosts(), 100);
+    assert_eq!(p.status.as_ref().and_then(|s| s.ready_replicas), Some(1));
+}
