@@ -13,8 +13,9 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::{API_DEFAULT_VERSION, Docker};
 use futures::StreamExt;
@@ -35,6 +36,7 @@ const REQUEST_TIMEOUT_S: u64 = 60;
 pub struct DockerEngine {
     docker: Docker,
     address: String,
+    network_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DockerEngine {
@@ -54,7 +56,11 @@ impl DockerEngine {
             ),
         };
         let docker = docker.negotiate_version().await.map_err(map_err)?;
-        Ok(DockerEngine { docker, address })
+        Ok(DockerEngine {
+            docker,
+            address,
+            network_lock: Default::default(),
+        })
     }
 
     /// The address connected to.
@@ -424,6 +430,11 @@ impl ContainerEngine for DockerEngine {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), EngineError> {
+        // Engines before API 1.44 accept duplicate network names; serialize
+        // this agent's inspect-then-create, and after a create drop any
+        // duplicate another process made at the same time (all keep the
+        // smallest id).
+        let _guard = self.network_lock.lock().await;
         match self
             .docker
             .inspect_network(name, None)
@@ -432,6 +443,7 @@ impl ContainerEngine for DockerEngine {
         {
             Ok(_) => return Ok(()),
             Err(EngineError::NotFound(_)) => {}
+            Err(EngineError::Other(m)) if m.contains("ambiguous") => {}
             Err(e) => return Err(e),
         }
         let req = NetworkCreateRequest {
@@ -441,9 +453,29 @@ impl ContainerEngine for DockerEngine {
             ..Default::default()
         };
         match self.docker.create_network(req).await.map_err(map_err) {
-            Ok(_) | Err(EngineError::Conflict(_)) => Ok(()),
-            Err(e) => Err(e),
+            Ok(_) | Err(EngineError::Conflict(_)) => {}
+            Err(e) => return Err(e),
         }
+        let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let opts = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let mut ids: Vec<String> = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(map_err)?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| n.id)
+            .collect();
+        ids.sort();
+        for extra in ids.iter().skip(1) {
+            if let Err(e) = self.docker.remove_network(extra).await {
+                tracing::debug!(network = %extra, error = %e, "removing a duplicate network");
+            }
+        }
+        Ok(())
     }
 }
 

@@ -25,3 +25,4 @@ pub use engine::ContainerEngine;
 pub use error::{AgentError, EngineError};
 pub use reconciler::{AgentConfig, Assignments, Reconciler, StatusUpdate};
 pub use task::{AssignedTask, RestartSettings};
+pub use tokio_util::sync::CancellationToken;

@@ -606,3 +606,7 @@ pub fn plan(
         .collect();
     Plan { tasks, orphans }
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -464,3 +464,7 @@ fn action_kind(a: &Action) -> &'static str {
         Action::Remove { .. } => "remove",
     }
 }
+
+#[cfg(test)]
+#[path = "reconciler_tests.rs"]
+mod tests;

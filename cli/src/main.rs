@@ -25,6 +25,7 @@ enum Command {
     Validate(cmd::validate::Args),
     Crds(cmd::crds::Args),
     Server(cmd::server::Args),
+    Agent(cmd::agent::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         Command::Validate(a) => cmd::validate::run(a),
         Command::Crds(a) => cmd::crds::run(a),
         Command::Server(a) => cmd::server::run(a),
+        Command::Agent(a) => cmd::agent::run(a),
     };
     match res {
         Ok(code) => code,
