@@ -7,12 +7,13 @@
 //! still shutting down), maxPerHost. Ordering: spread across `spreadBy`
 //! values, then fewest tasks of the service, then least allocated; hosts
 //! where the service failed recently last; ties by host name.
-//! [`run`](crate::scheduler::run) is the thin loop that feeds it from the
+//! [`Scheduler`] is the thin loop that feeds it from the
 //! store and writes `spec.hostName`.
 
 mod input;
 mod model;
 mod place;
+mod run;
 
 pub use input::{TARGET_HOST_LABEL, groups_from, host_ports, is_unbound, phase_of};
 pub use model::{
@@ -20,6 +21,7 @@ pub use model::{
     ServiceRef, TaskGroup, Unschedulable, static_filter,
 };
 pub use place::{schedule, verify};
+pub use run::{PassStats, Scheduler, SchedulerConfig, write_bindings};
 
 #[cfg(test)]
 mod tests;

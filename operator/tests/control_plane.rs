@@ -1,0 +1,569 @@
+//! Store-backed tests of the orchestrator and the scheduler (in-process
+//! MemStore, no agent): the agent and dispatcher side is simulated by
+//! [`agent_step`].
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use shoal_crds::quantity::{ByteQuantity, CpuQuantity};
+use shoal_crds::{
+    Condition, ConditionStatus, ContainerTemplate, DesiredState, Host, HostResources, HostSpec,
+    HostStatus, Placement, ResourceReservations, Resources, Service, ServiceMode, ServiceSpec,
+    Task, TaskPhase, TaskStatus, UpdateConfig,
+};
+use shoal_operator::orchestrator::{
+    Orchestrator, OrchestratorConfig, SERVICE_FINALIZER, TASK_FINALIZER,
+};
+use shoal_operator::reports::SchedulingReports;
+use shoal_operator::scheduler::{Scheduler, SchedulerConfig, ServiceRef};
+use shoal_store::mem::MemStore;
+use shoal_store::typed;
+use shoal_store::{ClusterStore, DeletePreconditions, ListOptions};
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "default";
+
+struct Cluster {
+    store: Arc<dyn ClusterStore>,
+    orch: Orchestrator,
+    sched: Scheduler,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+        let reports = SchedulingReports::new();
+        let orch = Orchestrator::new(store.clone(), OrchestratorConfig::default())
+            .with_reports(reports.clone());
+        let sched = Scheduler::new(store.clone(), SchedulerConfig::default()).with_reports(reports);
+        Self { store, orch, sched }
+    }
+
+    fn s(&self) -> &dyn ClusterStore {
+        self.store.as_ref()
+    }
+
+    async fn add_host(&self, name: &str, labels: &[(&str, &str)], memory: &str) {
+        let h = Host {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            spec: HostSpec::default(),
+            status: Some(HostStatus {
+                conditions: Some(vec![Condition {
+                    type_: "Ready".into(),
+                    status: ConditionStatus::True,
+                    ..Default::default()
+                }]),
+                allocatable: Some(HostResources {
+                    cpu: Some(CpuQuantity::new("4")),
+                    memory: Some(ByteQuantity::new(memory)),
+                }),
+                ..Default::default()
+            }),
+        };
+        typed::create(self.s(), &h).await.unwrap();
+    }
+
+    async fn create_service(&self, svc: Service) {
+        typed::create(self.s(), &svc).await.unwrap();
+    }
+
+    async fn service(&self, name: &str) -> Option<Service> {
+        typed::get::<Service>(self.s(), Some(NS), name)
+            .await
+            .unwrap()
+    }
+
+    async fn edit_service(&self, name: &str, f: impl FnOnce(&mut Service)) {
+        let mut s = self.service(name).await.unwrap();
+        f(&mut s);
+        typed::update(self.s(), &s).await.unwrap();
+    }
+
+    async fn tasks(&self) -> Vec<Task> {
+        typed::list::<Task>(self.s(), &ListOptions::default())
+            .await
+            .unwrap()
+            .0
+    }
+
+    /// The tasks the orchestrator wants running.
+    async fn current(&self) -> Vec<Task> {
+        self.tasks()
+            .await
+            .into_iter()
+            .filter(|t| {
+                t.spec.desired_state() == DesiredState::Running
+                    && t.metadata.deletion_timestamp.is_none()
+            })
+            .collect()
+    }
+
+    /// Reconcile, schedule and let the simulated agent act until nothing
+    /// changes (or `rounds` rounds).
+    async fn converge(&self, services: &[&str], rounds: usize) {
+        for _ in 0..rounds {
+            let before = self.store.revision().await.unwrap();
+            for s in services {
+                let _ = self.orch.reconcile(&ServiceRef::new(NS, *s)).await;
+            }
+            self.sched.pass().await.unwrap();
+            for s in services {
+                let _ = self.orch.reconcile(&ServiceRef::new(NS, *s)).await;
+            }
+            agent_step(self.s()).await;
+            if self.store.revision().await.unwrap() == before {
+                return;
+            }
+        }
+    }
+}
+
+fn service(name: &str, replicas: i32) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        spec: ServiceSpec {
+            replicas: Some(replicas),
+            template: ContainerTemplate {
+                image: "shoal-test/busybox:1".into(),
+                resources: Some(Resources {
+                    limits: None,
+                    reservations: Some(ResourceReservations {
+                        cpu: Some(CpuQuantity::new("100m")),
+                        memory: Some(ByteQuantity::new("64Mi")),
+                    }),
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+fn set_phase(t: &mut Task, phase: TaskPhase) {
+    t.status.get_or_insert_with(TaskStatus::default).phase = Some(phase);
+}
+
+/// What the agents and the dispatcher would do, one step: start bound
+/// tasks, stop tasks asked to stop (or deleted), and release the finalizer
+/// of deleted tasks whose container is gone.
+async fn agent_step(store: &dyn ClusterStore) {
+    let (tasks, _) = typed::list::<Task>(store, &ListOptions::default())
+        .await
+        .unwrap();
+    for mut t in tasks {
+        let phase = t.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
+        let marked = t.metadata.deletion_timestamp.is_some();
+        let bound = t.spec.host_name.is_some();
+        let stop = t.spec.desired_state() == DesiredState::Shutdown || marked;
+        if marked && (phase.is_terminal() || !bound) {
+            t.metadata
+                .finalizers
+                .get_or_insert_with(Vec::new)
+                .retain(|f| f != TASK_FINALIZER);
+            let _ = typed::update(store, &t).await;
+        } else if stop && bound && !phase.is_terminal() {
+            set_phase(&mut t, TaskPhase::Shutdown);
+            let _ = typed::update_status(store, &t).await;
+        } else if !stop && bound && phase == TaskPhase::Pending {
+            set_phase(&mut t, TaskPhase::Running);
+            let _ = typed::update_status(store, &t).await;
+        }
+    }
+}
+
+fn condition(s: &Service, type_: &str) -> (ConditionStatus, String, String) {
+    let c = s
+        .status
+        .as_ref()
+        .and_then(|st| st.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == type_));
+    let c = c.unwrap_or_else(|| panic!("no {type_} condition"));
+    (
+        c.status,
+        c.reason.clone().unwrap_or_default(),
+        c.message.clone().unwrap_or_default(),
+    )
+}
+
+fn slots(tasks: &[Task]) -> BTreeSet<i32> {
+    tasks.iter().filter_map(|t| t.spec.slot).collect()
+}
+
+#[tokio::test]
+async fn scale_up_and_down() {
+    let c = Cluster::new();
+    c.add_host("h1", &[], "1Gi").await;
+    c.add_host("h2", &[], "1Gi").await;
+    c.create_service(service("web", 3)).await;
+    c.converge(&["web"], 20).await;
+
+    let cur = c.current().await;
+    assert_eq!(slots(&cur), BTreeSet::from([0, 1, 2]));
+    for t in &cur {
+        assert_eq!(
+            t.status.as_ref().and_then(|s| s.phase),
+            Some(TaskPhase::Running)
+        );
+        assert!(
+            t.metadata
+                .finalizers
+                .iter()
+                .flatten()
+                .any(|f| f == TASK_FINALIZER)
+        );
+        let labels = t.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get("shoal.dev/service").map(String::as_str),
+            Some("web")
+        );
+        assert_eq!(
+            labels.get("shoal.dev/template-hash"),
+            Some(&t.spec.template_hash)
+        );
+        let name = t.metadata.name.clone().unwrap();
+        assert!(
+            name.starts_with(&format!("web-{}-", t.spec.slot.unwrap())),
+            "{name}"
+        );
+        assert_eq!(name.len(), "web-0-".len() + 5);
+    }
+    let per_host: BTreeMap<String, usize> = cur.iter().fold(BTreeMap::new(), |mut m, t| {
+        *m.entry(t.spec.host_name.clone().unwrap()).or_default() += 1;
+        m
+    });
+    assert_eq!(
+        per_host.values().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([1, 2]),
+        "spread: {per_host:?}"
+    );
+    let svc = c.service("web").await.unwrap();
+    let st = svc.status.clone().unwrap();
+    assert_eq!(
+        (st.replicas, st.ready_replicas, st.updated_replicas),
+        (Some(3), Some(3), Some(3))
+    );
+    assert_eq!(st.observed_generation, svc.metadata.generation);
+    assert_eq!(condition(&svc, "Available").0, ConditionStatus::True);
+    assert!(
+        svc.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == SERVICE_FINALIZER)
+    );
+
+    c.edit_service("web", |s| s.spec.replicas = Some(1)).await;
+    c.converge(&["web"], 20).await;
+    let cur = c.current().await;
+    assert_eq!(cur.len(), 1);
+    // The removed tasks are gone altogether once their containers are.
+    assert_eq!(c.tasks().await.len(), 1);
+    let st = c.service("web").await.unwrap().status.unwrap();
+    assert_eq!((st.replicas, st.ready_replicas), (Some(1), Some(1)));
+
+    c.edit_service("web", |s| s.spec.replicas = Some(4)).await;
+    c.converge(&["web"], 20).await;
+    assert_eq!(c.current().await.len(), 4);
+    assert_eq!(slots(&c.current().await).len(), 4);
+}
+
+#[tokio::test]
+async fn deleting_a_service_removes_its_tasks_then_itself() {
+    let c = Cluster::new();
+    c.add_host("h1", &[], "1Gi").await;
+    c.create_service(service("web", 2)).await;
+    c.converge(&["web"], 20).await;
+    assert_eq!(c.current().await.len(), 2);
+
+    let out = c
+        .s()
+        .delete(
+            &typed::key::<Service>(Some(NS), "web"),
+            &DeletePreconditions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, shoal_store::DeleteOutcome::Marked(_)),
+        "the finalizer keeps it: {out:?}"
+    );
+    // Tasks go only once their containers are confirmed gone: one step of
+    // the orchestrator alone stops and marks them but they stay.
+    let _ = c.orch.reconcile(&ServiceRef::new(NS, "web")).await;
+    let tasks = c.tasks().await;
+    assert_eq!(tasks.len(), 2);
+    assert!(tasks.iter().all(|t| t.metadata.deletion_timestamp.is_some()
+        && t.spec.desired_state() == DesiredState::Shutdown));
+    assert!(c.service("web").await.is_some());
+
+    c.converge(&["web"], 20).await;
+    assert!(c.tasks().await.is_empty());
+    assert!(c.service("web").await.is_none());
+}
+
+#[tokio::test]
+async fn global_mode_follows_hosts() {
+    let c = Cluster::new();
+    c.add_host("h1", &[("zone", "east")], "1Gi").await;
+    c.add_host("h2", &[("zone", "east")], "1Gi").await;
+    c.add_host("w1", &[("zone", "west")], "1Gi").await;
+    let mut g = service("mon", 0);
+    g.spec.replicas = None;
+    g.spec.mode = Some(ServiceMode::Global);
+    g.spec.placement = Some(Placement {
+        host_selector: Some(LabelSelector {
+            match_labels: Some([("zone".to_string(), "east".to_string())].into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c.create_service(g).await;
+    c.converge(&["mon"], 20).await;
+    let hosts = |ts: Vec<Task>| {
+        ts.into_iter()
+            .map(|t| t.spec.host_name.unwrap_or_default())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        hosts(c.current().await),
+        BTreeSet::from(["h1".to_string(), "h2".to_string()])
+    );
+    for t in c.current().await {
+        assert_eq!(t.spec.slot, None);
+        assert_eq!(t.status.and_then(|s| s.phase), Some(TaskPhase::Running));
+    }
+
+    // A host that appears later gets its task.
+    c.add_host("h3", &[("zone", "east")], "1Gi").await;
+    c.converge(&["mon"], 20).await;
+    assert_eq!(
+        hosts(c.current().await),
+        BTreeSet::from(["h1".to_string(), "h2".to_string(), "h3".to_string()])
+    );
+    let st = c.service("mon").await.unwrap().status.unwrap();
+    assert_eq!((st.replicas, st.ready_replicas), (Some(3), Some(3)));
+
+    // A host relabelled out of the selector loses it.
+    let mut h2 = typed::get::<Host>(c.s(), None, "h2")
+        .await
+        .unwrap()
+        .unwrap();
+    h2.metadata.labels = Some([("zone".to_string(), "west".to_string())].into());
+    typed::update(c.s(), &h2).await.unwrap();
+    c.converge(&["mon"], 20).await;
+    assert_eq!(
+        hosts(c.current().await),
+        BTreeSet::from(["h1".to_string(), "h3".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn a_template_change_replaces_tasks_in_batches() {
+    for parallelism in [1, 2] {
+        let c = Cluster::new();
+        c.add_host("h1", &[], "4Gi").await;
+        c.add_host("h2", &[], "4Gi").await;
+        let mut svc = service("web", 4);
+        svc.spec.update = Some(UpdateConfig {
+            parallelism: Some(parallelism),
+            ..Default::default()
+        });
+        c.create_service(svc).await;
+        c.converge(&["web"], 20).await;
+        let old_hash = c.current().await[0].spec.template_hash.clone();
+
+        c.edit_service("web", |s| {
+            s.spec.template.image = "shoal-test/busybox:2".into()
+        })
+        .await;
+        let key = ServiceRef::new(NS, "web");
+        let mut most_down = 0;
+        for _ in 0..60 {
+            let _ = c.orch.reconcile(&key).await;
+            c.sched.pass().await.unwrap();
+            let _ = c.orch.reconcile(&key).await;
+            // Slots without a running task at this moment.
+            let tasks = c.tasks().await;
+            let running: BTreeSet<i32> = tasks
+                .iter()
+                .filter(|t| {
+                    t.spec.desired_state() == DesiredState::Running
+                        && t.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Running)
+                })
+                .filter_map(|t| t.spec.slot)
+                .collect();
+            most_down = most_down.max(4 - running.len());
+            agent_step(c.s()).await;
+            let cur = c.current().await;
+            if cur.len() == 4
+                && cur.iter().all(|t| {
+                    t.spec.template_hash != old_hash
+                        && t.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Running)
+                })
+            {
+                break;
+            }
+        }
+        let cur = c.current().await;
+        assert_eq!(cur.len(), 4);
+        assert!(
+            cur.iter()
+                .all(|t| t.spec.template.image == "shoal-test/busybox:2")
+        );
+        assert_eq!(slots(&cur), BTreeSet::from([0, 1, 2, 3]));
+        assert_eq!(
+            most_down,
+            usize::try_from(parallelism).unwrap(),
+            "at most `parallelism` slots down at once"
+        );
+        // The old tasks stay as history, stopped.
+        let old: Vec<Task> = c
+            .tasks()
+            .await
+            .into_iter()
+            .filter(|t| t.spec.template_hash == old_hash)
+            .collect();
+        assert_eq!(old.len(), 4);
+        assert!(
+            old.iter()
+                .all(|t| t.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Shutdown))
+        );
+        c.converge(&["web"], 5).await;
+        let svc = c.service("web").await.unwrap();
+        assert_eq!(
+            svc.status.as_ref().and_then(|s| s.updated_replicas),
+            Some(4)
+        );
+        assert_eq!(condition(&svc, "Progressing").1, "Complete");
+    }
+}
+
+#[tokio::test]
+async fn an_unschedulable_service_reports_why() {
+    let c = Cluster::new();
+    c.add_host("e1", &[("zone", "east")], "256Mi").await;
+    c.add_host("e2", &[("zone", "east")], "256Mi").await;
+    c.add_host("w1", &[("zone", "west")], "8Gi").await;
+    let mut svc = service("big", 1);
+    svc.spec.template.resources = Some(Resources {
+        limits: None,
+        reservations: Some(ResourceReservations {
+            cpu: None,
+            memory: Some(ByteQuantity::new("512Mi")),
+        }),
+    });
+    svc.spec.placement = Some(Placement {
+        host_selector: Some(LabelSelector {
+            match_labels: Some([("zone".to_string(), "east".to_string())].into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c.create_service(svc).await;
+    c.converge(&["big"], 10).await;
+    let svc = c.service("big").await.unwrap();
+    assert_eq!(
+        condition(&svc, "Schedulable"),
+        (
+            ConditionStatus::False,
+            "Unschedulable".to_string(),
+            "0/3 hosts: 2 insufficient memory, 1 does not match hostSelector zone=east".to_string()
+        )
+    );
+    assert_eq!(condition(&svc, "Available").0, ConditionStatus::False);
+    assert!(c.current().await.iter().all(|t| t.spec.host_name.is_none()));
+
+    // A host that fits appears: the task is placed and the condition clears.
+    c.add_host("e3", &[("zone", "east")], "1Gi").await;
+    c.converge(&["big"], 10).await;
+    let cur = c.current().await;
+    assert_eq!(cur[0].spec.host_name.as_deref(), Some("e3"));
+    let svc = c.service("big").await.unwrap();
+    assert_eq!(condition(&svc, "Schedulable").0, ConditionStatus::True);
+    assert_eq!(condition(&svc, "Available").0, ConditionStatus::True);
+}
+
+#[tokio::test]
+async fn two_orchestrators_at_once_never_double_a_slot() {
+    let c = Cluster::new();
+    c.add_host("h1", &[], "8Gi").await;
+    c.create_service(service("web", 5)).await;
+    let other = Orchestrator::new(c.store.clone(), OrchestratorConfig::default());
+    let key = ServiceRef::new(NS, "web");
+    for _ in 0..5 {
+        let (a, b) = tokio::join!(c.orch.reconcile(&key), other.reconcile(&key));
+        for r in [a, b] {
+            if let Err(e) = r {
+                assert!(e.is_retryable(), "{e}");
+            }
+        }
+    }
+    let cur = c.current().await;
+    assert_eq!(
+        cur.len(),
+        5,
+        "{:?}",
+        cur.iter()
+            .map(|t| t.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(slots(&cur).len(), 5);
+}
+
+#[tokio::test]
+async fn the_loops_converge_on_their_own() {
+    let c = Cluster::new();
+    c.add_host("h1", &[], "1Gi").await;
+    c.add_host("h2", &[], "1Gi").await;
+    let shutdown = CancellationToken::new();
+    let orch = tokio::spawn(c.orch.clone().run(shutdown.clone()));
+    let sched = tokio::spawn(c.sched.clone().run(shutdown.clone()));
+    c.create_service(service("web", 3)).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        agent_step(c.s()).await;
+        let ready = c
+            .service("web")
+            .await
+            .and_then(|s| s.status)
+            .and_then(|s| s.ready_replicas);
+        if ready == Some(3) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not converged: {ready:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.current().await.len(), 3);
+    assert!(c.current().await.iter().all(|t| t.spec.host_name.is_some()));
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), orch)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), sched)
+        .await
+        .unwrap()
+        .unwrap();
+}
