@@ -386,3 +386,47 @@ async fn raw_http_statuses_for_bodies_paths_and_field_validation() {
     assert_eq!(code, 400);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn cluster_scoped_hosts_are_served_without_a_namespace() {
+    let (server, _store) = common::start().await;
+    let client = common::client(&server.url());
+    let hosts: Api<Host> = Api::all(client.clone());
+    let host: Host = serde_json::from_value(json!({
+        "apiVersion": "shoal.dev/v1alpha1",
+        "kind": "Host",
+        "metadata": { "name": "node-1.example", "labels": { "zone": "east" } },
+        "spec": { "availability": "Active" },
+    }))
+    .unwrap();
+    let created = hosts.create(&PostParams::default(), &host).await.unwrap();
+    assert_eq!(created.metadata.namespace, None);
+    let patched = hosts
+        .patch_status(
+            "node-1.example",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": { "os": "linux", "arch": "amd64" } })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.status.unwrap().os.as_deref(), Some("linux"));
+    let list = hosts
+        .list(&ListParams::default().labels("zone=east"))
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 1);
+    // A Host has no scale subresource, and no namespaced path.
+    let s = api_err(hosts.get_scale("node-1.example").await.unwrap_err());
+    assert_eq!(s.code, 404);
+    let req =
+        http::Request::get("/apis/shoal.dev/v1alpha1/namespaces/default/hosts/node-1.example")
+            .body(kube::client::Body::from(Vec::new()))
+            .unwrap();
+    assert_eq!(client.send(req).await.unwrap().status().as_u16(), 404);
+    hosts
+        .delete("node-1.example", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(hosts.get_opt("node-1.example").await.unwrap().is_none());
+    server.shutdown().await.unwrap();
+}
