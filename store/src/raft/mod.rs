@@ -133,7 +133,11 @@ impl RaftStore {
     }
 
     /// Opens a node: loads its state from the data directory (bootstrapping
-    /// membership if the store is empty) and starts its Raft thread.
+    /// membership if the store is empty), starts its Raft thread and returns
+    /// once the entries committed in its log are applied (for a lone voter:
+    /// its whole log), so that reads show every acknowledged write. A node of
+    /// several voters that finds no quorum within `propose_timeout` opens
+    /// anyway and catches up when it can.
     pub fn open(config: RaftConfig, transport: Arc<dyn Transport>) -> Result<Self, StoreError> {
         if config.id == 0 {
             return Err(StoreError::Invalid("a Raft node id must not be 0".into()));
@@ -177,7 +181,17 @@ impl RaftStore {
         }));
         let propose_timeout = config.propose_timeout;
         let span = tracing::info_span!("raft", id = config.id);
-        let node = Node::new(raw, hub.clone(), rx, transport, status.clone(), config);
+        // What must be applied before reads are served: everything committed
+        // (a lone voter commits its whole log as soon as it leads).
+        let lone = raw.store().conf_state().voters == [config.id];
+        let catch_up_to = if lone {
+            raw.raft.raft_log.last_index()
+        } else {
+            raw.store().hard_state().commit
+        };
+        let (caught_up_tx, caught_up) = std::sync::mpsc::sync_channel(1);
+        let mut node = Node::new(raw, hub.clone(), rx, transport, status.clone(), config);
+        node.notify_caught_up(catch_up_to, caught_up_tx);
         let thread = std::thread::Builder::new()
             .name(format!("raft-{}", node.config.id))
             .spawn(move || {
@@ -185,13 +199,31 @@ impl RaftStore {
                 node.run();
             })
             .map_err(|e| StoreError::Internal(format!("starting the raft thread: {e}")))?;
-        Ok(Self {
+        let mut store = Self {
             hub,
             tx,
             status,
             thread: Some(thread),
             propose_timeout,
-        })
+        };
+        // Serve no read before the log is replayed: acknowledged writes whose
+        // apply was not yet durable are applied again first.
+        match caught_up.recv_timeout(propose_timeout) {
+            Ok(()) => Ok(store),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !lone => {
+                tracing::warn!(
+                    catch_up_to,
+                    "opened before catching up with the committed log (no quorum yet)"
+                );
+                Ok(store)
+            }
+            Err(e) => {
+                store.shutdown();
+                Err(StoreError::Internal(format!(
+                    "the raft node did not replay its log to {catch_up_to}: {e}"
+                )))
+            }
+        }
     }
 
     /// Where peers' messages for this node go.

@@ -73,6 +73,8 @@ pub(crate) struct Node {
     next_id: u64,
     term: u64,
     snapshots_installed: u64,
+    /// Signalled once everything in the log at start is applied.
+    caught_up: Option<(u64, std::sync::mpsc::SyncSender<()>)>,
 }
 
 type Answers = Vec<(Reply, Result<Outcome, StoreError>)>;
@@ -98,7 +100,13 @@ impl Node {
             next_id: 1,
             term,
             snapshots_installed: 0,
+            caught_up: None,
         }
+    }
+
+    /// Signals `done` once the applied index reaches `index`.
+    pub fn notify_caught_up(&mut self, index: u64, done: std::sync::mpsc::SyncSender<()>) {
+        self.caught_up = Some((index, done));
     }
 
     /// Runs until shutdown or a storage failure.
@@ -146,6 +154,21 @@ impl Node {
             }
             self.check_term();
             self.publish_status(false);
+            if let Some((index, _)) = &self.caught_up
+                && self.raw.store().applied() >= *index
+                && let Some((_, done)) = self.caught_up.take()
+            {
+                let _ = done.send(());
+            }
+        }
+        // Make the last non-durable applies durable, so a restart need not replay them.
+        let synced = self
+            .raw
+            .store()
+            .begin(true)
+            .and_then(|t| t.commit().map_err(|e| db_err("commit", e)));
+        if let Err(e) = synced {
+            tracing::warn!(error = %e, "final sync failed");
         }
         self.fail_pending(&StoreError::Unavailable(
             "the store is shutting down".into(),
@@ -243,6 +266,7 @@ impl Node {
             self.snapshots_installed += 1;
         }
         let answers = self.apply(&txn, ready.take_committed_entries())?;
+        self.maybe_compact(&txn)?;
         self.raw.mut_store().append(&txn, ready.entries())?;
         if let Some(hs) = ready.hs() {
             self.raw.mut_store().set_hard_state(&txn, hs.clone())?;

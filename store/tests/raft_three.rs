@@ -1,0 +1,211 @@
+//! Three voters in one process over the in-memory transport: writes through
+//! the leader, the leader is killed, a new leader is elected, no acknowledged
+//! write is lost, a follower that was cut off catches up from a snapshot, and
+//! the old leader comes back from its data directory.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use shoal_store::raft::{MemTransport, RaftConfig};
+use shoal_store::{ClusterStore, RaftStore, typed::revision_of};
+
+const VOTERS: [u64; 3] = [1, 2, 3];
+
+fn config(id: u64, dir: &Path) -> RaftConfig {
+    RaftConfig {
+        id,
+        voters: VOTERS.to_vec(),
+        tick: Duration::from_millis(10),
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        compact_every: 20,
+        catch_up_entries: 5,
+        propose_timeout: Duration::from_secs(5),
+        ..RaftConfig::single(dir)
+    }
+}
+
+type Nodes = Vec<Option<RaftStore>>;
+
+fn node(nodes: &Nodes, id: u64) -> &RaftStore {
+    nodes[(id - 1) as usize].as_ref().expect("node is running")
+}
+
+/// Waits until the running nodes agree on one leader, and returns it.
+async fn wait_leader(nodes: &Nodes) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let statuses: Vec<_> = nodes.iter().flatten().map(RaftStore::status).collect();
+        let leaders: Vec<_> = statuses
+            .iter()
+            .filter(|s| s.is_leader)
+            .map(|s| s.id)
+            .collect();
+        if let [leader] = leaders[..]
+            && statuses.iter().all(|s| s.leader_id == leader)
+        {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "no agreed leader: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until node `id` has applied at least `index`.
+async fn wait_applied(nodes: &Nodes, id: u64, index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node(nodes, id).status().applied < index {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} stuck at {:?}, want {index}",
+            node(nodes, id).status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_and_snapshot_catch_up() {
+    let dirs: Vec<_> = VOTERS
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let transport = MemTransport::new();
+    let mut nodes: Nodes = VOTERS
+        .iter()
+        .map(|&id| {
+            Some(
+                RaftStore::open(
+                    config(id, dirs[(id - 1) as usize].path()),
+                    transport.clone(),
+                )
+                .unwrap(),
+            )
+        })
+        .collect();
+
+    let leader = wait_leader(&nodes).await;
+    let followers: Vec<u64> = VOTERS.iter().copied().filter(|&id| id != leader).collect();
+    let (behind, other) = (followers[0], followers[1]);
+    let mut acked = Vec::new();
+
+    // A write through a follower is forwarded to the leader and answered once applied.
+    let obj = node(&nodes, other)
+        .create(common::svc("via-follower", 1))
+        .await
+        .unwrap();
+    acked.push(("via-follower".to_owned(), revision_of(&obj).unwrap()));
+
+    // One follower is cut off; the other two keep committing, and compact their logs.
+    transport.isolate(behind);
+    for i in 0..100 {
+        let name = format!("svc-{i}");
+        let obj = node(&nodes, leader)
+            .create(common::svc(&name, 1))
+            .await
+            .unwrap();
+        acked.push((name, revision_of(&obj).unwrap()));
+    }
+    assert!(
+        acked.windows(2).all(|p| p[0].1 < p[1].1),
+        "revisions strictly increase"
+    );
+    let leader_status = node(&nodes, leader).status();
+    wait_applied(&nodes, other, leader_status.applied).await;
+    let behind_applied = node(&nodes, behind).status().applied;
+    assert!(
+        node(&nodes, other).status().first_index > behind_applied + 1,
+        "the log the cut-off follower needs is compacted away: other {:?}, behind applied {behind_applied}",
+        node(&nodes, other).status()
+    );
+
+    // Kill the leader; reconnect the lagging follower.
+    drop(nodes[(leader - 1) as usize].take());
+    transport.detach(leader);
+    transport.heal(behind);
+
+    let new_leader = wait_leader(&nodes).await;
+    assert_ne!(new_leader, leader);
+    assert_eq!(new_leader, other, "only the up-to-date follower can win");
+
+    // Writes are accepted again, and the lagging follower catches up by snapshot.
+    let obj = node(&nodes, new_leader)
+        .create(common::svc("after-failover", 1))
+        .await
+        .unwrap();
+    acked.push(("after-failover".to_owned(), revision_of(&obj).unwrap()));
+    let target = node(&nodes, new_leader).status().applied;
+    wait_applied(&nodes, behind, target).await;
+    assert!(
+        node(&nodes, behind).status().snapshots_installed >= 1,
+        "{:?}",
+        node(&nodes, behind).status()
+    );
+
+    // No acknowledged write is lost, on either survivor.
+    for id in [new_leader, behind] {
+        let store = node(&nodes, id);
+        for (name, rev) in &acked {
+            let got = store.get(&common::svc_key(name)).await.unwrap();
+            let got = got.unwrap_or_else(|| panic!("node {id} lost {name}"));
+            assert_eq!(revision_of(&got), Some(*rev), "node {id}, {name}");
+        }
+        assert_eq!(store.revision().await.unwrap(), acked.last().unwrap().1);
+    }
+
+    // The old leader restarts from its data directory and catches up.
+    nodes[(leader - 1) as usize] = Some(
+        RaftStore::open(
+            config(leader, dirs[(leader - 1) as usize].path()),
+            transport.clone(),
+        )
+        .unwrap(),
+    );
+    let obj = node(&nodes, new_leader)
+        .create(common::svc("after-restart", 1))
+        .await
+        .unwrap();
+    let target = node(&nodes, new_leader).status().applied;
+    wait_applied(&nodes, leader, target).await;
+    let back = node(&nodes, leader);
+    assert_eq!(
+        back.get(&common::svc_key("after-restart")).await.unwrap(),
+        Some(obj)
+    );
+    for (name, rev) in &acked {
+        let got = back.get(&common::svc_key(name)).await.unwrap().unwrap();
+        assert_eq!(revision_of(&got), Some(*rev));
+    }
+    assert_eq!(wait_leader(&nodes).await, new_leader);
+}
+
+/// A write to a node that cannot reach a quorum fails with a retryable error
+/// instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minority_write_is_unavailable() {
+    let dirs: Vec<_> = VOTERS
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let transport = MemTransport::new();
+    let nodes: Nodes = VOTERS
+        .iter()
+        .map(|&id| {
+            let cfg = RaftConfig {
+                propose_timeout: Duration::from_millis(500),
+                ..config(id, dirs[(id - 1) as usize].path())
+            };
+            Some(RaftStore::open(cfg, transport.clone()).unwrap())
+        })
+        .collect();
+    let leader = wait_leader(&nodes).await;
+    transport.isolate(leader);
+    let err = node(&nodes, leader)
+        .create(common::svc("lonely", 1))
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+}
