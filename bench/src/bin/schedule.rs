@@ -7,19 +7,25 @@
 //! 64Mi–512Mi memory, spread by `zone`, and every other service selects
 //! `disk=ssd`. The production `shoal_operator::scheduler::schedule()` places
 //! them all in one call; `verify()` then replays every binding against every
-//! filter. Bind writes go through a `ClusterStore` when one with durable
-//! writes is available (see the report lines).
+//! filter. Then the first `SHOAL_BENCH_BIND_WRITES` (default 20,000) bindings
+//! are written by the production binder (`write_bindings`: one conditional
+//! update of `spec.hostName` per task, 32 in flight) through a single-voter
+//! `RaftStore` in a temporary directory (redb, fsync on every Raft ready
+//! that must be durable, group commit).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use shoal_crds::Availability;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use shoal_crds::{Availability, ContainerTemplate, DesiredState, Task, TaskSpec};
 use shoal_operator::scheduler::{
-    Demand, PendingTask, SchedHost, ServiceRef, TaskGroup, schedule, verify,
+    Binding, Demand, PendingTask, SchedHost, ServiceRef, TaskGroup, schedule, verify,
+    write_bindings,
 };
 use shoal_operator::selector::Selector;
+use shoal_store::raft::RaftStore;
+use shoal_store::{ClusterStore, typed};
 
 const SEED: u64 = 0x5eed_5ca1_ab1e_0001;
 const HOSTS: usize = 1_000;
@@ -201,11 +207,91 @@ fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
     );
 
+    let n: usize = std::env::var("SHOAL_BENCH_BIND_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+        .min(out.bindings.len());
+    let bind_per_s = bind_writes(&out.bindings[..n])?;
+
     let ms = median.as_secs_f64() * 1e3;
+    println!("bind_writes_per_s: {bind_per_s:.0}");
     println!("schedule_100k_tasks_ms: {ms:.0}");
     println!(
         "placements_per_s: {:.0}",
         total as f64 / median.as_secs_f64()
     );
     Ok(())
+}
+
+/// Creates the bound tasks unbound in a fresh durable store (not timed), then
+/// times writing their bindings.
+fn bind_writes(bindings: &[Binding]) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut raft = RaftStore::open_single(dir.path())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !raft.status().is_leader {
+            if Instant::now() > deadline {
+                bail!("the raft store did not elect itself");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let store: &dyn ClusterStore = &raft;
+        let mut tasks: HashMap<(String, String), Task> = HashMap::with_capacity(bindings.len());
+        for chunk in bindings.chunks(256) {
+            let created = futures::future::join_all(chunk.iter().map(|b| {
+                let t = Task {
+                    metadata: ObjectMeta {
+                        name: Some(b.task.clone()),
+                        namespace: Some(b.service.namespace.clone()),
+                        labels: Some(
+                            [("shoal.dev/service".to_string(), b.service.name.clone())].into(),
+                        ),
+                        ..Default::default()
+                    },
+                    spec: TaskSpec {
+                        service: b.service.name.clone(),
+                        template: ContainerTemplate {
+                            image: "shoal-test/busybox:1".into(),
+                            ..Default::default()
+                        },
+                        template_hash: "0123456789abcdef".into(),
+                        desired_state: Some(DesiredState::Running),
+                        ..Default::default()
+                    },
+                    status: None,
+                };
+                async move { typed::create(store, &t).await }
+            }))
+            .await;
+            for t in created {
+                let t = t?;
+                let key = (
+                    t.metadata.namespace.clone().unwrap_or_default(),
+                    t.metadata.name.clone().unwrap_or_default(),
+                );
+                tasks.insert(key, t);
+            }
+        }
+        eprintln!(
+            "schedule: {} tasks created in the raft store; writing their bindings",
+            tasks.len()
+        );
+        let start = Instant::now();
+        let (written, skipped) = write_bindings(store, &tasks, bindings, 32).await?;
+        let secs = start.elapsed().as_secs_f64();
+        if written != bindings.len() {
+            bail!("{written} bindings written, {skipped} skipped");
+        }
+        eprintln!(
+            "schedule: {written} bindings written in {:.0} ms",
+            secs * 1e3
+        );
+        raft.shutdown();
+        Ok(written as f64 / secs)
+    })
 }
