@@ -7,7 +7,8 @@
 //! - [`spec`]: template → create request; [`labels`]: names and labels;
 //! - [`plan`]: the pure planner and restart policy; [`executor`]: runs one
 //!   action; [`reconciler`]: the loop that ties them together;
-//! - [`assignments`]: the `--assignments FILE` feeder.
+//! - [`assignments`]: the `--assignments FILE` feeder; [`session`]: the
+//!   control-plane session, the other feeder.
 
 pub mod assignments;
 pub mod docker;
@@ -18,6 +19,7 @@ pub mod fake;
 pub mod labels;
 pub mod plan;
 pub mod reconciler;
+pub mod session;
 pub mod spec;
 pub mod task;
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use shoal_crds::{Task, TaskStatus};
+use shoal_crds::Task;
 use shoal_proto::v1::agent_message::Message as ToPlane;
 use shoal_proto::v1::control_message::Message as FromPlane;
 use shoal_proto::v1::{HostCapacity, LogLine, TaskStatusUpdate};
@@ -27,6 +27,9 @@ use shoal_proto::{
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+use crate::reconciler::{Assignments, StatusUpdate};
+use crate::task::AssignedTask;
 
 /// What the agent tells the control plane about its host.
 #[derive(Debug, Clone, Default)]
@@ -54,6 +57,9 @@ pub struct HostInfo {
 pub struct SessionConfig {
     /// The dispatcher's address, e.g. `http://127.0.0.1:7444`.
     pub endpoint: String,
+    /// The cluster this agent belongs to; a control plane of another cluster
+    /// is refused.
+    pub cluster_id: String,
     /// The host's description.
     pub host: HostInfo,
     /// Longest wait between reconnect attempts.
@@ -64,9 +70,10 @@ pub struct SessionConfig {
 
 impl SessionConfig {
     /// Settings with the defaults (backoff up to 5 s, 10 ms status batches).
-    pub fn new(endpoint: impl Into<String>, host: HostInfo) -> Self {
+    pub fn new(endpoint: impl Into<String>, cluster_id: impl Into<String>, host: HostInfo) -> Self {
         Self {
             endpoint: endpoint.into(),
+            cluster_id: cluster_id.into(),
             host,
             max_backoff: Duration::from_secs(5),
             status_batch_window: Duration::from_millis(10),
@@ -74,33 +81,11 @@ impl SessionConfig {
     }
 }
 
-/// A status change of one task, from the reconciler.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatusReport {
-    /// Task uid.
-    pub uid: String,
-    /// Task namespace.
-    pub namespace: String,
-    /// Task name.
-    pub name: String,
-    /// The full current status.
-    pub status: TaskStatus,
-}
-
 /// Reads a task's container logs for the control plane.
 #[async_trait::async_trait]
 pub trait LogSource: Send + Sync + 'static {
     /// Log lines of the current container of the task with this uid.
     async fn logs(&self, req: &LogsRequest) -> Result<BoxStream<'static, LogLine>, String>;
-}
-
-/// The published state of the session.
-#[derive(Debug, Clone, Default)]
-pub struct Assigned {
-    /// Cluster id from the control plane's welcome.
-    pub cluster_id: String,
-    /// The tasks assigned to this host (the complete set with deltas applied).
-    pub tasks: Arc<Vec<Task>>,
 }
 
 /// Why a session ended (each leads to a reconnect).
@@ -118,18 +103,19 @@ pub enum SessionError {
     Protocol(String),
 }
 
-/// Runs sessions until shutdown, publishing assignments on `assigned` and
-/// sending the reports that arrive on `reports`.
+/// Runs sessions until shutdown, publishing assignments on `assigned` (the
+/// reconciler's input) and sending the reconciler's status changes that
+/// arrive on `reports`. The control plane must be of cluster `cluster_id`.
 pub async fn run(
     cfg: SessionConfig,
-    assigned: watch::Sender<Option<Assigned>>,
-    mut reports: mpsc::Receiver<StatusReport>,
+    assigned: watch::Sender<Option<Assignments>>,
+    mut reports: mpsc::UnboundedReceiver<StatusUpdate>,
     logs: Arc<dyn LogSource>,
     shutdown: CancellationToken,
 ) {
     // Latest status per task, re-sent on every new session so the control
     // plane is current after a reconnect.
-    let mut latest: HashMap<String, StatusReport> = HashMap::new();
+    let mut latest: HashMap<String, StatusUpdate> = HashMap::new();
     let mut backoff = Duration::from_millis(100);
     let mut immediate = true;
     loop {
@@ -162,24 +148,32 @@ fn hello(h: &HostInfo, last_applied: Option<u64>) -> Hello {
     Hello {
         host_name: h.host_name.clone(),
         labels: h.labels.clone(),
-        capacity: Some(HostCapacity { cpu_millicores: h.cpu_millicores, memory_bytes: h.memory_bytes }),
+        capacity: Some(HostCapacity {
+            cpu_millicores: h.cpu_millicores,
+            memory_bytes: h.memory_bytes,
+        }),
         engine_version: h.engine_version.clone(),
         engine_api_version: h.engine_api_version.clone(),
         os: h.os.clone(),
         arch: h.arch.clone(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
         last_applied_sequence: last_applied,
-        session_id: format!("{}-{}", std::process::id(), SESSION_START.elapsed().as_nanos()),
+        session_id: format!(
+            "{}-{}",
+            std::process::id(),
+            SESSION_START.elapsed().as_nanos()
+        ),
     }
 }
 
-static SESSION_START: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
+static SESSION_START: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
 
 async fn session(
     cfg: &SessionConfig,
-    assigned: &watch::Sender<Option<Assigned>>,
-    reports: &mut mpsc::Receiver<StatusReport>,
-    latest: &mut HashMap<String, StatusReport>,
+    assigned: &watch::Sender<Option<Assignments>>,
+    reports: &mut mpsc::UnboundedReceiver<StatusUpdate>,
+    latest: &mut HashMap<String, StatusUpdate>,
     logs: &Arc<dyn LogSource>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
@@ -194,9 +188,11 @@ async fn session(
     let (tx, out) = mpsc::channel::<AgentMessage>(256);
     let send = |m: ToPlane| AgentMessage { message: Some(m) };
     let _ = tx.send(send(ToPlane::Hello(hello(&cfg.host, None)))).await;
-    let mut inbound = client.session(tokio_stream::wrappers::ReceiverStream::new(out)).await?.into_inner();
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(out))
+        .await?
+        .into_inner();
 
-    let mut cluster_id = String::new();
     let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sequence: Option<u64> = None;
@@ -212,11 +208,16 @@ async fn session(
                 let Some(msg) = msg? else { return Ok(()) };
                 match msg.message {
                     Some(FromPlane::Welcome(w)) => {
-                        cluster_id = w.cluster_id;
+                        if w.cluster_id != cfg.cluster_id {
+                            return Err(SessionError::Protocol(format!(
+                                "the control plane is of cluster {:?}, this agent of {:?}",
+                                w.cluster_id, cfg.cluster_id
+                            )));
+                        }
                         let every = Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(10)));
                         heartbeat = tokio::time::interval(every);
                         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        tracing::info!(cluster = %cluster_id, "welcomed by the control plane");
+                        tracing::info!(cluster = %cfg.cluster_id, "welcomed by the control plane");
                     }
                     Some(FromPlane::AssignmentSet(set)) => {
                         tasks.clear();
@@ -227,7 +228,7 @@ async fn session(
                             }
                         }
                         sequence = Some(set.sequence);
-                        publish(assigned, &cluster_id, &tasks);
+                        publish(assigned, &tasks);
                     }
                     Some(FromPlane::AssignmentDelta(d)) => {
                         if sequence != Some(d.previous_sequence) {
@@ -246,7 +247,7 @@ async fn session(
                             }
                         }
                         sequence = Some(d.sequence);
-                        publish(assigned, &cluster_id, &tasks);
+                        publish(assigned, &tasks);
                     }
                     Some(FromPlane::LogsRequest(req)) => {
                         let span = tracing::info_span!("logs", request = req.request_id);
@@ -285,7 +286,7 @@ async fn session(
     }
 }
 
-fn to_update(r: &StatusReport) -> TaskStatusUpdate {
+fn to_update(r: &StatusUpdate) -> TaskStatusUpdate {
     TaskStatusUpdate {
         task_uid: r.uid.clone(),
         namespace: r.namespace.clone(),
@@ -294,11 +295,9 @@ fn to_update(r: &StatusReport) -> TaskStatusUpdate {
     }
 }
 
-fn publish(assigned: &watch::Sender<Option<Assigned>>, cluster_id: &str, tasks: &BTreeMap<String, Task>) {
-    assigned.send_replace(Some(Assigned {
-        cluster_id: cluster_id.to_string(),
-        tasks: Arc::new(tasks.values().cloned().collect()),
-    }));
+fn publish(assigned: &watch::Sender<Option<Assignments>>, tasks: &BTreeMap<String, Task>) {
+    let set: Vec<AssignedTask> = tasks.values().map(AssignedTask::from_task).collect();
+    assigned.send_replace(Some(Arc::new(set)));
 }
 
 async fn serve_logs(
@@ -313,18 +312,75 @@ async fn serve_logs(
         Ok(l) => l,
         Err(message) => {
             let _ = control
-                .send(AgentMessage { message: Some(ToPlane::RequestError(RequestError { request_id: id, message })) })
+                .send(AgentMessage {
+                    message: Some(ToPlane::RequestError(RequestError {
+                        request_id: id,
+                        message,
+                    })),
+                })
                 .await;
             return;
         }
     };
     // An empty first chunk names the request even if there are no lines;
     // then chunks of up to 64 lines, sent as they come.
-    let first = futures::stream::once(async move { LogChunk { request_id: id, lines: vec![] } });
+    let first = futures::stream::once(async move {
+        LogChunk {
+            request_id: id,
+            lines: vec![],
+        }
+    });
     let chunks = first
-        .chain(lines.ready_chunks(64).map(move |lines| LogChunk { request_id: id, lines }))
+        .chain(lines.ready_chunks(64).map(move |lines| LogChunk {
+            request_id: id,
+            lines,
+        }))
         .take_until(stop.cancelled_owned());
     if let Err(e) = client.send_logs(chunks).await {
         tracing::debug!(error = %e, "log stream ended");
+    }
+}
+
+/// Logs read from the local engine: the container of the task with the
+/// requested uid (of this agent's cluster), the last `tail_lines` lines
+/// (default 1,000). Following is not served yet: the lines present now are
+/// sent and the stream ends.
+#[derive(Debug)]
+pub struct EngineLogs {
+    /// The engine.
+    pub engine: Arc<dyn crate::ContainerEngine>,
+    /// This agent's cluster id.
+    pub cluster_id: String,
+}
+
+#[async_trait::async_trait]
+impl LogSource for EngineLogs {
+    async fn logs(&self, req: &LogsRequest) -> Result<BoxStream<'static, LogLine>, String> {
+        let filter = [
+            (crate::labels::CLUSTER.to_string(), self.cluster_id.clone()),
+            (crate::labels::TASK_UID.to_string(), req.task_uid.clone()),
+        ];
+        let found = self.engine.list(&filter).await.map_err(|e| e.to_string())?;
+        let Some(c) = found.first() else {
+            return Err(format!(
+                "no container for task {} on this host",
+                req.task_uid
+            ));
+        };
+        let tail = req.tail_lines.map_or(1_000, |n| n as usize);
+        let text = self
+            .engine
+            .logs(&c.id, tail)
+            .await
+            .map_err(|e| e.to_string())?;
+        let lines: Vec<LogLine> = text
+            .lines()
+            .map(|l| LogLine {
+                time: None,
+                stream: 0,
+                data: l.as_bytes().to_vec(),
+            })
+            .collect();
+        Ok(futures::stream::iter(lines).boxed())
     }
 }
