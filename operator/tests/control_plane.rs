@@ -567,3 +567,24 @@ async fn the_loops_converge_on_their_own() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn tasks_of_a_service_removed_by_hand_go_too() {
+    let c = Cluster::new();
+    c.add_host("h1", &[], "1Gi").await;
+    c.create_service(service("web", 2)).await;
+    c.converge(&["web"], 20).await;
+    assert_eq!(c.current().await.len(), 2);
+    // Someone strips the finalizer and deletes the Service.
+    c.edit_service("web", |s| s.metadata.finalizers = None)
+        .await;
+    let key = typed::key::<Service>(Some(NS), "web");
+    let out = c
+        .s()
+        .delete(&key, &DeletePreconditions::default())
+        .await
+        .unwrap();
+    assert!(matches!(out, shoal_store::DeleteOutcome::Deleted(_)));
+    c.converge(&["web"], 20).await;
+    assert!(c.tasks().await.is_empty());
+}

@@ -200,10 +200,7 @@ impl Orchestrator {
     /// next event or resync.
     pub async fn reconcile(&self, key: &ServiceRef) -> Result<Option<Duration>, OrchestratorError> {
         let store = self.store.as_ref();
-        let Some(mut svc) = typed::get::<Service>(store, Some(&key.namespace), &key.name).await?
-        else {
-            return Ok(None);
-        };
+        let svc = typed::get::<Service>(store, Some(&key.namespace), &key.name).await?;
         let opts = ListOptions {
             namespace: Some(key.namespace.clone()),
             label_selector: Some(format!("{SERVICE_LABEL}={}", key.name)),
@@ -214,6 +211,11 @@ impl Orchestrator {
             .into_iter()
             .filter(|t| t.spec.service == key.name)
             .collect();
+        let Some(mut svc) = svc else {
+            // The Service is gone without its finalizer having been honoured
+            // (e.g. removed by hand): its Tasks must not outlive it.
+            return self.remove_orphans(key, &tasks).await;
+        };
         let (hosts, _) = typed::list::<Host>(store, &ListOptions::default()).await?;
         let hosts: Vec<SchedHost> = hosts.iter().map(SchedHost::from_host).collect();
         let report = self.reports.get(key);
@@ -313,6 +315,46 @@ impl Orchestrator {
             return Err(OrchestratorError::Conflicts(conflicts));
         }
         Ok(p.requeue_after)
+    }
+
+    /// Stops and deletes the Tasks of a Service that no longer exists.
+    async fn remove_orphans(
+        &self,
+        key: &ServiceRef,
+        tasks: &[Task],
+    ) -> Result<Option<Duration>, OrchestratorError> {
+        let store = self.store.as_ref();
+        let mut conflicts = 0;
+        for t in tasks {
+            if t.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            info!(service = %key, task = t.metadata.name.as_deref().unwrap_or_default(), "removing task of a deleted service");
+            if t.spec.desired_state() == DesiredState::Running {
+                let mut t = t.clone();
+                t.spec.desired_state = Some(DesiredState::Shutdown);
+                match typed::update(store, &t).await {
+                    Ok(_) | Err(StoreError::NotFound(_)) => {}
+                    Err(StoreError::Conflict { .. }) => conflicts += 1,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let name = t.metadata.name.as_deref().unwrap_or_default();
+            let k = typed::key::<Task>(Some(&key.namespace), name);
+            let pre = DeletePreconditions {
+                uid: t.metadata.uid.clone(),
+                resource_version: None,
+            };
+            match store.delete(&k, &pre).await {
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(StoreError::Conflict { .. }) => conflicts += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if conflicts > 0 {
+            return Err(OrchestratorError::Conflicts(conflicts));
+        }
+        Ok(None)
     }
 
     /// All Services, by key.
