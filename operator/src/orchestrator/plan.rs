@@ -386,6 +386,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .and_then(|u| u.parallelism)
         .unwrap_or(1);
     let mut in_flight = 0usize;
+    let mut failed_new: Vec<&str> = Vec::new();
     let mut update_candidates: Vec<(&SlotKey, &str)> = Vec::new();
     let mut requeue: Option<Duration> = None;
 
@@ -410,6 +411,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             } else if v.hash != hash {
                 update_candidates.push((k, v.name));
                 continue;
+            } else if updating && v.phase == TaskPhase::Failed {
+                // A new task used up its restarts: failureAction Pause.
+                failed_new.push(v.name);
             } else if updating && !v.ready(has_healthcheck) {
                 in_flight += 1;
             }
@@ -467,7 +471,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     }
 
     // Rolling update, stop first, `parallelism` slots at a time (0: all).
-    let budget = if parallelism <= 0 {
+    let paused = !failed_new.is_empty();
+    let budget = if paused {
+        0
+    } else if parallelism <= 0 {
         usize::MAX
     } else {
         usize::try_from(parallelism)
@@ -547,10 +554,21 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         service_status_condition(
             "Progressing",
             true,
-            if updating { "Updating" } else { "Converging" },
-            Some(format!(
-                "{updated}/{desired} tasks up to date, {ready} ready"
-            )),
+            if paused {
+                "UpdatePaused"
+            } else if updating {
+                "Updating"
+            } else {
+                "Converging"
+            },
+            Some(if paused {
+                format!(
+                    "{updated}/{desired} tasks up to date; paused (failureAction Pause): {} failed",
+                    failed_new.join(", ")
+                )
+            } else {
+                format!("{updated}/{desired} tasks up to date, {ready} ready")
+            }),
         )
     });
     conditions.push(match (unbound, input.unschedulable) {

@@ -373,6 +373,17 @@ fn cases() -> Vec<Case> {
         ],
         vec![shutdown("web-1-a1")],
     ));
+    cases.push(case(
+        "update: a new task that failed pauses the rollout",
+        s.clone(),
+        vec![
+            stopped(old(task(&s, 0, 1, Shutdown, Some("h1")))),
+            task(&s, 0, 2, Failed, Some("h1")),
+            old(task(&s, 1, 1, Running, Some("h2"))),
+            old(task(&s, 2, 1, Running, Some("h3"))),
+        ],
+        vec![],
+    ));
     let mut p2 = s.clone();
     p2.spec.update = Some(UpdateConfig {
         parallelism: Some(2),
@@ -604,4 +615,252 @@ fn health_gates_readiness() {
     }
     let p = run(&s, &[t], &hosts(), 100);
     assert_eq!(p.status.as_ref().and_then(|s| s.ready_replicas), Some(1));
+}
+
+// ---- a simulated world: the planner's invariants under random events ----
+
+mod sim {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What the world does between two plans.
+    #[derive(Clone, Debug)]
+    pub enum Event {
+        Scale(i32),
+        NewImage(u8),
+        /// Task at this index (mod len) gets this phase, if it is bound.
+        Phase(usize, TaskPhase),
+        /// The agents and the dispatcher make progress.
+        Progress,
+    }
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            1 => (0i32..6).prop_map(Event::Scale),
+            1 => (0u8..3).prop_map(Event::NewImage),
+            2 => (0usize..50, prop::sample::select(vec![
+                TaskPhase::Rejected, TaskPhase::Orphaned, TaskPhase::Failed, TaskPhase::Running,
+            ])).prop_map(|(i, p)| Event::Phase(i, p)),
+            4 => Just(Event::Progress),
+        ]
+    }
+
+    struct World {
+        svc: Service,
+        tasks: Vec<Task>,
+        hosts: Vec<SchedHost>,
+        now: i64,
+        next_name: u32,
+    }
+
+    impl World {
+        fn apply(&mut self, p: &Plan) {
+            for a in &p.actions {
+                match a {
+                    Action::AddServiceFinalizer | Action::RemoveServiceFinalizer => {}
+                    Action::Shutdown(n) => {
+                        if let Some(t) = self
+                            .tasks
+                            .iter_mut()
+                            .find(|t| t.metadata.name.as_deref() == Some(n))
+                        {
+                            t.spec.desired_state = Some(DesiredState::Shutdown);
+                        }
+                    }
+                    Action::Delete(n) => {
+                        if let Some(t) = self
+                            .tasks
+                            .iter_mut()
+                            .find(|t| t.metadata.name.as_deref() == Some(n))
+                        {
+                            t.metadata.deletion_timestamp = Some(Time(ts(self.now)));
+                        }
+                    }
+                    Action::Create {
+                        slot: SlotKey::Slot(n),
+                        attempt,
+                    } => {
+                        self.next_name += 1;
+                        let mut t = task(&self.svc, *n, *attempt, TaskPhase::Pending, None);
+                        t.metadata.name = Some(format!("t{:04}", self.next_name));
+                        t.metadata.creation_timestamp = Some(Time(ts(self.now)));
+                        self.tasks.push(t);
+                    }
+                    Action::Create {
+                        slot: SlotKey::Host(_),
+                        ..
+                    } => {}
+                }
+            }
+        }
+
+        /// Binds and starts pending tasks, stops tasks asked to stop, and
+        /// drops deleted ones whose container is gone.
+        fn progress(&mut self) {
+            let n_hosts = self.hosts.len();
+            let mut i = 0usize;
+            self.tasks.retain(|t| {
+                let phase = t.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
+                !(t.metadata.deletion_timestamp.is_some()
+                    && (phase.is_terminal() || t.spec.host_name.is_none()))
+            });
+            for t in &mut self.tasks {
+                i += 1;
+                let phase = t.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
+                let stop = t.spec.desired_state() == DesiredState::Shutdown
+                    || t.metadata.deletion_timestamp.is_some();
+                let st = t.status.get_or_insert_with(Default::default);
+                if stop {
+                    if t.spec.host_name.is_some() && !phase.is_terminal() {
+                        st.phase = Some(TaskPhase::Shutdown);
+                    }
+                } else if t.spec.host_name.is_none() {
+                    t.spec.host_name = Some(format!("h{}", 1 + i % n_hosts));
+                } else if phase == TaskPhase::Pending {
+                    st.phase = Some(TaskPhase::Running);
+                }
+            }
+        }
+
+        fn plan(&self) -> Plan {
+            plan(&PlanInput {
+                service: &self.svc,
+                tasks: &self.tasks,
+                hosts: &self.hosts,
+                now: ts(self.now),
+                history_limit: 2,
+                unschedulable: None,
+            })
+        }
+
+        fn check(&self, p: &Plan) -> Result<(), TestCaseError> {
+            let wanted: Vec<&Task> = self
+                .tasks
+                .iter()
+                .filter(|t| {
+                    t.spec.desired_state() == DesiredState::Running
+                        && t.metadata.deletion_timestamp.is_none()
+                })
+                .collect();
+            let shut: BTreeSet<&str> = p
+                .actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Shutdown(n) => Some(n.as_str()),
+                    _ => None,
+                })
+                .collect();
+            for a in &p.actions {
+                if let Action::Create {
+                    slot: SlotKey::Slot(n),
+                    ..
+                } = a
+                {
+                    // Never a second wanted task in a slot.
+                    let taken = wanted.iter().any(|t| {
+                        t.spec.slot == Some(*n)
+                            && !shut.contains(t.metadata.name.as_deref().unwrap_or(""))
+                    });
+                    prop_assert!(!taken, "slot {} created while it has a task", n);
+                    // Stop first: never while an earlier task of the slot may still run.
+                    let running = self.tasks.iter().any(|t| {
+                        let phase = t.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
+                        t.spec.slot == Some(*n)
+                            && t.spec.host_name.is_some()
+                            && !phase.is_terminal()
+                            && (t.spec.desired_state() == DesiredState::Shutdown
+                                || shut.contains(t.metadata.name.as_deref().unwrap_or("")))
+                    });
+                    prop_assert!(
+                        !running,
+                        "slot {} created before its predecessor stopped",
+                        n
+                    );
+                }
+            }
+            let creates = p
+                .actions
+                .iter()
+                .filter(|a| matches!(a, Action::Create { .. }))
+                .count();
+            let kept = wanted
+                .iter()
+                .filter(|t| !shut.contains(t.metadata.name.as_deref().unwrap_or("")))
+                .count();
+            prop_assert!(
+                kept + creates
+                    <= usize::try_from(self.svc.spec.replicas())
+                        .unwrap_or(0)
+                        .max(kept),
+                "more tasks than replicas: {} kept + {} created",
+                kept,
+                creates
+            );
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn the_planner_keeps_its_invariants_and_converges(events in prop::collection::vec(arb_event(), 0..40)) {
+            let mut w = World { svc: service(3), tasks: Vec::new(), hosts: hosts(), now: 0, next_name: 0 };
+            for e in events {
+                match e {
+                    Event::Scale(n) => w.svc.spec.replicas = Some(n),
+                    Event::NewImage(i) => w.svc.spec.template.image = format!("busybox:{i}"),
+                    Event::Phase(i, phase) => {
+                        let n = w.tasks.len();
+                        if n > 0 && w.tasks[i % n].spec.host_name.is_some() {
+                            w.tasks[i % n].status.get_or_insert_with(Default::default).phase = Some(phase);
+                            w.tasks[i % n].status.get_or_insert_with(Default::default).finished_at = Some(Time(ts(w.now)));
+                        }
+                    }
+                    Event::Progress => w.progress(),
+                }
+                w.now += 1;
+                let p = w.plan();
+                w.check(&p)?;
+                w.apply(&p);
+            }
+            // A calm world converges: N tasks of the current template, running,
+            // in distinct slots (Failed and Succeeded ones stay as they are).
+            for _ in 0..40 {
+                w.now += 60;
+                w.progress();
+                let p = w.plan();
+                w.check(&p)?;
+                w.apply(&p);
+            }
+            let want = usize::try_from(w.svc.spec.replicas()).unwrap_or(0);
+            let hash = template_hash(&w.svc.spec.template, None);
+            let wanted: Vec<&Task> = w.tasks.iter()
+                .filter(|t| t.spec.desired_state() == DesiredState::Running && t.metadata.deletion_timestamp.is_none())
+                .collect();
+            prop_assert_eq!(wanted.len(), want);
+            let slots: BTreeSet<i32> = wanted.iter().filter_map(|t| t.spec.slot).collect();
+            prop_assert_eq!(slots.len(), want);
+            // A new task that failed pauses a rollout (failureAction Pause).
+            let paused = wanted.iter().any(|t| {
+                t.spec.template_hash == hash
+                    && t.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Failed)
+            });
+            for t in &wanted {
+                let phase = t.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
+                prop_assert!(paused || t.spec.template_hash == hash || phase == TaskPhase::Failed, "{:?}", t.metadata.name);
+                prop_assert!(matches!(phase, TaskPhase::Running | TaskPhase::Failed), "{:?} {:?}", t.metadata.name, phase);
+            }
+            // History is bounded: at most 2 ended tasks per slot besides the current one.
+            let mut per_slot: BTreeMap<i32, usize> = BTreeMap::new();
+            for t in &w.tasks {
+                if let Some(s) = t.spec.slot {
+                    *per_slot.entry(s).or_default() += 1;
+                }
+            }
+            for (s, n) in per_slot {
+                prop_assert!(n <= 3, "slot {} keeps {} tasks", s, n);
+            }
+        }
+    }
 }
