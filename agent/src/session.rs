@@ -323,20 +323,38 @@ async fn serve_logs(
         }
     };
     // An empty first chunk names the request even if there are no lines;
-    // then chunks of up to 64 lines, sent as they come.
-    let first = futures::stream::once(async move {
-        LogChunk {
-            request_id: id,
-            lines: vec![],
+    // then chunks of up to 64 lines, sent as they come. A concrete channel
+    // stream (not a combinator) keeps the gRPC call's future provably Send.
+    let (chunk_tx, chunk_rx) = mpsc::channel::<LogChunk>(16);
+    let pump = async move {
+        let mut chunks = lines.ready_chunks(64);
+        if chunk_tx
+            .send(LogChunk {
+                request_id: id,
+                lines: vec![],
+            })
+            .await
+            .is_err()
+        {
+            return;
         }
-    });
-    let chunks = first
-        .chain(lines.ready_chunks(64).map(move |lines| LogChunk {
-            request_id: id,
-            lines,
-        }))
-        .take_until(stop.cancelled_owned());
-    if let Err(e) = client.send_logs(chunks).await {
+        loop {
+            tokio::select! {
+                next = chunks.next() => match next {
+                    Some(lines) => {
+                        if chunk_tx.send(LogChunk { request_id: id, lines }).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                () = stop.cancelled() => return,
+            }
+        }
+    };
+    tokio::spawn(pump.instrument(tracing::Span::current()));
+    let stream = tokio_stream::wrappers::ReceiverStream::new(chunk_rx);
+    if let Err(e) = client.send_logs(stream).await {
         tracing::debug!(error = %e, "log stream ended");
     }
 }

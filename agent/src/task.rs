@@ -120,7 +120,13 @@ impl AssignedTask {
             template_hash: t.spec.template_hash.clone(),
             template: t.spec.template.clone(),
             restart: RestartSettings::from_policy(t.spec.restart_policy.as_ref()),
-            desired: t.spec.desired_state(),
+            // A task marked for deletion is on its way out: stop it, so the
+            // dispatcher can release it once the container is gone.
+            desired: if t.metadata.deletion_timestamp.is_some() {
+                DesiredState::Shutdown
+            } else {
+                t.spec.desired_state()
+            },
         }
     }
 

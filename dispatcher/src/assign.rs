@@ -14,6 +14,16 @@ pub fn assigned_to(task: &Task, host: &str) -> bool {
     task.spec.host_name.as_deref() == Some(host)
 }
 
+/// The assignment for a task: a task marked for deletion goes out with
+/// desired state Shutdown, so the agent stops its container and reports it
+/// gone (which releases the finalizer).
+pub fn assignment(mut task: Task) -> Assignment {
+    if task.metadata.deletion_timestamp.is_some() {
+        task.spec.desired_state = Some(shoal_crds::DesiredState::Shutdown);
+    }
+    Assignment::from(task)
+}
+
 /// The assignments sent on one session, with their sequence numbers.
 #[derive(Debug, Default)]
 pub struct Tracker {
@@ -36,7 +46,7 @@ impl Tracker {
         for t in tasks {
             if let Some(uid) = t.metadata.uid.clone() {
                 self.sent.insert(uid, t.metadata.resource_version.clone());
-                assignments.push(Assignment::from(t));
+                assignments.push(assignment(t));
             }
         }
         AssignmentSet {
@@ -60,7 +70,7 @@ impl Tracker {
             Some(AssignmentDelta {
                 sequence: self.sequence,
                 previous_sequence,
-                upserted: vec![Assignment::from(task)],
+                upserted: vec![assignment(task)],
                 removed_task_uids: vec![],
             })
         } else {

@@ -1,0 +1,241 @@
+//! The control loop on a real engine, without orchestrator: a Task bound to a
+//! host in the store reaches that host's agent through the dispatcher, the
+//! agent runs its container and reports it Running; deleting the Task stops
+//! and removes the container, and the Task object goes once the container is
+//! gone (the finalizer the dispatcher releases).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_agent::docker::DockerEngine;
+use shoal_agent::session::{EngineLogs, HostInfo, SessionConfig};
+use shoal_agent::{AgentConfig, ContainerEngine, Reconciler};
+use shoal_crds::{ContainerTemplate, Host, TASK_FINALIZER, Task, TaskPhase, TaskSpec};
+use shoal_dispatcher::{DataChunk, Dispatcher, DispatcherConfig, LogOptions, is_ready};
+use shoal_store::{ClusterStore, DeletePreconditions, MemStore, typed};
+use shoal_tests::{TEST_IMAGE, main_docker_host, unique_name};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+async fn eventually<F, Fut>(what: &str, secs: u64, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+fn task(name: &str, host: &str) -> Task {
+    let mut t = Task::new(
+        name,
+        TaskSpec {
+            service: "echo".into(),
+            slot: Some(0),
+            template: ContainerTemplate {
+                image: TEST_IMAGE.into(),
+                command: Some(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo hello from $HOSTNAME; exec sleep 100000".into(),
+                ]),
+                init: Some(true),
+                stop_grace_period: Some("1s".into()),
+                ..Default::default()
+            },
+            template_hash: "h1".into(),
+            host_name: Some(host.into()),
+            ..Default::default()
+        },
+    );
+    t.metadata.namespace = Some("default".into());
+    t.metadata.finalizers = Some(vec![TASK_FINALIZER.into()]);
+    t
+}
+
+/// Removes every container of a cluster when the test ends, pass or fail.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let host = main_docker_host();
+        let ids = std::process::Command::new("docker")
+            .args([
+                "-H",
+                &host,
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=shoal.dev/cluster={}", self.0),
+            ])
+            .output();
+        if let Ok(out) = ids {
+            let ids = String::from_utf8_lossy(&out.stdout);
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(["-H", &host, "rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_task_runs_on_its_host_and_goes_away_with_its_container() {
+    let cluster = unique_name("ctl");
+    let _cleanup = Cleanup(cluster.clone());
+    let host = "node-a";
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+
+    // Control plane: the in-memory store and the dispatcher.
+    let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+    let d = Dispatcher::new(
+        store.clone(),
+        DispatcherConfig {
+            cluster_id: cluster.clone(),
+            ..Default::default()
+        },
+        shutdown.child_token(),
+    );
+    let listener = Dispatcher::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(d.clone().serve(listener));
+
+    // Agent: reconciler on the real engine, fed by the session.
+    let engine = Arc::new(
+        DockerEngine::connect(Some(&main_docker_host()))
+            .await
+            .unwrap(),
+    );
+    let version = engine.version().await.unwrap();
+    let (assigned_tx, assigned_rx) = watch::channel(None);
+    let (status_tx, status_rx) = mpsc::unbounded_channel();
+    let reconciler = Reconciler::new(engine.clone(), AgentConfig::new(cluster.clone()), status_tx);
+    tokio::spawn(reconciler.run(assigned_rx, shutdown.child_token()));
+    let info = HostInfo {
+        host_name: host.into(),
+        cpu_millicores: 2000,
+        memory_bytes: 1 << 30,
+        engine_version: version.version,
+        engine_api_version: version.api_version,
+        os: "linux".into(),
+        arch: std::env::consts::ARCH.into(),
+        ..Default::default()
+    };
+    let logs = Arc::new(EngineLogs {
+        engine: engine.clone(),
+        cluster_id: cluster.clone(),
+    });
+    tokio::spawn(shoal_agent::session::run(
+        SessionConfig::new(endpoint, cluster.clone(), info),
+        assigned_tx,
+        status_rx,
+        logs,
+        shutdown.child_token(),
+    ));
+
+    // The host joins.
+    let s = store.clone();
+    eventually("the host to be Ready", 10, || {
+        let s = s.clone();
+        async move {
+            typed::get::<Host>(s.as_ref(), None, host)
+                .await
+                .unwrap()
+                .is_some_and(|h| is_ready(&h))
+        }
+    })
+    .await;
+
+    // A task bound to it runs, and its status comes back.
+    typed::create(store.as_ref(), &task("echo-0-aaaaa", host))
+        .await
+        .unwrap();
+    let s = store.clone();
+    eventually("the task to be Running", 20, || {
+        let s = s.clone();
+        async move {
+            typed::get::<Task>(s.as_ref(), Some("default"), "echo-0-aaaaa")
+                .await
+                .unwrap()
+                .and_then(|t| t.status)
+                .is_some_and(|st| st.phase == Some(TaskPhase::Running) && st.container_id.is_some())
+        }
+    })
+    .await;
+    let labels = [("shoal.dev/cluster".to_string(), cluster.clone())];
+    let containers = engine.list(&labels).await.unwrap();
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    assert!(
+        containers[0].name.starts_with("shoal.default.echo.0."),
+        "{}",
+        containers[0].name
+    );
+
+    // Its logs come back through the dispatcher, on the agent's data stream.
+    let t = typed::get::<Task>(store.as_ref(), Some("default"), "echo-0-aaaaa")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut text = String::new();
+    for _ in 0..50 {
+        let mut rx = d.logs(&t, LogOptions::default()).await.unwrap();
+        text.clear();
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+        {
+            match chunk {
+                DataChunk::Logs(c) => {
+                    for l in c.lines {
+                        text.push_str(&String::from_utf8_lossy(&l.data));
+                        text.push('\n');
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        if text.contains("hello from") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(text.contains("hello from"), "{text:?}");
+
+    // Delete: the container is stopped and removed, then the Task goes.
+    store
+        .delete(
+            &typed::key::<Task>(Some("default"), "echo-0-aaaaa"),
+            &DeletePreconditions::default(),
+        )
+        .await
+        .unwrap();
+    let s = store.clone();
+    eventually("the Task object to go", 20, || {
+        let s = s.clone();
+        async move {
+            typed::get::<Task>(s.as_ref(), Some("default"), "echo-0-aaaaa")
+                .await
+                .unwrap()
+                .is_none()
+        }
+    })
+    .await;
+    assert!(
+        engine.list(&labels).await.unwrap().is_empty(),
+        "the container outlived its Task"
+    );
+}
