@@ -99,16 +99,21 @@ pub fn create_body(
             MountType::Volume => EngineMountType::VOLUME,
             MountType::Tmpfs => EngineMountType::TMPFS,
         };
-        let tmpfs_options = match (&m.kind, &m.size) {
-            (MountType::Tmpfs, Some(size)) => {
-                let b = size
-                    .parse()
-                    .map_err(|e| bad(&format!("mounts[{i}].size"), e))?;
+        // A tmpfs is world-writable with the sticky bit, like /tmp, so a
+        // non-root user can write to it.
+        let tmpfs_options = match &m.kind {
+            MountType::Tmpfs => {
+                let size_bytes = match &m.size {
+                    Some(size) => {
+                        let at = format!("mounts[{i}].size");
+                        let b = size.parse().map_err(|e| bad(&at, e))?;
+                        Some(i64::try_from(b).map_err(|_| bad(&at, "too large"))?)
+                    }
+                    None => None,
+                };
                 Some(MountTmpfsOptions {
-                    size_bytes: Some(
-                        i64::try_from(b)
-                            .map_err(|_| bad(&format!("mounts[{i}].size"), "too large"))?,
-                    ),
+                    size_bytes,
+                    mode: Some(0o1777),
                     ..Default::default()
                 })
             }
