@@ -16,9 +16,9 @@
 //!    committed entries and save the commit index (and compact the log when
 //!    due); answer; `advance_apply`.
 //!
-//! A proposal carries `(node id, proposal id)`; when its entry is applied on
-//! the node that proposed it, that node answers the client with the apply's
-//! result. When the term changes every pending proposal fails with a
+//! A proposal's entry carries `(node id, proposal id)` in its context and the
+//! command in its data; when the entry is applied on the node that proposed
+//! it, that node answers the client with the apply's result. When the term changes every pending proposal fails with a
 //! retryable `Unavailable`: its entry may or may not be committed later.
 
 use std::collections::HashMap;
@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::storage::{DiskStorage, db_err};
@@ -52,14 +51,27 @@ pub(crate) enum Msg {
     Shutdown,
 }
 
-/// What a log entry holds.
-#[derive(Debug, Serialize, Deserialize)]
-struct Envelope {
-    /// The node that proposed it (and answers the client).
-    node: u64,
-    /// The proposal id on that node.
-    id: u64,
+/// A proposal waiting for its entry to be applied. The command is kept so
+/// the proposing node applies it without decoding its own entry again.
+#[derive(Debug)]
+struct Pending {
+    reply: Reply,
     cmd: Command,
+}
+
+/// An entry's context: the proposing node and its proposal id (16 bytes,
+/// little-endian); its data is the command as JSON.
+fn encode_origin(node: u64, id: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(16);
+    b.extend_from_slice(&node.to_le_bytes());
+    b.extend_from_slice(&id.to_le_bytes());
+    b
+}
+
+fn decode_origin(ctx: &[u8]) -> Option<(u64, u64)> {
+    let node = u64::from_le_bytes(ctx.get(..8)?.try_into().ok()?);
+    let id = u64::from_le_bytes(ctx.get(8..16)?.try_into().ok()?);
+    Some((node, id))
 }
 
 pub(crate) struct Node {
@@ -69,10 +81,12 @@ pub(crate) struct Node {
     pub transport: Arc<dyn Transport>,
     pub status: Arc<Mutex<NodeStatus>>,
     pub config: RaftConfig,
-    pending: HashMap<u64, Reply>,
+    pending: HashMap<u64, Pending>,
     next_id: u64,
     term: u64,
     snapshots_installed: u64,
+    /// Objects changed by applies and not yet written to redb.
+    dirty: Vec<ObjectKey>,
     /// Signalled once everything in the log at start is applied.
     caught_up: Option<(u64, std::sync::mpsc::SyncSender<()>)>,
 }
@@ -100,6 +114,7 @@ impl Node {
             next_id: 1,
             term,
             snapshots_installed: 0,
+            dirty: Vec::new(),
             caught_up: None,
         }
     }
@@ -144,7 +159,15 @@ impl Node {
             if now >= next_tick {
                 self.raw.tick();
                 next_tick = now + tick;
-                self.pending.retain(|_, r| !r.is_closed());
+                self.pending.retain(|_, p| !p.reply.is_closed());
+                // Applies answered since the last transaction reach redb at
+                // the latest one tick later (a restart replays fewer entries).
+                if let Err(e) = self.flush(false) {
+                    tracing::error!(error = %e, "raft storage failed: stopping this node");
+                    self.fail_pending(&e);
+                    self.publish_status(true);
+                    break;
+                }
             }
             if let Err(e) = self.on_ready() {
                 tracing::error!(error = %e, "raft storage failed: stopping this node");
@@ -161,13 +184,8 @@ impl Node {
                 let _ = done.send(());
             }
         }
-        // Make the last non-durable applies durable, so a restart need not replay them.
-        let synced = self
-            .raw
-            .store()
-            .begin(true)
-            .and_then(|t| t.commit().map_err(|e| db_err("commit", e)));
-        if let Err(e) = synced {
+        // Make the last applies durable, so a restart need not replay them.
+        if let Err(e) = self.flush(true) {
             tracing::warn!(error = %e, "final sync failed");
         }
         self.fail_pending(&StoreError::Unavailable(
@@ -196,12 +214,7 @@ impl Node {
                 }
                 let id = self.next_id;
                 self.next_id += 1;
-                let env = Envelope {
-                    node: self.config.id,
-                    id,
-                    cmd,
-                };
-                let data = match serde_json::to_vec(&env) {
+                let data = match serde_json::to_vec(&cmd) {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = reply.send(Err(StoreError::Invalid(format!(
@@ -210,9 +223,9 @@ impl Node {
                         return false;
                     }
                 };
-                match self.raw.propose(vec![], data) {
+                match self.raw.propose(encode_origin(self.config.id, id), data) {
                     Ok(()) => {
-                        self.pending.insert(id, reply);
+                        self.pending.insert(id, Pending { reply, cmd });
                     }
                     Err(e) => {
                         let _ = reply.send(Err(StoreError::Unavailable(format!(
@@ -263,10 +276,11 @@ impl Node {
                 "installed a snapshot"
             );
             self.hub.lock().replace_state(sm);
+            self.dirty.clear();
             self.snapshots_installed += 1;
         }
-        let answers = self.apply(&txn, ready.take_committed_entries())?;
-        self.maybe_compact(&txn)?;
+        let answers = self.apply(ready.take_committed_entries())?;
+        self.write_applied(&txn)?;
         self.raw.mut_store().append(&txn, ready.entries())?;
         if let Some(hs) = ready.hs() {
             self.raw.mut_store().set_hard_state(&txn, hs.clone())?;
@@ -277,32 +291,48 @@ impl Node {
 
         let mut light = self.raw.advance(ready);
         self.send(light.take_messages());
-        let committed = light.take_committed_entries();
-        if light.commit_index().is_some() || !committed.is_empty() {
-            let txn = self.raw.store().begin(false)?;
-            if let Some(commit) = light.commit_index() {
-                self.raw.mut_store().set_commit(&txn, commit)?;
-            }
-            let answers = self.apply(&txn, committed)?;
-            self.maybe_compact(&txn)?;
-            txn.commit().map_err(|e| db_err("commit", e))?;
-            answer(answers);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit);
         }
+        // These entries are durable in the log: answer once applied in
+        // memory; their objects are written with the next transaction.
+        let answers = self.apply(light.take_committed_entries())?;
+        answer(answers);
         self.raw.advance_apply();
         Ok(())
     }
 
-    /// Applies committed entries: objects and applied index go into `txn`.
-    fn apply(
-        &mut self,
-        txn: &redb::WriteTransaction,
-        entries: Vec<Entry>,
-    ) -> Result<Answers, StoreError> {
+    /// Writes what applies changed (objects, applied index, revision, commit
+    /// index, membership) into `txn`, and compacts the log when due.
+    fn write_applied(&mut self, txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+        self.dirty.sort();
+        self.dirty.dedup();
+        let hub = self.hub.clone();
+        let core = hub.lock();
+        self.raw
+            .mut_store()
+            .write_applied(txn, core.state(), &self.dirty)?;
+        drop(core);
+        self.dirty.clear();
+        self.maybe_compact(txn)
+    }
+
+    /// Writes pending applies in a transaction of their own (when idle).
+    fn flush(&mut self, durable: bool) -> Result<(), StoreError> {
+        if !durable && !self.raw.store().has_unwritten() && self.dirty.is_empty() {
+            return Ok(());
+        }
+        let txn = self.raw.store().begin(durable)?;
+        self.write_applied(&txn)?;
+        txn.commit().map_err(|e| db_err("commit", e))
+    }
+
+    /// Applies committed entries to the state machine, noting what changed.
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<Answers, StoreError> {
         let mut answers = Vec::new();
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(answers);
         };
-        let mut dirty: Vec<ObjectKey> = Vec::new();
         let hub = self.hub.clone();
         let mut core = hub.lock();
         for entry in entries {
@@ -311,23 +341,31 @@ impl Node {
                     if entry.get_data().is_empty() {
                         continue; // a new leader's empty entry
                     }
-                    let env: Envelope = match serde_json::from_slice(entry.get_data()) {
-                        Ok(env) => env,
-                        Err(e) => {
-                            tracing::error!(index = entry.index, error = %e, "undecodable log entry skipped");
-                            continue;
-                        }
+                    let mine = decode_origin(entry.get_context())
+                        .filter(|(node, _)| *node == self.config.id)
+                        .and_then(|(_, id)| self.pending.remove(&id));
+                    let decoded;
+                    let cmd = match &mine {
+                        Some(p) => &p.cmd,
+                        None => match serde_json::from_slice::<Command>(entry.get_data()) {
+                            Ok(cmd) => {
+                                decoded = cmd;
+                                &decoded
+                            }
+                            Err(e) => {
+                                tracing::error!(index = entry.index, error = %e, "undecodable log entry skipped");
+                                continue;
+                            }
+                        },
                     };
-                    let result = core.apply(&env.cmd);
+                    let result = core.apply(cmd);
                     if let Ok(applied) = &result
                         && let Some(change) = &applied.change
                     {
-                        dirty.push(change.key.clone());
+                        self.dirty.push(change.key.clone());
                     }
-                    if env.node == self.config.id
-                        && let Some(reply) = self.pending.remove(&env.id)
-                    {
-                        answers.push((reply, result.map(|a| a.outcome)));
+                    if let Some(p) = mine {
+                        answers.push((p.reply, result.map(|a| a.outcome)));
                     }
                 }
                 EntryType::EntryConfChange => {
@@ -337,7 +375,7 @@ impl Node {
                         .raw
                         .apply_conf_change(&cc)
                         .map_err(|e| db_err("conf change", e))?;
-                    self.raw.mut_store().set_conf_state(txn, cs)?;
+                    self.raw.mut_store().set_conf_state(cs);
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(entry.get_data())
@@ -346,15 +384,11 @@ impl Node {
                         .raw
                         .apply_conf_change(&cc)
                         .map_err(|e| db_err("conf change", e))?;
-                    self.raw.mut_store().set_conf_state(txn, cs)?;
+                    self.raw.mut_store().set_conf_state(cs);
                 }
             }
         }
-        dirty.sort();
-        dirty.dedup();
-        self.raw
-            .mut_store()
-            .write_applied(txn, core.state(), &dirty, last)?;
+        self.raw.mut_store().set_applied(last);
         Ok(answers)
     }
 
@@ -391,8 +425,8 @@ impl Node {
     }
 
     fn fail_pending(&mut self, err: &StoreError) {
-        for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Err(err.clone()));
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(err.clone()));
         }
     }
 

@@ -81,7 +81,12 @@ pub(crate) struct DiskStorage {
     compacted_term: u64,
     /// Entries `compacted_index + 1 ..= last`.
     entries: VecDeque<Entry>,
+    /// Applied to the in-memory state machine.
     applied: u64,
+    /// Applied and written to redb (the objects table is at this index).
+    applied_on_disk: u64,
+    /// The hard state or conf state changed since last written.
+    unwritten_states: bool,
     hub: Option<Arc<Hub>>,
 }
 
@@ -163,6 +168,8 @@ impl DiskStorage {
             compacted_term,
             entries,
             applied,
+            applied_on_disk: applied,
+            unwritten_states: false,
             hub: None,
         };
         Ok(Loaded {
@@ -256,34 +263,51 @@ impl DiskStorage {
         Ok(())
     }
 
-    pub fn set_commit(&mut self, txn: &WriteTransaction, commit: u64) -> Result<(), StoreError> {
-        let mut hs = self.hard_state.clone();
-        hs.commit = commit;
-        self.set_hard_state(txn, hs)
+    /// A new commit index, written with the next [`DiskStorage::write_applied`]
+    /// (raft does not need it durable).
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = commit;
+        self.unwritten_states = true;
     }
 
-    pub fn set_conf_state(
-        &mut self,
-        txn: &WriteTransaction,
-        cs: ConfState,
-    ) -> Result<(), StoreError> {
-        let bytes = cs
+    /// A new membership from an applied conf change, written with the next
+    /// [`DiskStorage::write_applied`] (with the applied index of the change).
+    pub fn set_conf_state(&mut self, cs: ConfState) {
+        self.conf_state = cs;
+        self.unwritten_states = true;
+    }
+
+    fn write_conf_state(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        let bytes = self
+            .conf_state
             .write_to_bytes()
             .map_err(|e| db_err("encode conf state", e))?;
-        Self::put_meta(txn, CONF_STATE, &bytes)?;
-        self.conf_state = cs;
-        Ok(())
+        Self::put_meta(txn, CONF_STATE, &bytes)
     }
 
-    /// Records an apply: the objects it changed (current value or deleted),
-    /// the applied index and the revision, in the same transaction.
+    /// Entries were applied to the in-memory state machine up to `index`.
+    pub fn set_applied(&mut self, index: u64) {
+        self.applied = self.applied.max(index);
+    }
+
+    /// Whether applied state, commit index or membership wait to be written.
+    pub fn has_unwritten(&self) -> bool {
+        self.unwritten_states || self.applied_on_disk < self.applied
+    }
+
+    /// Writes what applies changed since the last call: the objects (current
+    /// value, or deleted), the applied index and revision of `state`, and the
+    /// hard and conf states — all in `txn`.
     pub fn write_applied(
         &mut self,
         txn: &WriteTransaction,
         state: &StateMachine,
         dirty: &[ObjectKey],
-        applied: u64,
     ) -> Result<(), StoreError> {
+        if !self.has_unwritten() && dirty.is_empty() {
+            return Ok(());
+        }
+        let applied = self.applied;
         {
             let mut objs = txn
                 .open_table(OBJECTS)
@@ -306,13 +330,20 @@ impl DiskStorage {
         }
         Self::put_meta(txn, APPLIED, &applied.to_le_bytes())?;
         Self::put_meta(txn, REVISION, &state.revision().to_le_bytes())?;
-        self.applied = applied;
+        if self.unwritten_states {
+            let hs = self.hard_state.clone();
+            self.set_hard_state(txn, hs)?;
+            self.write_conf_state(txn)?;
+            self.unwritten_states = false;
+        }
+        self.applied_on_disk = applied;
         Ok(())
     }
 
-    /// Drops the log up to `index` (inclusive; at most the applied index).
+    /// Drops the log up to `index` (inclusive; at most the applied index
+    /// already written).
     pub fn compact(&mut self, txn: &WriteTransaction, index: u64) -> Result<(), StoreError> {
-        let index = index.min(self.applied);
+        let index = index.min(self.applied_on_disk);
         if index <= self.compacted_index {
             return Ok(());
         }
@@ -370,7 +401,8 @@ impl DiskStorage {
         }
         self.entries.clear();
         self.set_compacted(txn, meta.index, meta.term)?;
-        self.set_conf_state(txn, meta.get_conf_state().clone())?;
+        self.conf_state = meta.get_conf_state().clone();
+        self.write_conf_state(txn)?;
         let mut hs = self.hard_state.clone();
         hs.term = hs.term.max(meta.term);
         hs.commit = meta.index;
@@ -378,6 +410,7 @@ impl DiskStorage {
         Self::put_meta(txn, APPLIED, &meta.index.to_le_bytes())?;
         Self::put_meta(txn, REVISION, &sm.revision().to_le_bytes())?;
         self.applied = meta.index;
+        self.applied_on_disk = meta.index;
         Ok(sm)
     }
 }
