@@ -533,39 +533,65 @@ async fn the_loops_converge_on_their_own() {
     c.add_host("h1", &[], "1Gi").await;
     c.add_host("h2", &[], "1Gi").await;
     let shutdown = CancellationToken::new();
-    let orch = tokio::spawn(c.orch.clone().run(shutdown.clone()));
-    let sched = tokio::spawn(c.sched.clone().run(shutdown.clone()));
+    let handles = shoal_operator::spawn_controllers(
+        c.store.clone(),
+        OrchestratorConfig::default(),
+        SchedulerConfig::default(),
+        shutdown.clone(),
+    );
     c.create_service(service("web", 3)).await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        agent_step(c.s()).await;
-        let ready = c
-            .service("web")
-            .await
-            .and_then(|s| s.status)
-            .and_then(|s| s.ready_replicas);
-        if ready == Some(3) {
-            break;
+    let wait_for = |what: &'static str, want: Option<i32>, gone: Option<String>| {
+        let c = &c;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                agent_step(c.s()).await;
+                let ready = c
+                    .service("web")
+                    .await
+                    .and_then(|s| s.status)
+                    .and_then(|s| s.ready_replicas);
+                let cur = c.current().await;
+                if ready == want
+                    && cur.len() == usize::try_from(want.unwrap_or(0)).unwrap()
+                    && cur.iter().all(|t| t.metadata.name != gone)
+                {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{what}: not converged: {ready:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not converged: {ready:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(c.current().await.len(), 3);
+    };
+    wait_for("create", Some(3), None).await;
     assert!(c.current().await.iter().all(|t| t.spec.host_name.is_some()));
 
+    // A task rejected by the engine is replaced by the loops on their own.
+    let mut t = c.current().await.remove(0);
+    set_phase(&mut t, TaskPhase::Rejected);
+    typed::update_status(c.s(), &t).await.unwrap();
+    wait_for("replace", Some(3), t.metadata.name.clone()).await;
+    assert!(
+        c.current()
+            .await
+            .iter()
+            .all(|x| x.metadata.name != t.metadata.name)
+    );
+
+    c.edit_service("web", |s| s.spec.replicas = Some(1)).await;
+    wait_for("scale down", Some(1), None).await;
+
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), orch)
-        .await
-        .unwrap()
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), sched)
-        .await
-        .unwrap()
-        .unwrap();
+    for h in handles {
+        tokio::time::timeout(Duration::from_secs(5), h)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }
 
 #[tokio::test]

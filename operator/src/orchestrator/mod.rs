@@ -358,10 +358,25 @@ impl Orchestrator {
     }
 
     /// All Services, by key.
-    async fn all_services(&self) -> Result<Vec<ServiceRef>, StoreError> {
-        let (svcs, _) =
-            typed::list::<Service>(self.store.as_ref(), &ListOptions::default()).await?;
-        Ok(svcs.iter().map(service_ref).collect())
+    /// All Services, by key, and the keys of Services that are gone but
+    /// still have Tasks.
+    async fn all_services(&self) -> Result<(Vec<ServiceRef>, Vec<ServiceRef>), StoreError> {
+        let all = ListOptions::default();
+        let (svcs, _) = typed::list::<Service>(self.store.as_ref(), &all).await?;
+        let svcs: Vec<ServiceRef> = svcs.iter().map(service_ref).collect();
+        let (tasks, _) = typed::list::<Task>(self.store.as_ref(), &all).await?;
+        let known: BTreeSet<&ServiceRef> = svcs.iter().collect();
+        let orphans: BTreeSet<ServiceRef> = tasks
+            .iter()
+            .map(|t| {
+                ServiceRef::new(
+                    t.metadata.namespace.clone().unwrap_or_default(),
+                    t.spec.service.clone(),
+                )
+            })
+            .filter(|k| !known.contains(k))
+            .collect();
+        Ok((svcs, orphans.into_iter().collect()))
     }
 
     /// Runs until `shutdown`: watches Services, Tasks and Hosts, reconciles
@@ -391,7 +406,7 @@ impl Orchestrator {
                 .await?;
                 Ok::<_, StoreError>((svcs, events))
             };
-            let (svcs, mut events) = match start.await {
+            let ((svcs, orphans), mut events) = match start.await {
                 Ok(x) => x,
                 Err(e) => {
                     warn!(error = %e, "cannot list and watch; retrying");
@@ -405,7 +420,7 @@ impl Orchestrator {
             };
             retry = Duration::from_millis(100);
             let mut known: BTreeSet<ServiceRef> = svcs.into_iter().collect();
-            for k in &known {
+            for k in known.iter().chain(&orphans) {
                 queue.add(k.clone());
             }
             let mut resync = tokio::time::interval(self.config.resync_interval);
@@ -472,6 +487,9 @@ impl Orchestrator {
                         }
                     } => {
                         for k in queue.take_due() {
+                            if shutdown.is_cancelled() {
+                                return;
+                            }
                             match self.reconcile(&k).await {
                                 Ok(after) => queue.done(k, true, after),
                                 Err(e) => {
