@@ -85,7 +85,7 @@ fn list_params() -> Vec<Value> {
         ("limit", "integer", "ignored: lists are never truncated"),
         ("resourceVersion", "string", "for watch: deliver changes after this version"),
         ("resourceVersionMatch", "string", "ignored"),
-        ("sendInitialEvents", "boolean", "not served"),
+        ("sendInitialEvents", "boolean", "with watch: the current objects first, then a bookmark annotated k8s.io/initial-events-end"),
         ("timeoutSeconds", "integer", "ends a watch after this many seconds"),
         ("watch", "boolean", "watch for changes and return them as a stream of events"),
     ]

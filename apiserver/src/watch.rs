@@ -1,7 +1,8 @@
 //! `?watch=1`: a stream of `{"type": ..., "object": ...}` lines.
 //!
-//! Without a resourceVersion the current objects come first as ADDED
-//! events; "0" replays the store's history from its start when it reaches
+//! Without a resourceVersion (or with `sendInitialEvents=true`, then
+//! followed by a bookmark annotated `k8s.io/initial-events-end`) the current
+//! objects come first as ADDED events; "0" replays the store's history from its start when it reaches
 //! that far back (a list of an empty store has version 0), else acts the same. A resourceVersion older than the store's history answers
 //! HTTP 200 with one in-stream `ERROR` event carrying a 410 `Status` — that
 //! is what makes clients relist (an HTTP 410 makes kube-rs retry forever).
@@ -163,7 +164,16 @@ pub(crate) async fn watch(
     // "0" is both "any starting point" and the version of a list of an empty
     // store: replaying from revision 0 serves both while the history reaches
     // back that far.
-    let stream = match from {
+    // `sendInitialEvents=true` (kube-rs streaming lists, kubectl's WatchList):
+    // the current objects (at a version not older than the one asked for),
+    // then a bookmark marking their end, then changes.
+    let initial_events = q.flag("sendInitialEvents");
+    if initial_events && !enc.bookmarks {
+        return Err(ApiError::bad_request(
+            "sendInitialEvents=true requires allowWatchBookmarks=true",
+        ));
+    }
+    let stream = match from.filter(|_| !initial_events) {
         Some(from) => match app.store.watch(t.res.kind, from, &opts).await {
             Ok(s) => Some(s),
             Err(StoreError::TooOld { .. }) if from == 0 => None,
@@ -188,6 +198,19 @@ pub(crate) async fn watch(
                 if let Some(b) = enc.event(WatchEvent::Added(o)) {
                     pending.push_back(b);
                 }
+            }
+            if initial_events {
+                pending.push_back(line(
+                    "BOOKMARK",
+                    json!({
+                        "kind": t.res.kind_name(),
+                        "apiVersion": shoal_crds::API_VERSION,
+                        "metadata": {
+                            "resourceVersion": list.revision.to_string(),
+                            "annotations": { "k8s.io/initial-events-end": "true" },
+                        },
+                    }),
+                ));
             }
             match app.store.watch(t.res.kind, list.revision, &opts).await {
                 Ok(s) => s,

@@ -202,3 +202,22 @@ async fn raw_watch_answers_an_expired_version_with_200_and_an_error_event() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn streaming_list_watcher_gets_initial_events_then_changes() {
+    let (server, store) = common::start().await;
+    store.create(common::service("a", 1)).await.unwrap();
+    let api: Api<Service> = Api::namespaced(common::client(&server.url()), "default");
+    let mut w: Events = watcher(api.clone(), watcher::Config::default().streaming_lists())
+        .default_backoff()
+        .boxed();
+    expect(&mut w, "init").await;
+    expect(&mut w, "initapply a").await;
+    expect(&mut w, "initdone").await;
+    api.create(&PostParams::default(), &common::typed_service("b", 2))
+        .await
+        .unwrap();
+    expect(&mut w, "apply b 2").await;
+    drop(w);
+    server.shutdown().await.unwrap();
+}
