@@ -1,5 +1,27 @@
-//! The Shoal control plane's deciding parts: orchestrator and scheduler (and,
-//! later, the dispatcher), all on the store seam of `shoal-store`.
+//! The Shoal control plane's deciding parts: the orchestrator and the
+//! scheduler, on the store seam of `shoal-store`.
+//!
+//! - [`orchestrator`] turns Services into Tasks: a pure planner
+//!   ([`orchestrator::plan()`]) and a keyed, level-triggered loop
+//!   ([`orchestrator::Orchestrator::run`]).
+//! - [`scheduler`] places unbound Tasks on Hosts: a pure function
+//!   ([`scheduler::schedule`]) and a thin loop
+//!   ([`scheduler::Scheduler::run`]) that writes `spec.hostName` once.
+//! - [`spawn_controllers`] starts both, sharing the scheduler's explanations
+//!   ([`reports::SchedulingReports`]) with the orchestrator, the one writer of
+//!   Service status.
+//!
+//! What other components rely on:
+//! - every Task carries the label `shoal.dev/service=<service>`, the label
+//!   `shoal.dev/template-hash`, an ownerReference to its Service and the
+//!   finalizer [`shoal_crds::TASK_FINALIZER`], which the dispatcher removes
+//!   once the container is gone; the orchestrator deletes Task objects (the
+//!   store marks them) when their slot goes, when their Service goes, or
+//!   when they fall out of the per-slot history;
+//! - Global-mode Tasks carry `shoal.dev/target-host=<host>` and no slot; the
+//!   scheduler binds them to that host only;
+//! - every Service gets the finalizer `shoal.dev/tasks`, removed by the
+//!   orchestrator once all its Tasks are gone.
 
 pub mod orchestrator;
 pub mod reports;
