@@ -1,6 +1,8 @@
 //! `shoal`: the command line of the Shoal orchestrator.
 
 mod cmd;
+mod control_plane;
+mod logging;
 
 use std::process::ExitCode;
 
@@ -10,9 +12,9 @@ use clap::{Parser, Subcommand};
 /// of them: replicas, restart policies, resource limits, placement and
 /// failover, declared as Kubernetes-style resources.
 ///
-/// Built so far: resource types and validation (`shoal validate`) and the
-/// CRDs (`shoal crds`). The control plane (`shoal up`, `shoal server`), the
-/// host agent and the rest of the CLI arrive in later releases.
+/// Start everything on this host with `shoal up`, then apply Services with
+/// kubectl (the API speaks the Kubernetes dialect) or check them offline with
+/// `shoal validate`.
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, propagate_version = true)]
 struct Cli {
@@ -22,6 +24,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Up(cmd::up::Args),
     Validate(cmd::validate::Args),
     Crds(cmd::crds::Args),
     Server(cmd::server::Args),
@@ -31,6 +34,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
+        Command::Up(a) => cmd::up::run(a),
         Command::Validate(a) => cmd::validate::run(a),
         Command::Crds(a) => cmd::crds::run(a),
         Command::Server(a) => cmd::server::run(a),

@@ -3,4 +3,5 @@
 pub mod agent;
 pub mod crds;
 pub mod server;
+pub mod up;
 pub mod validate;

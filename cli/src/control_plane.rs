@@ -1,0 +1,202 @@
+//! The control plane in one process, as `shoal server` and `shoal up` run
+//! it: the Raft store on a data directory, the API server, the orchestrator
+//! and scheduler, and the dispatcher — one shutdown tree.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use shoal_apiserver::RunningServer;
+use shoal_dispatcher::{Dispatcher, DispatcherConfig};
+use shoal_store::ClusterStore;
+use shoal_store::raft::RaftStore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Where the control plane keeps its state and listens.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Data directory: `store/` (the Raft store), `cluster-id`, `kubeconfig`.
+    pub data_dir: PathBuf,
+    /// API server address (loopback).
+    pub api_listen: SocketAddr,
+    /// Dispatcher address for agents (loopback).
+    pub dispatcher_listen: SocketAddr,
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    /// The store (shared by every component).
+    pub store: Arc<dyn ClusterStore>,
+    /// The cluster id (persisted in the data directory).
+    pub cluster_id: String,
+    /// `http://127.0.0.1:PORT` of the API.
+    pub api_url: String,
+    /// `http://127.0.0.1:PORT` agents dial.
+    pub dispatcher_url: String,
+    /// The kubeconfig written for the API.
+    pub kubeconfig: PathBuf,
+    api: RunningServer,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+/// The data directory's cluster id, created (random) on first start.
+pub fn cluster_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("cluster-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => {
+            let mut bytes = [0u8; 6];
+            std::io::Read::read_exact(
+                &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
+                &mut bytes,
+            )
+            .context("reading /dev/urandom")?;
+            let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(&path, format!("{id}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(id)
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Opens the store and starts every component.
+    pub async fn start(settings: &Settings) -> anyhow::Result<ControlPlane> {
+        for addr in [settings.api_listen, settings.dispatcher_listen] {
+            if !addr.ip().is_loopback() {
+                anyhow::bail!(
+                    "refusing to listen on {addr}: there is no authentication yet, so Shoal listens on loopback only"
+                );
+            }
+        }
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "creating the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
+        let cluster_id = cluster_id(&settings.data_dir)?;
+        let store_dir = settings.data_dir.join("store");
+        let store_dir_for_open = store_dir.clone();
+        // Opening replays the log: blocking work, off the async threads.
+        let raft = tokio::task::spawn_blocking(move || RaftStore::open_single(store_dir_for_open))
+            .await
+            .context("opening the store")?
+            .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+        let store: Arc<dyn ClusterStore> = Arc::new(raft);
+        let shutdown = CancellationToken::new();
+
+        let api = RunningServer::start(
+            settings.api_listen,
+            store.clone(),
+            shoal_apiserver::Config::default(),
+        )
+        .await
+        .with_context(|| format!("starting the API server on {}", settings.api_listen))?;
+        let kubeconfig = settings.data_dir.join("kubeconfig");
+        shoal_apiserver::kubeconfig::write(&kubeconfig, &api.url())
+            .with_context(|| format!("writing {}", kubeconfig.display()))?;
+
+        let mut tasks = Vec::new();
+        let [o, s] = shoal_operator::spawn_controllers(
+            store.clone(),
+            Default::default(),
+            Default::default(),
+            shutdown.child_token(),
+        );
+        tasks.push(o);
+        tasks.push(s);
+
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            DispatcherConfig {
+                cluster_id: cluster_id.clone(),
+                ..Default::default()
+            },
+            shutdown.child_token(),
+        );
+        let listener = Dispatcher::bind(settings.dispatcher_listen)
+            .await
+            .with_context(|| format!("binding the dispatcher on {}", settings.dispatcher_listen))?;
+        let dispatcher_url = format!(
+            "http://{}",
+            listener.local_addr().context("dispatcher address")?
+        );
+        tasks.push(tokio::spawn(
+            async move {
+                if let Err(e) = dispatcher.serve(listener).await {
+                    tracing::error!(error = %e, "dispatcher stopped");
+                }
+            }
+            .instrument(tracing::info_span!("dispatcher")),
+        ));
+        Ok(ControlPlane {
+            store,
+            cluster_id,
+            api_url: api.url(),
+            dispatcher_url,
+            kubeconfig,
+            api,
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// A token cancelled when the control plane stops (for components
+    /// started beside it, like `shoal up`'s agent).
+    pub fn child_token(&self) -> CancellationToken {
+        self.shutdown.child_token()
+    }
+
+    /// Stops every component and waits for them; the store is closed (and
+    /// its last writes made durable) when its last user is gone.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let api = self.api.shutdown().await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        // Dropping the last handle stops the Raft thread after a final
+        // durable commit; that blocks, so do it off the async threads.
+        let store = self.store;
+        let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+        api.context("stopping the API server")
+    }
+}
+
+/// Default data directory: `/var/lib/shoal` for root, else
+/// `$XDG_DATA_HOME/shoal` or `~/.local/share/shoal`.
+pub fn default_data_dir() -> PathBuf {
+    let is_root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if is_root {
+        return PathBuf::from("/var/lib/shoal");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("shoal");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/shoal"),
+        None => PathBuf::from(".shoal"),
+    }
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+pub async fn stop_signal() -> anyhow::Result<&'static str> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => Ok("SIGTERM"),
+        r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; Ok("interrupt") }
+    }
+}
