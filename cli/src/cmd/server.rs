@@ -16,7 +16,8 @@ use shoal_store::ClusterStore;
 /// gracefully on SIGTERM or Ctrl-C.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Directory for the server's state and its kubeconfig.
+    /// Directory for the store (Raft log and objects, `store.redb`) and the
+    /// kubeconfig.
     #[arg(long, env = "SHOAL_DATA_DIR", value_name = "DIR")]
     data_dir: PathBuf,
     /// Address to listen on (loopback only; port 0 picks a free port).
@@ -49,16 +50,19 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    tracing::warn!(
-        data_dir = %args.data_dir.display(),
-        "NOTHING IS DURABLE: the Raft store is not built yet, so this server keeps every object in memory and loses them all when it stops"
-    );
-    let store: Arc<dyn ClusterStore> = Arc::new(shoal_store::mem::MemStore::new());
+    let dir = args.data_dir.clone();
+    // Opening replays the log: blocking work, off the async threads.
+    let store = tokio::task::spawn_blocking(move || shoal_store::RaftStore::open_single(dir))
+        .await
+        .context("opening the store")?
+        .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+    let store: Arc<dyn ClusterStore> = Arc::new(store);
+    tracing::info!(data_dir = %args.data_dir.display(), "store open (single voter, Raft log and objects in redb)");
     let cfg = Config {
         max_body_bytes: args.max_body_bytes,
         ..Config::default()
     };
-    let server = RunningServer::start(args.listen, store, cfg)
+    let server = RunningServer::start(args.listen, store.clone(), cfg)
         .await
         .with_context(|| format!("starting the API server on {}", args.listen))?;
     let kubeconfig = args.data_dir.join("kubeconfig");
@@ -83,6 +87,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .shutdown()
         .await
         .context("shutting down the API server")?;
+    // Dropping the last handle stops the Raft thread after a final durable
+    // commit; that blocks, so do it off the async threads.
+    tokio::task::spawn_blocking(move || drop(store))
+        .await
+        .context("closing the store")?;
     tracing::info!("stopped");
     Ok(())
 }
