@@ -221,3 +221,49 @@ async fn streaming_list_watcher_gets_initial_events_then_changes() {
     drop(w);
     server.shutdown().await.unwrap();
 }
+
+/// Opens the durable store of `dir` (blocking: replays the log).
+async fn open_raft(dir: &std::path::Path) -> Arc<shoal_store::RaftStore> {
+    let dir = dir.to_owned();
+    let s = tokio::task::spawn_blocking(move || shoal_store::RaftStore::open_single(dir))
+        .await
+        .unwrap()
+        .unwrap();
+    Arc::new(s)
+}
+
+async fn close_raft(store: Arc<shoal_store::RaftStore>) {
+    let s = Arc::try_unwrap(store).unwrap();
+    tokio::task::spawn_blocking(move || drop(s)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_resumes_across_a_restart_of_server_and_durable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_raft(dir.path()).await;
+    let server = common::start_on("127.0.0.1:0".parse().unwrap(), store.clone()).await;
+    let addr = server.addr();
+    let api: Api<Service> = Api::namespaced(common::client(&server.url()), "default");
+    api.create(&PostParams::default(), &common::typed_service("a", 1))
+        .await
+        .unwrap();
+    let mut w = events(api.clone());
+    expect(&mut w, "init").await;
+    expect(&mut w, "initapply a").await;
+    expect(&mut w, "initdone").await;
+
+    // Everything stops: server and store; both come back from the data dir.
+    server.shutdown().await.unwrap();
+    close_raft(store).await;
+    let store = open_raft(dir.path()).await;
+    let server = common::start_on(addr, store.clone()).await;
+    api.create(&PostParams::default(), &common::typed_service("b", 2))
+        .await
+        .unwrap();
+    // Resumed at its version: the new object, without a relist.
+    expect(&mut w, "apply b 2").await;
+    assert_eq!(api.get("a").await.unwrap().spec.replicas, Some(1));
+    drop(w);
+    server.shutdown().await.unwrap();
+    close_raft(store).await;
+}
