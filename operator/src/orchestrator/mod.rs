@@ -29,8 +29,8 @@ use tracing::{Instrument, debug, info, warn};
 
 pub use hash::{name_suffix, task_name, template_hash};
 pub use plan::{
-    ATTEMPT_LABEL, Action, DEFAULT_HISTORY_LIMIT, HASH_LABEL, Plan, PlanInput, SERVICE_FINALIZER,
-    SERVICE_LABEL, SlotKey, TASK_FINALIZER, plan,
+    ATTEMPT_LABEL, Action, DEFAULT_HISTORY_LIMIT, HASH_LABEL, Plan, PlanInput, REJECTIONS_LABEL,
+    SERVICE_FINALIZER, SERVICE_LABEL, SlotKey, TASK_FINALIZER, plan,
 };
 
 use crate::reports::SchedulingReports;
@@ -144,7 +144,7 @@ impl Orchestrator {
     }
 
     /// Builds a new Task for a slot.
-    fn new_task(svc: &Service, hash: &str, slot: &SlotKey, attempt: u32) -> Task {
+    fn new_task(svc: &Service, hash: &str, slot: &SlotKey, attempt: u32, rejections: u32) -> Task {
         let name = svc.metadata.name.clone().unwrap_or_default();
         let uid = svc.metadata.uid.clone().unwrap_or_default();
         let slot_s = slot.to_string();
@@ -155,6 +155,9 @@ impl Orchestrator {
         ]);
         if let SlotKey::Host(h) = slot {
             labels.insert(TARGET_HOST_LABEL.to_string(), h.clone());
+        }
+        if rejections > 0 {
+            labels.insert(REJECTIONS_LABEL.to_string(), rejections.to_string());
         }
         Task {
             metadata: ObjectMeta {
@@ -286,8 +289,12 @@ impl Orchestrator {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Action::Create { slot, attempt } => {
-                    let t = Self::new_task(&svc, &p.template_hash, slot, *attempt);
+                Action::Create {
+                    slot,
+                    attempt,
+                    rejections,
+                } => {
+                    let t = Self::new_task(&svc, &p.template_hash, slot, *attempt, *rejections);
                     match typed::create(store, &t).await {
                         Ok(_) => {}
                         // Another orchestrator created this very attempt.

@@ -24,6 +24,9 @@ pub const SERVICE_LABEL: &str = "shoal.dev/service";
 pub const HASH_LABEL: &str = "shoal.dev/template-hash";
 /// Label on every Task: which attempt of its slot it is (1, 2, …).
 pub const ATTEMPT_LABEL: &str = "shoal.dev/attempt";
+/// Label on a Task replacing rejected ones: how many rejections in a row
+/// came before it in its slot.
+pub const REJECTIONS_LABEL: &str = "shoal.dev/rejections";
 /// Ended tasks kept per slot, by default (Swarm keeps 5).
 pub const DEFAULT_HISTORY_LIMIT: usize = 5;
 
@@ -58,6 +61,10 @@ pub enum Action {
         slot: SlotKey,
         /// Attempt number (one more than any earlier task of the slot).
         attempt: u32,
+        /// Rejections in a row of its predecessors in the slot (the
+        /// [`REJECTIONS_LABEL`] of the new task), so the backoff keeps
+        /// growing beyond the kept history.
+        rejections: u32,
     },
     /// Set `spec.desiredState: Shutdown`.
     Shutdown(String),
@@ -109,6 +116,7 @@ struct View<'a> {
     host: Option<&'a str>,
     hash: &'a str,
     attempt: u32,
+    rejections: u32,
     created: Option<Timestamp>,
     ended_at: Option<Timestamp>,
     health: Option<HealthState>,
@@ -137,6 +145,10 @@ impl<'a> View<'a> {
             hash: &t.spec.template_hash,
             attempt: labels
                 .and_then(|l| l.get(ATTEMPT_LABEL))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0),
+            rejections: labels
+                .and_then(|l| l.get(REJECTIONS_LABEL))
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(0),
             created: t.metadata.creation_timestamp.as_ref().map(|t| t.0),
@@ -446,12 +458,20 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .filter(|v| !v.wanted || shutdown.contains(v.name))
             .collect();
         ended.sort_by_key(|v| std::cmp::Reverse((v.attempt, v.created)));
-        let rejections = ended
+        // Rejections in a row: the latest task's own count plus itself; the
+        // history seen here as a floor for tasks without the label.
+        let seen = ended
             .iter()
             .take_while(|v| v.phase == TaskPhase::Rejected)
             .count();
+        let rejections = match ended.first() {
+            Some(v) if v.phase == TaskPhase::Rejected => {
+                (v.rejections.saturating_add(1)).max(u32::try_from(seen).unwrap_or(u32::MAX))
+            }
+            _ => 0,
+        };
         if rejections > 0 {
-            let wait = rejection_backoff(svc, u32::try_from(rejections).unwrap_or(u32::MAX));
+            let wait = rejection_backoff(svc, rejections);
             let since = ended.first().and_then(|v| v.ended_at.or(v.created));
             let elapsed = since
                 .map(|t| input.now.duration_since(t))
@@ -467,6 +487,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         creates.push(Action::Create {
             slot: k.clone(),
             attempt,
+            rejections,
         });
     }
 

@@ -133,15 +133,20 @@ fn run(s: &Service, tasks: &[Task], hosts: &[SchedHost], now: i64) -> Plan {
 }
 
 fn create(n: i32, attempt: u32) -> Action {
+    create_after(n, attempt, 0)
+}
+fn create_after(n: i32, attempt: u32, rejections: u32) -> Action {
     Action::Create {
         slot: SlotKey::Slot(n),
         attempt,
+        rejections,
     }
 }
 fn create_on(h: &str) -> Action {
     Action::Create {
         slot: SlotKey::Host(h.into()),
         attempt: 1,
+        rejections: 0,
     }
 }
 fn shutdown(n: &str) -> Action {
@@ -243,7 +248,7 @@ fn cases() -> Vec<Case> {
         "a rejected task is replaced (first time: the restart delay, 0s)",
         service(1),
         vec![task(&s, 0, 1, Rejected, Some("h1"))],
-        vec![shutdown("web-0-a1"), create(0, 2)],
+        vec![shutdown("web-0-a1"), create_after(0, 2, 1)],
     ));
     cases.push(Case {
         requeue: Some(Duration::from_millis(100)),
@@ -266,7 +271,25 @@ fn cases() -> Vec<Case> {
                 stopped(task(&s, 0, 1, Rejected, Some("h1"))),
                 stopped(task(&s, 0, 2, Rejected, Some("h2"))),
             ],
-            vec![create(0, 3)],
+            vec![create_after(0, 3, 2)],
+        )
+    });
+    // The count carried on the task keeps the backoff growing after the
+    // older rejected tasks have left the history: 7 in a row wait
+    // 100ms × 2^5.
+    let mut seventh = task(&s, 0, 9, Rejected, Some("h1"));
+    seventh
+        .metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(REJECTIONS_LABEL.into(), "6".into());
+    cases.push(Case {
+        requeue: Some(Duration::from_millis(3200)),
+        ..case(
+            "rejections in a row beyond the history back off further",
+            service(1),
+            vec![seventh],
+            vec![shutdown("web-0-a9")],
         )
     });
     cases.push(case(
@@ -680,9 +703,16 @@ mod sim {
                     Action::Create {
                         slot: SlotKey::Slot(n),
                         attempt,
+                        rejections,
                     } => {
                         self.next_name += 1;
                         let mut t = task(&self.svc, *n, *attempt, TaskPhase::Pending, None);
+                        if *rejections > 0 {
+                            t.metadata
+                                .labels
+                                .get_or_insert_with(BTreeMap::new)
+                                .insert(REJECTIONS_LABEL.into(), rejections.to_string());
+                        }
                         t.metadata.name = Some(format!("t{:04}", self.next_name));
                         t.metadata.creation_timestamp = Some(Time(ts(self.now)));
                         self.tasks.push(t);
