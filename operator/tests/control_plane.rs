@@ -614,3 +614,101 @@ async fn tasks_of_a_service_removed_by_hand_go_too() {
     c.converge(&["web"], 20).await;
     assert!(c.tasks().await.is_empty());
 }
+
+async fn set_host(c: &Cluster, name: &str, f: impl FnOnce(&mut Host)) {
+    let mut h = typed::get::<Host>(c.s(), None, name)
+        .await
+        .unwrap()
+        .unwrap();
+    f(&mut h);
+    typed::update(c.s(), &h).await.unwrap();
+}
+
+#[tokio::test]
+async fn tasks_of_a_lost_host_come_back_elsewhere() {
+    let c = Cluster::new();
+    c.add_host("h1", &[], "1Gi").await;
+    c.add_host("h2", &[], "1Gi").await;
+    c.create_service(service("web", 2)).await;
+    c.converge(&["web"], 20).await;
+    let on_h1: Vec<Task> = c
+        .current()
+        .await
+        .into_iter()
+        .filter(|t| t.spec.host_name.as_deref() == Some("h1"))
+        .collect();
+    assert_eq!(on_h1.len(), 1);
+
+    // The dispatcher's view of a lost host: NotReady, its tasks Orphaned.
+    let mut h1 = typed::get::<Host>(c.s(), None, "h1")
+        .await
+        .unwrap()
+        .unwrap();
+    h1.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = ConditionStatus::False;
+    typed::update_status(c.s(), &h1).await.unwrap();
+    for mut t in on_h1 {
+        set_phase(&mut t, TaskPhase::Orphaned);
+        typed::update_status(c.s(), &t).await.unwrap();
+    }
+    // One reconcile and one pass replace it on the other host.
+    let key = ServiceRef::new(NS, "web");
+    c.orch.reconcile(&key).await.unwrap();
+    c.sched.pass().await.unwrap();
+    let cur = c.current().await;
+    assert_eq!(cur.len(), 2);
+    assert!(
+        cur.iter()
+            .all(|t| t.spec.host_name.as_deref() == Some("h2")),
+        "{cur:?}"
+    );
+}
+
+#[tokio::test]
+async fn draining_a_host_moves_its_tasks_stop_first() {
+    let c = Cluster::new();
+    c.add_host("h1", &[], "1Gi").await;
+    c.add_host("h2", &[], "1Gi").await;
+    let mut svc = service("web", 2);
+    svc.spec.template.ports = Some(vec![shoal_crds::PortMapping {
+        container_port: 80,
+        host_port: Some(18080),
+        ..Default::default()
+    }]);
+    c.create_service(svc).await;
+    c.converge(&["web"], 20).await;
+    assert_eq!(c.current().await.len(), 2);
+
+    set_host(&c, "h1", |h| {
+        h.spec.availability = Some(shoal_crds::Availability::Drain)
+    })
+    .await;
+    let key = ServiceRef::new(NS, "web");
+    c.orch.reconcile(&key).await.unwrap();
+    // Stop first: the task on h1 is asked to stop, no replacement yet.
+    assert_eq!(c.current().await.len(), 1);
+    c.converge(&["web"], 20).await;
+    // Port 18080 is taken on h2 and h1 drains: the replacement fits nowhere.
+    let svc = c.service("web").await.unwrap();
+    let (status, reason, message) = condition(&svc, "Schedulable");
+    assert_eq!(
+        (status, reason.as_str()),
+        (ConditionStatus::False, "Unschedulable")
+    );
+    assert_eq!(
+        message,
+        "0/2 hosts: 1 draining, 1 host port 18080/TCP in use"
+    );
+
+    set_host(&c, "h1", |h| {
+        h.spec.availability = Some(shoal_crds::Availability::Active)
+    })
+    .await;
+    c.converge(&["web"], 20).await;
+    let cur = c.current().await;
+    assert_eq!(cur.len(), 2);
+    assert!(cur.iter().all(|t| t.spec.host_name.is_some()));
+    assert_eq!(
+        condition(&c.service("web").await.unwrap(), "Schedulable").0,
+        ConditionStatus::True
+    );
+}
