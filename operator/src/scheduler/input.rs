@@ -18,12 +18,14 @@ impl SchedHost {
     /// amounts count as zero (only tasks reserving nothing fit).
     pub fn from_host(h: &Host) -> Self {
         let status = h.status.as_ref();
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True)
-            });
+        // A host being deleted takes nothing new.
+        let ready = h.metadata.deletion_timestamp.is_none()
+            && status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True)
+                });
         let alloc = status.and_then(|s| s.allocatable.as_ref());
         let cpu = alloc
             .and_then(|a| a.cpu.as_ref())
@@ -191,4 +193,130 @@ pub fn groups_from(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use k8s_openapi::jiff::Timestamp;
+    use shoal_crds::quantity::{ByteQuantity, CpuQuantity};
+    use shoal_crds::{
+        Condition, HostResources, HostSpec, HostStatus, PortMapping, ResourceReservations,
+        Resources, TaskSpec, TaskStatus,
+    };
+
+    use super::*;
+
+    fn host(ready: ConditionStatus, alloc: Option<(&str, &str)>) -> Host {
+        Host {
+            metadata: ObjectMeta {
+                name: Some("h1".into()),
+                ..Default::default()
+            },
+            spec: HostSpec::default(),
+            status: Some(HostStatus {
+                conditions: Some(vec![Condition {
+                    type_: "Ready".into(),
+                    status: ready,
+                    ..Default::default()
+                }]),
+                allocatable: alloc.map(|(c, m)| HostResources {
+                    cpu: Some(CpuQuantity::new(c)),
+                    memory: Some(ByteQuantity::new(m)),
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        let h = SchedHost::from_host(&host(ConditionStatus::True, Some(("2", "1Gi"))));
+        assert!(h.ready);
+        assert_eq!((h.cpu_millis, h.memory_bytes), (2000, 1 << 30));
+        let h = SchedHost::from_host(&host(ConditionStatus::Unknown, None));
+        assert!(!h.ready);
+        assert_eq!((h.cpu_millis, h.memory_bytes), (0, 0));
+        let mut deleting = host(ConditionStatus::True, Some(("2", "1Gi")));
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        assert!(!SchedHost::from_host(&deleting).ready);
+    }
+
+    fn task(host: Option<&str>, desired: DesiredState, phase: TaskPhase) -> Task {
+        let template = ContainerTemplate {
+            image: "busybox".into(),
+            ports: Some(vec![PortMapping {
+                container_port: 80,
+                host_port: Some(8080),
+                protocol: Some(Protocol::Udp),
+                ..Default::default()
+            }]),
+            resources: Some(Resources {
+                limits: None,
+                reservations: Some(ResourceReservations {
+                    cpu: Some(CpuQuantity::new("250m")),
+                    memory: Some(ByteQuantity::new("64Mi")),
+                }),
+            }),
+            ..Default::default()
+        };
+        Task {
+            metadata: ObjectMeta {
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: TaskSpec {
+                service: "web".into(),
+                template,
+                template_hash: "x".into(),
+                host_name: host.map(str::to_owned),
+                desired_state: Some(desired),
+                ..Default::default()
+            },
+            status: Some(TaskStatus {
+                phase: Some(phase),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn allocations() {
+        use DesiredState::{Running as Run, Shutdown as Stop};
+        use TaskPhase::*;
+        const M: u64 = 64 << 20;
+        let port = vec![(Protocol::Udp, 8080)];
+        // (host, desired, phase) -> (cpu, memory, ports, live), or None.
+        let cases: Vec<(
+            Option<&str>,
+            DesiredState,
+            TaskPhase,
+            Option<(u64, u64, bool, bool)>,
+        )> = vec![
+            (None, Run, Pending, None),
+            (Some("h1"), Run, Running, Some((250, M, true, true))),
+            (Some("h1"), Run, Pending, Some((250, M, true, true))),
+            (Some("h1"), Stop, Running, Some((250, M, true, false))),
+            (Some("h1"), Stop, Shutdown, None),
+            (Some("h1"), Stop, Orphaned, Some((0, 0, true, false))),
+            (Some("h1"), Run, Orphaned, Some((250, M, true, false))),
+            (Some("h1"), Run, Failed, Some((250, M, false, false))),
+            (Some("h1"), Stop, Rejected, None),
+        ];
+        for (host, desired, phase, want) in cases {
+            let got = Allocation::from_task(&task(host, desired, phase));
+            let want = want.map(|(cpu, memory, ports, live)| Allocation {
+                host: "h1".into(),
+                service: ServiceRef::new("default", "web"),
+                cpu_millis: cpu,
+                memory_bytes: memory,
+                host_ports: if ports { port.clone() } else { vec![] },
+                live,
+            });
+            assert_eq!(got, want, "{host:?} {desired:?} {phase:?}");
+        }
+        assert!(is_unbound(&task(None, Run, Pending)));
+        assert!(!is_unbound(&task(None, Stop, Pending)));
+        assert!(!is_unbound(&task(Some("h1"), Run, Pending)));
+    }
 }
