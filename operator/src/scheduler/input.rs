@@ -280,6 +280,14 @@ mod tests {
         }
     }
 
+    /// (host, desired, phase) and what it holds: (cpu, memory, ports, live).
+    type Case<'a> = (
+        Option<&'a str>,
+        DesiredState,
+        TaskPhase,
+        Option<(u64, u64, bool, bool)>,
+    );
+
     #[test]
     fn allocations() {
         use DesiredState::{Running as Run, Shutdown as Stop};
@@ -287,12 +295,7 @@ mod tests {
         const M: u64 = 64 << 20;
         let port = vec![(Protocol::Udp, 8080)];
         // (host, desired, phase) -> (cpu, memory, ports, live), or None.
-        let cases: Vec<(
-            Option<&str>,
-            DesiredState,
-            TaskPhase,
-            Option<(u64, u64, bool, bool)>,
-        )> = vec![
+        let cases: Vec<Case<'_>> = vec![
             (None, Run, Pending, None),
             (Some("h1"), Run, Running, Some((250, M, true, true))),
             (Some("h1"), Run, Pending, Some((250, M, true, true))),
