@@ -1,10 +1,9 @@
 //! API server over HTTP: create latency and throughput (1 and 16 clients), watch fan-out to 10 watchers.
 //! needs: nothing
 //!
-//! Starts the embedded API server on loopback over the best store available
-//! (see the `store:` report line: the durable Raft store with fsync once it
-//! exists, the in-memory store until then) and drives it with kube's HTTP
-//! client, as the shoal CLI does:
+//! Starts the embedded API server on loopback over the durable store `shoal
+//! server` uses (single-voter Raft, redb, fsync on; see the `store:` report
+//! line) and drives it with kube's HTTP client, as the shoal CLI does:
 //!
 //! - `api_create_p50_ms`: median latency of sequential Service creates;
 //! - `api_creates_per_s_c1` / `_c16`: creates per second with 1 and 16
@@ -193,10 +192,14 @@ async fn watch_fanout(url: &str, store: &dyn ClusterStore) -> anyhow::Result<(f6
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // The durable Raft store does not exist yet: measure over the in-memory
-    // store, and say so.
-    let store = Arc::new(shoal_store::mem::MemStore::new());
-    let store_name = "mem (no fsync: the Raft store is not built yet)";
+    // The durable store, as `shoal server` runs it: a single Raft voter with
+    // its log and objects in redb (every acknowledged write is fsynced).
+    let dir = tempfile::tempdir().context("temporary data directory")?;
+    let path = dir.path().to_owned();
+    let store =
+        tokio::task::spawn_blocking(move || shoal_store::RaftStore::open_single(path)).await??;
+    let store = Arc::new(store);
+    let store_name = "raft (single voter, redb, fsync on)";
     let server = RunningServer::start(
         "127.0.0.1:0".parse().context("address")?,
         store.clone(),
@@ -214,6 +217,9 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("16 clients: {c16:.0} creates/s");
     let (events, written) = watch_fanout(&url, store.as_ref()).await?;
     server.shutdown().await?;
+    if let Ok(store) = Arc::try_unwrap(store) {
+        tokio::task::spawn_blocking(move || drop(store)).await?;
+    }
 
     println!("store: {store_name}");
     println!("watch_writes: {written}");
