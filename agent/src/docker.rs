@@ -161,11 +161,16 @@ fn to_event(msg: bollard::models::EventMessage) -> Option<EngineEvent> {
     };
     let labels: BTreeMap<String, String> =
         actor.attributes.unwrap_or_default().into_iter().collect();
+    let exit_code = match kind {
+        EventKind::Die => labels.get("exitCode").and_then(|c| c.parse().ok()),
+        _ => None,
+    };
     Some(EngineEvent {
         container_id: actor.id.unwrap_or_default(),
         kind,
         time,
         labels,
+        exit_code,
     })
 }
 

@@ -115,6 +115,8 @@ pub struct EngineEvent {
     pub time: SystemTime,
     /// The container's labels (as the engine attaches them to events).
     pub labels: BTreeMap<String, String>,
+    /// The exit code, on a `die` event.
+    pub exit_code: Option<i64>,
 }
 
 /// Engine identity, from the version call.
@@ -186,23 +188,35 @@ pub trait ContainerEngine: Send + Sync + Debug {
     ) -> Result<(), EngineError>;
 }
 
-/// Create the container of task `task_uid`. A name conflict is success only
-/// when the existing container carries the same task uid (then its id is
-/// returned); otherwise it is an error, never adopted.
+/// Create the container of task `task_uid` of cluster `cluster`. A name
+/// conflict is success only when the existing container carries the same
+/// cluster and task uid (then its id is returned); otherwise it is an error,
+/// never adopted.
 pub async fn create_for_task(
     engine: &dyn ContainerEngine,
     name: &str,
     body: ContainerCreateBody,
+    cluster: &str,
     task_uid: &str,
 ) -> Result<String, EngineError> {
     match engine.create(name, body).await {
         Err(EngineError::Conflict(msg)) => {
             let existing = engine.inspect(name).await?;
-            if existing.task_uid() == Some(task_uid) {
+            let same_cluster = existing
+                .labels
+                .get(crate::labels::CLUSTER)
+                .map(String::as_str)
+                == Some(cluster);
+            if same_cluster && existing.task_uid() == Some(task_uid) {
                 Ok(existing.id)
             } else {
                 Err(EngineError::Conflict(format!(
-                    "{msg} (the existing container belongs to task {:?})",
+                    "{msg} (the existing container belongs to cluster {:?}, task {:?})",
+                    existing
+                        .labels
+                        .get(crate::labels::CLUSTER)
+                        .map(String::as_str)
+                        .unwrap_or("none"),
                     existing.task_uid().unwrap_or("none")
                 )))
             }

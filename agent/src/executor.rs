@@ -131,7 +131,8 @@ pub async fn execute(
                     n.insert(net.clone());
                 }
             }
-            let created = create_for_task(engine, &id.container_name(), body, &task.uid).await;
+            let created =
+                create_for_task(engine, &id.container_name(), body, &ctx.cluster, &task.uid).await;
             let cid = match created {
                 Ok(cid) => cid,
                 Err(EngineError::NotFound(m)) if m.contains("network") => {

@@ -71,16 +71,21 @@ impl FakeEngine {
     }
 
     fn emit(&self, st: &mut State, id: &str, kind: EventKind) {
-        let labels = st
-            .containers
-            .get(id)
-            .map(|c| c.labels.clone())
-            .unwrap_or_default();
+        let c = st.containers.get(id);
+        let labels = c.map(|c| c.labels.clone()).unwrap_or_default();
+        let exit_code = match kind {
+            EventKind::Die => c.and_then(|c| c.exit_code),
+            _ => None,
+        };
         let ev = EngineEvent {
             container_id: id.to_string(),
             kind,
-            time: SystemTime::now(),
+            time: c
+                .and_then(|c| c.finished_at)
+                .filter(|_| exit_code.is_some())
+                .unwrap_or_else(SystemTime::now),
             labels,
+            exit_code,
         };
         st.log.push(ev.clone());
         let _ = self.events.send(ev);

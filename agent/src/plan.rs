@@ -105,7 +105,7 @@ pub struct TaskState {
     pub attempts: Vec<SystemTime>,
     /// Restarts since the last reset (drives the backoff).
     pub consecutive: u32,
-    /// `finishedAt` of the last exit already decided upon.
+    /// `startedAt` of the run whose exit was last decided upon.
     pub handled_exit: Option<SystemTime>,
     /// `startedAt` of the instance already restarted for being unhealthy.
     pub handled_unhealthy: Option<SystemTime>,
@@ -366,8 +366,10 @@ pub fn plan_task(
                 wake_at = failure_wake;
             }
             (_, Some(finished)) => {
-                if st.handled_exit != Some(finished) {
-                    st.handled_exit = Some(finished);
+                // An exit is identified by the run it ended (its start time).
+                let run = c.started_at.unwrap_or(finished);
+                if st.handled_exit != Some(run) {
+                    st.handled_exit = Some(run);
                     let code = c.exit_code.unwrap_or(0);
                     st.last_exit = Some((code, c.oom_killed, finished));
                     st.handled_unhealthy = None;

@@ -64,10 +64,12 @@ fn container(id: &str, uid: &str, state: RunState) -> ContainerInfo {
     }
 }
 
+/// An exited container whose last run started 1 ms before it finished.
 fn exited(id: &str, uid: &str, code: i64, oom: bool, finished_ms: u64) -> ContainerInfo {
     ContainerInfo {
         exit_code: Some(code),
         oom_killed: oom,
+        started_at: Some(at(finished_ms.saturating_sub(1))),
         finished_at: Some(at(finished_ms)),
         ..container(id, uid, RunState::Exited)
     }
@@ -394,4 +396,18 @@ fn orphans_only_of_this_cluster_and_with_a_task_uid() {
     let p = plan(C, &assigned, &observed, &BTreeMap::new(), &skip, ctx(0));
     assert!(p.actions().is_empty());
     assert!(p.tasks.is_empty());
+}
+
+#[test]
+fn one_exit_is_decided_once_even_when_its_finish_time_is_refined() {
+    // The die event gives an approximate finish time, the inspect the exact one.
+    let t = task("u", policy(RestartCondition::Always, 0));
+    let from_event = exited("x", "u", 1, false, 100);
+    let p = plan_task(&t, &[&from_event], &TaskState::default(), ctx(100));
+    assert_eq!(p.action, start("u", "x"));
+    let mut from_inspect = from_event.clone();
+    from_inspect.finished_at = Some(at(98));
+    let p2 = plan_task(&t, &[&from_inspect], &p.state, ctx(101));
+    assert_eq!(p2.state.restart_count, 1, "not counted again");
+    assert_eq!(p2.state.attempts.len(), 1);
 }

@@ -82,6 +82,7 @@ pub struct Reconciler {
     states: BTreeMap<String, TaskState>,
     reported: BTreeMap<String, TaskStatus>,
     in_flight: BTreeSet<String>,
+    oom_seen: BTreeSet<String>,
     outage: Option<(SystemTime, SystemTime)>,
     lost_at: Option<SystemTime>,
     wake_at: Option<SystemTime>,
@@ -113,6 +114,7 @@ impl Reconciler {
             states: BTreeMap::new(),
             reported: BTreeMap::new(),
             in_flight: BTreeSet::new(),
+            oom_seen: BTreeSet::new(),
             outage: None,
             lost_at: None,
             wake_at: None,
@@ -321,7 +323,34 @@ impl Reconciler {
             EventKind::Destroy => {
                 self.observed.remove(&ev.container_id);
             }
-            _ => self.refresh(&ev.container_id).await,
+            EventKind::Oom => {
+                // The engine reports `oom` before the `die` it causes.
+                self.oom_seen.insert(ev.container_id.clone());
+            }
+            // A known container died: the event says all the planner needs
+            // (an inspect would wait for the engine's exit handling and
+            // delay the restart). The next inspect refines the record; exits
+            // are keyed by the run's start time, so it is not counted twice.
+            EventKind::Die
+                if self
+                    .observed
+                    .get(&ev.container_id)
+                    .is_some_and(|c| c.state.is_up()) =>
+            {
+                let oom = self.oom_seen.remove(&ev.container_id);
+                if let Some(c) = self.observed.get_mut(&ev.container_id) {
+                    c.state = crate::engine::RunState::Exited;
+                    c.exit_code = ev.exit_code;
+                    c.finished_at = Some(ev.time);
+                    c.oom_killed = oom;
+                }
+            }
+            _ => {
+                if ev.kind == EventKind::Start {
+                    self.oom_seen.remove(&ev.container_id);
+                }
+                self.refresh(&ev.container_id).await
+            }
         }
     }
 

@@ -216,3 +216,65 @@ async fn removes_unassigned_containers_only_with_a_complete_set() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_name_taken_by_another_cluster_is_rejected_not_adopted() {
+    let fake = FakeEngine::new();
+    fake.add_image(IMG);
+    let t = task(0);
+    let name = t.identity("c1").container_name();
+    let other = fake.insert_running(
+        &name,
+        BTreeMap::from([
+            (CLUSTER.to_string(), "c2".to_string()),
+            (TASK_UID.to_string(), t.uid.clone()),
+        ]),
+    );
+    let mut h = start(&fake, AgentConfig::new("c1"), Some(vec![t]));
+    h.until("Rejected", |_, seen| {
+        seen.iter()
+            .any(|u| u.status.phase == Some(TaskPhase::Rejected))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fake.calls("create"), 1, "no hot loop");
+    assert_eq!(
+        fake.calls("start"),
+        0,
+        "the other cluster's container is not started"
+    );
+    assert_eq!(fake.containers().len(), 1);
+    assert_eq!(fake.containers()[0].id, other);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_name_conflict_with_its_own_container_is_adopted() {
+    let fake = FakeEngine::new();
+    fake.add_image(IMG);
+    let t = task(0);
+    let name = t.identity("c1").container_name();
+    // Created by a previous agent that died before starting it: not yet listed
+    // under our labels when the plan was made is simulated by a plain create conflict.
+    let id = fake.insert_running(
+        &name,
+        BTreeMap::from([
+            (CLUSTER.to_string(), "c1".to_string()),
+            (TASK_UID.to_string(), t.uid.clone()),
+        ]),
+    );
+    let mut h = start(&fake, AgentConfig::new("c1"), Some(vec![t]));
+    h.until("Running", |_, seen| {
+        seen.iter()
+            .any(|u| u.status.phase == Some(TaskPhase::Running))
+    })
+    .await;
+    assert_eq!(fake.containers().len(), 1);
+    assert_eq!(fake.containers()[0].id, id);
+    assert_eq!(
+        fake.calls("create"),
+        0,
+        "listed and adopted without a create"
+    );
+    h.stop().await;
+}
