@@ -173,4 +173,8 @@ async fn concurrent_writers() {
     all.dedup();
     assert_eq!(all.len(), 320);
     assert_eq!(store.revision().await.unwrap(), 320);
+    // Group commit: concurrent writes shared fsyncs.
+    let status = store.status();
+    assert!(status.proposals >= 320);
+    assert!(status.syncs < status.proposals, "{status:?}");
 }

@@ -89,9 +89,6 @@ async fn one_writer(store: &RaftStore, runs: usize) -> Result<(Vec<Duration>, Du
 }
 
 async fn many_writers(store: Arc<RaftStore>, runs: usize) -> Result<Duration> {
-    for i in 0..100 {
-        store.create(object(&format!("warm-{i}"))).await?;
-    }
     let per_writer = runs.div_ceil(WRITERS);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -172,11 +169,18 @@ async fn main() -> Result<()> {
     let dir16 = fresh_dir(&base, "c16")?;
     let store = Arc::new(RaftStore::open_single(&dir16)?);
     let n16 = runs.div_ceil(WRITERS) * WRITERS;
+    for i in 0..100 {
+        store.create(object(&format!("warm-{i}"))).await?;
+    }
+    let before = store.status();
     let elapsed = many_writers(store.clone(), n16).await?;
+    let after = store.status();
     drop(store);
     let c16 = n16 as f64 / elapsed.as_secs_f64();
+    let batch = after.proposals.saturating_sub(before.proposals) as f64
+        / after.syncs.saturating_sub(before.syncs).max(1) as f64;
     eprintln!(
-        "{WRITERS} writers: {n16} creates in {:.2} s, {c16:.0} creates/s",
+        "{WRITERS} writers: {n16} creates in {:.2} s, {c16:.0} creates/s, {batch:.1} writes per fsync",
         elapsed.as_secs_f64()
     );
 

@@ -15,6 +15,7 @@
 //!   store. A single voter is the default; more voters need only their ids in
 //!   the configuration and a [`Transport`].
 
+mod file;
 mod logger;
 mod node;
 mod storage;
@@ -68,6 +69,10 @@ pub struct RaftConfig {
     pub propose_timeout: Duration,
     /// At most this many queued messages are taken per turn.
     pub max_batch: usize,
+    /// How long a turn may wait for the writers answered by the previous
+    /// turn to send their next write, so that they share an fsync (0: never
+    /// wait; a lone writer never waits).
+    pub group_commit_wait: Duration,
     /// Watch history and fan-out.
     pub watch: WatchConfig,
 }
@@ -86,6 +91,7 @@ impl RaftConfig {
             catch_up_entries: 1_000,
             propose_timeout: Duration::from_secs(10),
             max_batch: 4_096,
+            group_commit_wait: Duration::from_micros(200),
             watch: WatchConfig::default(),
         }
     }
@@ -110,6 +116,11 @@ pub struct NodeStatus {
     pub first_index: u64,
     /// Snapshots installed from a leader since start.
     pub snapshots_installed: u64,
+    /// Proposals accepted since start.
+    pub proposals: u64,
+    /// fsync'd transactions since start (proposals / syncs is the group
+    /// commit batch size).
+    pub syncs: u64,
     /// The voters.
     pub voters: Vec<u64>,
     /// The node loop has stopped.

@@ -22,7 +22,7 @@
 //! retryable `Unavailable`: its entry may or may not be committed later.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,10 @@ pub(crate) struct Node {
     next_id: u64,
     term: u64,
     snapshots_installed: u64,
+    proposals: u64,
+    syncs: u64,
+    /// Clients answered by the last Ready.
+    answered_last: u64,
     /// Objects changed by applies and not yet written to redb.
     dirty: Vec<ObjectKey>,
     /// Signalled once everything in the log at start is applied.
@@ -114,6 +118,9 @@ impl Node {
             next_id: 1,
             term,
             snapshots_installed: 0,
+            proposals: 0,
+            syncs: 0,
+            answered_last: 0,
             dirty: Vec::new(),
             caught_up: None,
         }
@@ -139,17 +146,33 @@ impl Node {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
                 Ok(msg) => {
+                    let proposals_before = self.proposals;
                     stop = self.handle(msg);
-                    // Group commit: take everything that queued up meanwhile.
+                    // Group commit: take everything that queued up meanwhile,
+                    // and give the writers answered last turn a moment (at
+                    // most `group_commit_wait`) to send their next write, so
+                    // they share the next fsync rather than alternate.
+                    let expect = self.answered_last;
+                    let linger_until = Instant::now() + self.config.group_commit_wait;
                     let mut taken = 1;
                     while !stop && taken < self.config.max_batch {
-                        match self.rx.try_recv() {
-                            Ok(msg) => {
-                                stop = self.handle(msg);
-                                taken += 1;
+                        let next = match self.rx.try_recv() {
+                            Ok(msg) => Some(msg),
+                            Err(TryRecvError::Disconnected) => None,
+                            Err(TryRecvError::Empty) => {
+                                let now = Instant::now();
+                                if self.proposals - proposals_before >= expect
+                                    || now >= linger_until
+                                {
+                                    None
+                                } else {
+                                    self.rx.recv_timeout(linger_until - now).ok()
+                                }
                             }
-                            Err(_) => break,
-                        }
+                        };
+                        let Some(msg) = next else { break };
+                        stop = self.handle(msg);
+                        taken += 1;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -226,6 +249,7 @@ impl Node {
                 match self.raw.propose(encode_origin(self.config.id, id), data) {
                     Ok(()) => {
                         self.pending.insert(id, Pending { reply, cmd });
+                        self.proposals += 1;
                     }
                     Err(e) => {
                         let _ = reply.send(Err(StoreError::Unavailable(format!(
@@ -264,7 +288,9 @@ impl Node {
         self.send(ready.take_messages());
 
         let has_snapshot = !ready.snapshot().is_empty();
-        let txn = self.raw.store().begin(ready.must_sync() || has_snapshot)?;
+        let sync = ready.must_sync() || has_snapshot;
+        self.syncs += u64::from(sync);
+        let txn = self.raw.store().begin(sync)?;
         if has_snapshot {
             let history = self.hub.config().history;
             let sm = self
@@ -286,6 +312,7 @@ impl Node {
             self.raw.mut_store().set_hard_state(&txn, hs.clone())?;
         }
         txn.commit().map_err(|e| db_err("commit", e))?;
+        let mut answered = answers.len();
         answer(answers);
         self.send(ready.take_persisted_messages());
 
@@ -297,7 +324,9 @@ impl Node {
         // These entries are durable in the log: answer once applied in
         // memory; their objects are written with the next transaction.
         let answers = self.apply(light.take_committed_entries())?;
+        answered += answers.len();
         answer(answers);
+        self.answered_last = answered as u64;
         self.raw.advance_apply();
         Ok(())
     }
@@ -442,6 +471,8 @@ impl Node {
             applied: store.applied(),
             first_index: store.compacted_index() + 1,
             snapshots_installed: self.snapshots_installed,
+            proposals: self.proposals,
+            syncs: self.syncs,
             voters: store.conf_state().voters.clone(),
             stopped,
         };

@@ -94,7 +94,11 @@ impl DiskStorage {
     /// Opens (or creates) the database. Membership is bootstrapped with
     /// `voters` only if the database is empty.
     pub fn open(path: &Path, voters: &[u64], history: usize) -> Result<Loaded, StoreError> {
-        let db = Database::create(path).map_err(|e| db_err("opening the store database", e))?;
+        let file = super::file::ZeroFilledFile::open(path)
+            .map_err(|e| db_err("opening the store database", e))?;
+        let db = Database::builder()
+            .create_with_backend(file)
+            .map_err(|e| db_err("opening the store database", e))?;
         let txn = db.begin_write().map_err(|e| db_err("begin", e))?;
         let mut meta_vals: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut entries = VecDeque::new();
