@@ -12,6 +12,9 @@
 //!   watchers of Services while one writer creates 1 KiB objects as fast as
 //!   it can (counted until every watcher has seen every write).
 //!
+//! `store_direct_creates_per_s_c16` is the same store written directly by 16
+//! tasks, without HTTP: the API server's own cost is the difference.
+//!
 //! Targets, against etcd 3.4's gRPC API on this machine kind: creates with 16
 //! clients >= 5,873/s; watch delivery >= 13,259 events/s for 10 watchers and
 //! one writer.
@@ -97,6 +100,34 @@ async fn throughput(url: &str, clients: usize, tag: &str) -> anyhow::Result<f64>
     }
     for t in tasks {
         t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Creates per second straight into the store (no HTTP) with `tasks`
+/// concurrent writers: what the API server's own cost is measured against.
+async fn store_throughput(store: Arc<dyn ClusterStore>, tasks: usize) -> anyhow::Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(THROUGHPUT_SECS);
+    let mut handles = Vec::new();
+    for w in 0..tasks {
+        let store = store.clone();
+        let done = done.clone();
+        handles.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let obj: serde_json::Value =
+                    serde_json::from_slice(&service(&format!("direct-{w}-{i}"), 0))?;
+                store.create(obj).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
     }
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
@@ -216,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
     let c16 = throughput(&url, 16, "c16").await?;
     eprintln!("16 clients: {c16:.0} creates/s");
     let (events, written) = watch_fanout(&url, store.as_ref()).await?;
+    let direct = store_throughput(store.clone(), 16).await?;
     server.shutdown().await?;
     if let Ok(store) = Arc::try_unwrap(store) {
         tokio::task::spawn_blocking(move || drop(store)).await?;
@@ -223,6 +255,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("store: {store_name}");
     println!("watch_writes: {written}");
+    println!("store_direct_creates_per_s_c16: {direct:.0}");
     println!("api_create_p50_ms: {p50:.3}");
     println!("api_creates_per_s_c1: {c1:.0}");
     println!("api_creates_per_s_c16: {c16:.0}");
