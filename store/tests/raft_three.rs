@@ -9,8 +9,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use shoal_store::raft::{MemTransport, RaftConfig};
-use shoal_store::{ClusterStore, RaftStore, typed::revision_of};
+use shoal_store::{ClusterStore, Kind, ListOptions, RaftStore, StoreError, typed::revision_of};
 
 const VOTERS: [u64; 3] = [1, 2, 3];
 
@@ -54,13 +55,13 @@ async fn wait_leader(nodes: &Nodes) -> u64 {
     }
 }
 
-/// Waits until node `id` has applied at least `index`.
-async fn wait_applied(nodes: &Nodes, id: u64, index: u64) {
+/// Waits until node `id` has applied the write of revision `rev`.
+async fn wait_revision(nodes: &Nodes, id: u64, rev: u64) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while node(nodes, id).status().applied < index {
+    while node(nodes, id).revision().await.unwrap() < rev {
         assert!(
             Instant::now() < deadline,
-            "node {id} stuck at {:?}, want {index}",
+            "node {id} stuck at {:?}, want revision {rev}",
             node(nodes, id).status()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -101,6 +102,13 @@ async fn leader_failover_and_snapshot_catch_up() {
 
     // One follower is cut off; the other two keep committing, and compact their logs.
     transport.isolate(behind);
+    // A watcher on the node that falls behind: it cannot be given the changes
+    // a snapshot skips over, so it must be told to relist.
+    let behind_rev = node(&nodes, behind).revision().await.unwrap();
+    let mut behind_watch = node(&nodes, behind)
+        .watch(Kind::Service, behind_rev, &ListOptions::default())
+        .await
+        .unwrap();
     for i in 0..100 {
         let name = format!("svc-{i}");
         let obj = node(&nodes, leader)
@@ -113,8 +121,7 @@ async fn leader_failover_and_snapshot_catch_up() {
         acked.windows(2).all(|p| p[0].1 < p[1].1),
         "revisions strictly increase"
     );
-    let leader_status = node(&nodes, leader).status();
-    wait_applied(&nodes, other, leader_status.applied).await;
+    wait_revision(&nodes, other, acked.last().unwrap().1).await;
     let behind_applied = node(&nodes, behind).status().applied;
     assert!(
         node(&nodes, other).status().first_index > behind_applied + 1,
@@ -137,13 +144,22 @@ async fn leader_failover_and_snapshot_catch_up() {
         .await
         .unwrap();
     acked.push(("after-failover".to_owned(), revision_of(&obj).unwrap()));
-    let target = node(&nodes, new_leader).status().applied;
-    wait_applied(&nodes, behind, target).await;
+    wait_revision(&nodes, behind, revision_of(&obj).unwrap()).await;
     assert!(
         node(&nodes, behind).status().snapshots_installed >= 1,
         "{:?}",
         node(&nodes, behind).status()
     );
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), behind_watch.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(_)) => {}
+            Some(Err(StoreError::TooOld { .. })) => break,
+            other => panic!("expected TooOld after the snapshot, got {other:?}"),
+        }
+    }
 
     // No acknowledged write is lost, on either survivor.
     for id in [new_leader, behind] {
@@ -168,8 +184,7 @@ async fn leader_failover_and_snapshot_catch_up() {
         .create(common::svc("after-restart", 1))
         .await
         .unwrap();
-    let target = node(&nodes, new_leader).status().applied;
-    wait_applied(&nodes, leader, target).await;
+    wait_revision(&nodes, leader, revision_of(&obj).unwrap()).await;
     let back = node(&nodes, leader);
     assert_eq!(
         back.get(&common::svc_key("after-restart")).await.unwrap(),
