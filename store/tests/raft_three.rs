@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -223,4 +224,70 @@ async fn minority_write_is_unavailable() {
         .await
         .unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
+}
+
+/// A write pending on a leader that loses its term fails at once with a
+/// retryable error (not after the proposal timeout), and the new leader takes
+/// writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_write_fails_when_the_term_changes() {
+    let dirs: Vec<_> = VOTERS
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let transport = MemTransport::new();
+    let nodes: Arc<Nodes> = Arc::new(
+        VOTERS
+            .iter()
+            .map(|&id| {
+                let cfg = RaftConfig {
+                    propose_timeout: Duration::from_secs(30),
+                    ..config(id, dirs[(id - 1) as usize].path())
+                };
+                Some(RaftStore::open(cfg, transport.clone()).unwrap())
+            })
+            .collect(),
+    );
+    let old = wait_leader(&nodes).await;
+    let old_term = node(&nodes, old).status().term;
+    transport.isolate(old);
+    let started = Instant::now();
+    let pending = {
+        let nodes = nodes.clone();
+        tokio::spawn(async move { node(&nodes, old).create(common::svc("orphan", 1)).await })
+    };
+    // The other two elect a leader in a later term.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let new = loop {
+        let s: Vec<_> = nodes
+            .iter()
+            .flatten()
+            .map(RaftStore::status)
+            .filter(|s| s.id != old)
+            .collect();
+        if let Some(l) = s.iter().find(|s| s.is_leader && s.term > old_term) {
+            break l.id;
+        }
+        assert!(Instant::now() < deadline, "no new leader: {s:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    transport.heal(old);
+    let err = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unavailable(ref m) if m.contains("term")),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "failed on the term change, not the timeout"
+    );
+    node(&nodes, new)
+        .create(common::svc("after", 1))
+        .await
+        .unwrap();
 }
