@@ -3,23 +3,30 @@
 //! blocks on fsync.
 //!
 //! Each turn: wait for a message or the next tick; take every queued message
-//! (proposals from clients, messages from peers) — so all proposals that
-//! arrived during the previous fsync share the next one (group commit); tick
-//! if due; then handle the `Ready`:
+//! (proposals from clients, messages from peers) — all proposals that arrived
+//! during the previous fsync share the next one (group commit), and if the
+//! last turn answered several writers, wait up to `group_commit_wait` for
+//! their next writes so they do not alternate between two fsyncs; tick if
+//! due; then handle the `Ready`:
 //! 1. send its messages (a leader may send appends before persisting);
-//! 2. in one transaction: install its snapshot, apply its committed entries
-//!    (objects + applied index), append its entries, save its hard state —
-//!    fsync'd if raft says the Ready must be synced;
+//! 2. one transaction, fsync'd when raft says the Ready must be synced (new
+//!    entries, term or vote, snapshot): install its snapshot; apply its
+//!    committed entries; write every object changed by applies since the
+//!    last transaction together with the applied index, revision, commit
+//!    index and membership; compact the log when due; append its entries;
+//!    save its hard state;
 //! 3. answer the clients whose entries were applied; send the persisted
 //!    messages; `advance`;
-//! 4. the `LightReady`: send its messages; in one transaction apply its
-//!    committed entries and save the commit index (and compact the log when
-//!    due); answer; `advance_apply`.
+//! 4. the `LightReady`: send its messages; note the commit index; apply its
+//!    committed entries and answer their clients — they are durable in the
+//!    log, so their objects are written with the next transaction (at the
+//!    latest one tick later); `advance_apply`.
 //!
 //! A proposal's entry carries `(node id, proposal id)` in its context and the
 //! command in its data; when the entry is applied on the node that proposed
-//! it, that node answers the client with the apply's result. When the term changes every pending proposal fails with a
-//! retryable `Unavailable`: its entry may or may not be committed later.
+//! it, that node answers the client with the apply's result. When the term
+//! changes every pending proposal fails with a retryable `Unavailable`: its
+//! entry may or may not be committed later.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};

@@ -4,15 +4,16 @@
 //!
 //! Reads (raft's [`Storage`] trait) are served from memory: the entries since
 //! the last compaction, the hard and conf states. Every change goes to redb in
-//! a write transaction that the node loop opens and commits — one per `Ready`
-//! (fsync'd when raft says it must be) and one per `LightReady`. Whatever is
-//! written together is committed together: a snapshot with the entries and
-//! hard state of its `Ready`, the objects an apply changed with the applied
-//! index, the revision and the hard state. A transaction that skips the fsync
-//! is made durable by the next one that does not; if the process dies first,
-//! the state goes back to an older applied index whose entries are still in
-//! the durable log, and they are applied again — the state machine is
-//! deterministic, so the same revisions come out.
+//! a write transaction that the node loop opens and commits, one per `Ready`
+//! (fsync'd when raft says it must be; see the node loop). Whatever is written
+//! together is committed together: a snapshot with the entries and hard state
+//! of its `Ready`; the objects changed by applies with the applied index, the
+//! revision, the commit index and the membership. A transaction that skips the
+//! fsync is made durable by the next one that does not. If the process dies
+//! with applies not yet durable, the state goes back to an older applied
+//! index whose entries are still in the durable log, and they are applied
+//! again on open — the state machine is deterministic, so the same revisions
+//! come out. The log is only compacted up to what is written.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
