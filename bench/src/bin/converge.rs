@@ -1,0 +1,656 @@
+//! Time until 50 replicas run on a fresh engine: Shoal (`shoal up` + kubectl apply) vs Docker Swarm mode vs Docker Compose.
+//!
+//! Starts a fresh extra engine (`scripts/test-env host start conv-PID-N`, its own network
+//! namespace, stopped at the end) and runs the same workload on it with each system: 50
+//! replicas of `shoal-test/busybox:1` running `sh -c 'trap "exit 0" TERM; sleep 100000 &
+//! wait'` with a 1 s stop grace period and no resource reservations.
+//!
+//! - Shoal: `shoal up` (a fresh data directory, API and dispatcher on 127.0.0.1:0) is
+//!   started and waited for until it prints "Shoal is up" and its Host is Ready (read with
+//!   `kubectl get shost`, which also fills kubectl's discovery cache); then the clock starts
+//!   and `kubectl apply -f` creates a 50-replica Service. Containers counted: label
+//!   `shoal.dev/cluster=<cluster id>`. Afterwards Shoal gets SIGTERM and its containers and
+//!   networks are removed.
+//! - Swarm: `docker swarm init --advertise-addr <host address>`; the clock starts and
+//!   `docker service create --detach --no-resolve-image --replicas 50` runs. Counted: label
+//!   `com.docker.swarm.service.name=conv`. Afterwards `docker service rm`, wait for the
+//!   containers to go, `docker swarm leave --force`.
+//! - Compose: `docker-compose` (Debian's package, installed with apt-get when missing; the
+//!   figure is `unavailable` if that fails); the clock starts and
+//!   `docker-compose -p convbench up -d --scale conv=50` runs. Counted: label
+//!   `com.docker.compose.project=convbench`. Afterwards `docker-compose down -t 1`.
+//!
+//! Every system is timed the same way: from just before its command is spawned until one
+//! polling function, listing the engine's running containers with the system's label every
+//! 50 ms, counts 50. The systems take turns (Shoal, Swarm, Compose, then again), so load
+//! from elsewhere on the machine spreads over all three; every run starts from zero
+//! containers. Median of `SHOAL_BENCH_RUNS` runs each (default 3).
+//!
+//! The `shoal` binary is built first (`cargo build --release -p shoal-cli`, into the
+//! directory holding this executable) unless `SHOAL_BIN` names one. Logs of every run
+//! (`shoal up`'s stderr, the commands' output) go to `converge-logs/` beside this
+//! executable. Prints `swarm_converge_50_ms`, `compose_converge_50_ms` and, last,
+//! `converge_50_ms`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use bollard::Docker;
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use shoal_tests::{Host, TEST_IMAGE, repo_root};
+
+const REPLICAS: usize = 50;
+const POLL: Duration = Duration::from_millis(50);
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(180);
+const SHELL: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
+const SHOAL_HOST_NAME: &str = "conv-bench";
+const SWARM_SERVICE: &str = "conv";
+const COMPOSE_PROJECT: &str = "convbench";
+
+/// The one polling function every system is measured with: list the engine's running
+/// containers carrying `label` every 50 ms; the time since `t0` when there are `n`.
+async fn wait_running(docker: &Docker, label: &str, n: usize, t0: Instant) -> Result<Duration> {
+    let filters = HashMap::from([
+        ("label", vec![label.to_string()]),
+        ("status", vec!["running".to_string()]),
+    ]);
+    let opts = ListContainersOptionsBuilder::default()
+        .all(false)
+        .filters(&filters)
+        .build();
+    loop {
+        let count = docker
+            .list_containers(Some(opts.clone()))
+            .await
+            .context("listing containers")?
+            .len();
+        if count >= n {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > CONVERGE_TIMEOUT {
+            bail!(
+                "only {count}/{n} containers with {label} running after {} s",
+                CONVERGE_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Containers (running or not) carrying `label`.
+async fn count_all(docker: &Docker, label: &str) -> Result<Vec<String>> {
+    let filters = HashMap::from([("label", vec![label.to_string()])]);
+    let opts = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    Ok(docker
+        .list_containers(Some(opts))
+        .await
+        .context("listing containers")?
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect())
+}
+
+/// Wait up to `secs` for every container with `label` to be gone; then force-remove what is
+/// left (and its networks when `networks`), and insist on zero.
+async fn clear(docker: &Docker, label: &str, secs: u64, networks: bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline && !count_all(docker, label).await?.is_empty() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left = count_all(docker, label).await?;
+    if !left.is_empty() {
+        eprintln!("  force-removing {} containers with {label}", left.len());
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        let removals = left.iter().map(|id| {
+            let opts = opts.clone();
+            async move { docker.remove_container(id, Some(opts)).await }
+        });
+        for r in futures::future::join_all(removals).await {
+            if let Err(e) = r {
+                eprintln!("  removing a container: {e}");
+            }
+        }
+    }
+    if networks {
+        let filters = HashMap::from([("label", vec![label.to_string()])]);
+        let opts = ListNetworksOptionsBuilder::default().filters(&filters).build();
+        for n in docker.list_networks(Some(opts)).await.context("listing networks")? {
+            if let Some(id) = n.id
+                && let Err(e) = docker.remove_network(&id).await
+            {
+                eprintln!("  removing network {id}: {e}");
+            }
+        }
+    }
+    let left = count_all(docker, label).await?;
+    ensure!(left.is_empty(), "{} containers with {label} remain", left.len());
+    Ok(())
+}
+
+/// Spawn `cmd` with stdin closed and both outputs to `log` (never this process's pipes).
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
+    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))
+}
+
+fn tail(log: &Path) -> String {
+    let s = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Wait for a spawned command (already running or done) and insist on success.
+async fn finish(mut child: Child, what: &str, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(st) = child.try_wait()? {
+            ensure!(st.success(), "{what} failed ({st}):\n{}", tail(log));
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not finish within 120 s:\n{}", tail(log));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Run a command to completion, output to `log`.
+async fn run_logged(cmd: &mut Command, what: &str, log: &Path) -> Result<()> {
+    let child = spawn_logged(cmd, log)?;
+    finish(child, what, log).await
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 0 {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The Debian docker client when present (it matches the engine), else `docker`.
+fn docker_cli() -> PathBuf {
+    let debian = PathBuf::from("/usr/bin/docker");
+    if debian.exists() {
+        debian
+    } else {
+        PathBuf::from("docker")
+    }
+}
+
+/// The `shoal` binary: `SHOAL_BIN`, else built now beside this executable.
+fn shoal_bin(logs: &Path) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SHOAL_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let dir = exe.parent().context("executable has no directory")?;
+    eprintln!("building shoal (cargo build --release -p shoal-cli)");
+    let log = logs.join("cargo-build.log");
+    let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--release", "--quiet", "-p", "shoal-cli"])
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .stdout(File::create(&log)?)
+        .stderr(File::create(logs.join("cargo-build.err"))?)
+        .status()
+        .context("running cargo (set SHOAL_BIN to a built shoal binary instead)")?;
+    ensure!(
+        st.success(),
+        "cargo build --release -p shoal-cli failed ({st}):\n{}",
+        tail(&logs.join("cargo-build.err"))
+    );
+    let bin = dir.join("shoal");
+    ensure!(
+        bin.exists(),
+        "{} is missing after cargo build --release -p shoal-cli (CARGO_TARGET_DIR differs?); set SHOAL_BIN",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// `docker-compose` if it runs, installing Debian's package when missing; `None` if that fails.
+fn ensure_compose(logs: &Path) -> Option<PathBuf> {
+    let works = || {
+        Command::new("docker-compose")
+            .arg("version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works() {
+        return Some("docker-compose".into());
+    }
+    eprintln!("installing docker-compose (apt-get install docker-compose)");
+    let apt = |args: &[&str], log: &str| {
+        let Ok(out) = File::create(logs.join(log)) else {
+            return false;
+        };
+        let Ok(err) = out.try_clone() else {
+            return false;
+        };
+        Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=300", "-q"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let install = ["install", "-y", "--no-install-recommends", "docker-compose"];
+    if !apt(&install, "apt-install.log") {
+        let _ = apt(&["update"], "apt-update.log");
+        if !apt(&install, "apt-install.log") {
+            eprintln!(
+                "docker-compose could not be installed (see {})",
+                logs.join("apt-install.log").display()
+            );
+            return None;
+        }
+    }
+    works().then(|| "docker-compose".into())
+}
+
+/// A `shoal up` process: SIGKILLed when dropped unless stopped.
+struct ShoalUp(Option<Child>);
+
+impl ShoalUp {
+    /// SIGTERM, wait up to 15 s, then SIGKILL.
+    fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.0.take() else {
+            return Ok(());
+        };
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .context("kill -TERM")?;
+        for _ in 0..150 {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("  shoal up did not stop within 15 s of SIGTERM; killing it");
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok(())
+    }
+}
+
+impl Drop for ShoalUp {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn kubectl(kubeconfig: &Path, cache: &Path) -> Command {
+    let mut c = Command::new("kubectl");
+    c.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache);
+    c
+}
+
+fn service_yaml() -> String {
+    let cmd = serde_json::to_string(&["sh", "-c", SHELL]).unwrap_or_default();
+    format!(
+        "apiVersion: shoal.dev/v1alpha1
+kind: Service
+metadata:
+  name: conv
+  namespace: default
+spec:
+  replicas: {REPLICAS}
+  template:
+    image: {TEST_IMAGE}
+    command: {cmd}
+    stopGracePeriod: 1s
+"
+    )
+}
+
+/// One Shoal run: the time from `kubectl apply` to 50 running containers.
+async fn shoal_run(bin: &Path, host: &Host, docker: &Docker, logs: &Path, run: usize) -> Result<Duration> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let cache = tmp.path().join("kube-cache");
+    let out_path = logs.join(format!("shoal-up-{run}.out"));
+    let log_path = logs.join(format!("shoal-up-{run}.log"));
+    let started = Instant::now();
+    let child = Command::new(bin)
+        .arg("up")
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--dispatcher-listen",
+            "127.0.0.1:0",
+            "--host-name",
+            SHOAL_HOST_NAME,
+        ])
+        .env("DOCKER_HOST", &host.docker_host)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path)?)
+        .stderr(File::create(&log_path)?)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut up = ShoalUp(Some(child));
+
+    // Ready: "Shoal is up" on stdout.
+    loop {
+        if std::fs::read_to_string(&out_path).is_ok_and(|s| s.contains("Shoal is up")) {
+            break;
+        }
+        if let Some(c) = up.0.as_mut()
+            && let Some(st) = c.try_wait()?
+        {
+            bail!("shoal up exited ({st}) before it was up:\n{}", tail(&log_path));
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "shoal up did not report ready within 60 s:\n{}",
+            tail(&log_path)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let up_at = started.elapsed();
+    let cluster = std::fs::read_to_string(data.join("cluster-id"))
+        .context("reading the cluster id")?
+        .trim()
+        .to_string();
+    let label = format!("shoal.dev/cluster={cluster}");
+    let kubeconfig = data.join("kubeconfig");
+
+    let measured = async {
+        // Its Host Ready (and kubectl's discovery cache warm) before the clock starts.
+        loop {
+            let out = kubectl(&kubeconfig, &cache)
+                .args([
+                    "get",
+                    "shost",
+                    "-o",
+                    "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .context("running kubectl")?;
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("True") {
+                break;
+            }
+            ensure!(
+                started.elapsed() < Duration::from_secs(90),
+                "the host did not become Ready: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ready_at = started.elapsed();
+        let file = tmp.path().join("conv.yaml");
+        std::fs::write(&file, service_yaml())?;
+        let apply_log = logs.join(format!("shoal-apply-{run}.log"));
+        let t0 = Instant::now();
+        let apply = spawn_logged(kubectl(&kubeconfig, &cache).arg("apply").arg("-f").arg(&file), &apply_log)?;
+        let d = wait_running(docker, &label, REPLICAS, t0).await;
+        finish(apply, "kubectl apply", &apply_log).await?;
+        let d = d?;
+        eprintln!(
+            "  shoal run {run}: up in {:.0} ms, host Ready at {:.0} ms; 50 running {:.0} ms after apply",
+            ms(up_at),
+            ms(ready_at),
+            ms(d)
+        );
+        Ok::<Duration, anyhow::Error>(d)
+    }
+    .await;
+
+    let stopped = up.stop();
+    let cleared = clear(docker, &label, 0, true).await;
+    let d = measured?;
+    stopped?;
+    cleared?;
+    Ok(d)
+}
+
+/// One Swarm run: init, time `docker service create` to 50 running, remove, leave.
+async fn swarm_run(host: &Host, docker: &Docker, logs: &Path, run: usize) -> Result<Duration> {
+    let cli = docker_cli();
+    let dk = || {
+        let mut c = Command::new(&cli);
+        c.arg("-H").arg(&host.docker_host);
+        c
+    };
+    let log = |what: &str| logs.join(format!("swarm-{what}-{run}.log"));
+    run_logged(
+        dk().args(["swarm", "init", "--advertise-addr", &host.address.to_string()]),
+        "docker swarm init",
+        &log("init"),
+    )
+    .await?;
+    let label = format!("com.docker.swarm.service.name={SWARM_SERVICE}");
+    let measured = async {
+        let create_log = log("create");
+        let t0 = Instant::now();
+        let create = spawn_logged(
+            dk().args([
+                "service",
+                "create",
+                "--detach",
+                "--no-resolve-image",
+                "--replicas",
+                &REPLICAS.to_string(),
+                "--name",
+                SWARM_SERVICE,
+                "--stop-grace-period",
+                "1s",
+                TEST_IMAGE,
+                "sh",
+                "-c",
+                SHELL,
+            ]),
+            &create_log,
+        )?;
+        let d = wait_running(docker, &label, REPLICAS, t0).await;
+        finish(create, "docker service create", &create_log).await?;
+        let d = d?;
+        eprintln!("  swarm run {run}: 50 running {:.0} ms after service create", ms(d));
+        Ok::<Duration, anyhow::Error>(d)
+    }
+    .await;
+    let removed = run_logged(
+        dk().args(["service", "rm", SWARM_SERVICE]),
+        "docker service rm",
+        &log("rm"),
+    )
+    .await;
+    let cleared = clear(docker, &label, 60, false).await;
+    let left = run_logged(
+        dk().args(["swarm", "leave", "--force"]),
+        "docker swarm leave",
+        &log("leave"),
+    )
+    .await;
+    let d = measured?;
+    removed?;
+    cleared?;
+    left?;
+    Ok(d)
+}
+
+/// One Compose run: time `docker-compose up -d --scale conv=50` to 50 running, then down.
+async fn compose_run(
+    compose: &Path,
+    host: &Host,
+    docker: &Docker,
+    logs: &Path,
+    dir: &Path,
+    run: usize,
+) -> Result<Duration> {
+    let file = dir.join("docker-compose.yml");
+    let cmd = serde_json::to_string(&["sh", "-c", SHELL])?;
+    std::fs::write(
+        &file,
+        format!(
+            "version: \"2.4\"\nservices:\n  conv:\n    image: {TEST_IMAGE}\n    command: {cmd}\n    stop_grace_period: 1s\n"
+        ),
+    )?;
+    let dc = || {
+        let mut c = Command::new(compose);
+        c.env("DOCKER_HOST", &host.docker_host)
+            .current_dir(dir)
+            .arg("-p")
+            .arg(COMPOSE_PROJECT)
+            .arg("-f")
+            .arg(&file);
+        c
+    };
+    let log = |what: &str| logs.join(format!("compose-{what}-{run}.log"));
+    let label = format!("com.docker.compose.project={COMPOSE_PROJECT}");
+    let measured = async {
+        let up_log = log("up");
+        let t0 = Instant::now();
+        let up = spawn_logged(
+            dc().args(["up", "-d", "--scale", &format!("conv={REPLICAS}")]),
+            &up_log,
+        )?;
+        let d = wait_running(docker, &label, REPLICAS, t0).await;
+        finish(up, "docker-compose up", &up_log).await?;
+        let d = d?;
+        eprintln!("  compose run {run}: 50 running {:.0} ms after up", ms(d));
+        Ok::<Duration, anyhow::Error>(d)
+    }
+    .await;
+    let down = run_logged(dc().args(["down", "-t", "1"]), "docker-compose down", &log("down")).await;
+    let cleared = clear(docker, &label, 0, true).await;
+    let d = measured?;
+    down?;
+    cleared?;
+    Ok(d)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let runs: usize = match std::env::var("SHOAL_BENCH_RUNS") {
+        Ok(v) => v.parse().context("SHOAL_BENCH_RUNS")?,
+        Err(_) => 3,
+    };
+    ensure!(runs >= 1, "SHOAL_BENCH_RUNS must be at least 1");
+    let exe = std::env::current_exe()?;
+    let logs = exe
+        .parent()
+        .context("executable has no directory")?
+        .join("converge-logs");
+    std::fs::create_dir_all(&logs)?;
+    eprintln!("logs in {}", logs.display());
+
+    let bin = shoal_bin(&logs)?;
+    let compose = ensure_compose(&logs);
+
+    let t = Instant::now();
+    let host = Host::start("conv").await.context("starting a fresh engine")?;
+    let engine = host.engine().await?;
+    let version = engine.docker.version().await.context("engine version")?;
+    eprintln!(
+        "fresh engine {} (Docker {}, API {}) at {} ({}), up in {:.1} s",
+        host.name,
+        version.version.unwrap_or_default(),
+        version.api_version.unwrap_or_default(),
+        host.docker_host,
+        host.address,
+        t.elapsed().as_secs_f64()
+    );
+    let docker = engine.docker.clone();
+    let compose_dir = tempfile::tempdir()?;
+
+    let mut shoal = Vec::new();
+    let mut swarm = Vec::new();
+    let mut comp = Vec::new();
+    let mut failure = None;
+    for run in 1..=runs {
+        match shoal_run(&bin, &host, &docker, &logs, run).await {
+            Ok(d) => shoal.push(ms(d)),
+            Err(e) => {
+                failure = Some(e.context(format!("shoal run {run}")));
+                break;
+            }
+        }
+        match swarm_run(&host, &docker, &logs, run).await {
+            Ok(d) => swarm.push(ms(d)),
+            Err(e) => {
+                failure = Some(e.context(format!("swarm run {run}")));
+                break;
+            }
+        }
+        if let Some(c) = &compose {
+            match compose_run(c, &host, &docker, &logs, compose_dir.path(), run).await {
+                Ok(d) => comp.push(ms(d)),
+                Err(e) => {
+                    failure = Some(e.context(format!("compose run {run}")));
+                    break;
+                }
+            }
+        }
+    }
+    if let Err(e) = host.stop().await {
+        eprintln!("stopping the engine: {e:#}");
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    eprintln!("shoal runs (ms):   {}", list(&shoal));
+    eprintln!("swarm runs (ms):   {}", list(&swarm));
+    eprintln!("compose runs (ms): {}", list(&comp));
+    let (s, w) = (median(shoal), median(swarm));
+    println!("converge_runs: {runs}");
+    println!("swarm_converge_50_ms: {w:.0}");
+    if compose.is_some() {
+        let c = median(comp);
+        println!("compose_converge_50_ms: {c:.0}");
+        eprintln!("shoal vs swarm: {:.2}x faster; vs compose: {:.2}x", w / s, c / s);
+    } else {
+        println!("compose_converge_50_ms: unavailable");
+        eprintln!("shoal vs swarm: {:.2}x faster", w / s);
+    }
+    println!("converge_50_ms: {s:.0}");
+    Ok(())
+}
