@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use raft::eraftpb::{ConfChange, ConfChangeType};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -49,7 +50,10 @@ pub const DB_FILE: &str = "store.redb";
 pub struct RaftConfig {
     /// This node's id (non-zero).
     pub id: u64,
-    /// The voters to bootstrap an empty store with (default: this node alone).
+    /// The voters to bootstrap an empty store with (default: this node
+    /// alone). Empty: this node joins an existing cluster — it waits to be
+    /// added ([`RaftStore::add_voter`] on the leader) and catches up from a
+    /// snapshot.
     pub voters: Vec<u64>,
     /// Where the database lives.
     pub data_dir: PathBuf,
@@ -156,11 +160,7 @@ impl RaftStore {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             StoreError::Internal(format!("creating {}: {e}", config.data_dir.display()))
         })?;
-        let voters = if config.voters.is_empty() {
-            vec![config.id]
-        } else {
-            config.voters.clone()
-        };
+        let voters = config.voters.clone();
         let loaded = DiskStorage::open(
             &config.data_dir.join(DB_FILE),
             &voters,
@@ -242,6 +242,12 @@ impl RaftStore {
         Inbox(self.tx.clone())
     }
 
+    /// The revision of this node's state machine (what [`ClusterStore::revision`]
+    /// answers), without an await.
+    pub fn revision_now(&self) -> Revision {
+        self.hub.revision()
+    }
+
     /// The node's current status.
     pub fn status(&self) -> NodeStatus {
         self.status
@@ -255,6 +261,36 @@ impl RaftStore {
         let _ = self.tx.send(Msg::Shutdown);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+
+    /// Adds voter `id` (running with an empty store and no `voters`,
+    /// reachable through the transport); answered once the change is applied
+    /// on this node. Call it on the leader; one change at a time.
+    pub async fn add_voter(&self, id: u64) -> Result<(), StoreError> {
+        self.change_membership(id, ConfChangeType::AddNode).await
+    }
+
+    /// Removes voter `id`; answered once the change is applied on this node.
+    pub async fn remove_voter(&self, id: u64) -> Result<(), StoreError> {
+        self.change_membership(id, ConfChangeType::RemoveNode).await
+    }
+
+    async fn change_membership(&self, id: u64, change: ConfChangeType) -> Result<(), StoreError> {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(change);
+        cc.node_id = id;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::ConfChange { cc, reply })
+            .map_err(|_| StoreError::Unavailable("the raft node has stopped".into()))?;
+        match tokio::time::timeout(self.propose_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::Unavailable("the raft node has stopped".into())),
+            Err(_) => Err(StoreError::Unavailable(
+                "timed out waiting for the membership change; it may or may not have been applied"
+                    .into(),
+            )),
         }
     }
 

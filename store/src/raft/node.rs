@@ -52,6 +52,11 @@ pub(crate) type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
 pub(crate) enum Msg {
     /// A client's write.
     Propose { cmd: Command, reply: Reply },
+    /// A membership change.
+    ConfChange {
+        cc: ConfChange,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// A message from a peer.
     Raft(Box<Message>),
     /// Stop.
@@ -89,6 +94,7 @@ pub(crate) struct Node {
     pub status: Arc<Mutex<NodeStatus>>,
     pub config: RaftConfig,
     pending: HashMap<u64, Pending>,
+    pending_conf: HashMap<u64, oneshot::Sender<Result<(), StoreError>>>,
     next_id: u64,
     term: u64,
     snapshots_installed: u64,
@@ -122,6 +128,7 @@ impl Node {
             status,
             config,
             pending: HashMap::new(),
+            pending_conf: HashMap::new(),
             next_id: 1,
             term,
             snapshots_installed: 0,
@@ -190,6 +197,7 @@ impl Node {
                 self.raw.tick();
                 next_tick = now + tick;
                 self.pending.retain(|_, p| !p.reply.is_closed());
+                self.pending_conf.retain(|_, r| !r.is_closed());
                 // Applies answered since the last transaction reach redb at
                 // the latest one tick later (a restart replays fewer entries).
                 if let Err(e) = self.flush(false) {
@@ -233,6 +241,29 @@ impl Node {
             Msg::Raft(m) => {
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(error = %e, "raft message refused");
+                }
+            }
+            Msg::ConfChange { cc, reply } => {
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(StoreError::Unavailable(
+                        "no Raft leader at the moment".into(),
+                    )));
+                    return false;
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                match self
+                    .raw
+                    .propose_conf_change(encode_origin(self.config.id, id), cc)
+                {
+                    Ok(()) => {
+                        self.pending_conf.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(StoreError::Unavailable(format!(
+                            "membership change dropped: {e}"
+                        ))));
+                    }
                 }
             }
             Msg::Propose { cmd, reply } => {
@@ -411,7 +442,15 @@ impl Node {
                         .raw
                         .apply_conf_change(&cc)
                         .map_err(|e| db_err("conf change", e))?;
+                    tracing::info!(voters = ?cs.voters, "membership changed");
                     self.raw.mut_store().set_conf_state(cs);
+                    // Committed, hence durable in the log: answer now.
+                    if let Some((node, id)) = decode_origin(entry.get_context())
+                        && node == self.config.id
+                        && let Some(reply) = self.pending_conf.remove(&id)
+                    {
+                        let _ = reply.send(Ok(()));
+                    }
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(entry.get_data())
@@ -463,6 +502,9 @@ impl Node {
     fn fail_pending(&mut self, err: &StoreError) {
         for (_, p) in self.pending.drain() {
             let _ = p.reply.send(Err(err.clone()));
+        }
+        for (_, r) in self.pending_conf.drain() {
+            let _ = r.send(Err(err.clone()));
         }
     }
 

@@ -128,22 +128,44 @@ impl DiskStorage {
             }
         }
         let fresh = meta_vals.is_empty() && entries.is_empty() && objects.is_empty();
+        if fresh && !voters.is_empty() {
+            // As raft-rs recommends, the log of a bootstrapped store starts
+            // after a snapshot (index 1, term 1) holding the membership and the
+            // empty state machine: a node added later, with an empty log,
+            // then always catches up from a snapshot.
+            let cs = ConfState::from((voters.to_vec(), Vec::<u64>::new()));
+            let hs = HardState {
+                term: 1,
+                commit: 1,
+                ..Default::default()
+            };
+            let mut compacted = [0u8; 16];
+            compacted[..8].copy_from_slice(&1u64.to_le_bytes());
+            compacted[8..].copy_from_slice(&1u64.to_le_bytes());
+            let rows = [
+                (
+                    CONF_STATE,
+                    cs.write_to_bytes().map_err(|e| db_err("conf state", e))?,
+                ),
+                (
+                    HARD_STATE,
+                    hs.write_to_bytes().map_err(|e| db_err("hard state", e))?,
+                ),
+                (COMPACTED, compacted.to_vec()),
+                (APPLIED, 1u64.to_le_bytes().to_vec()),
+            ];
+            let mut meta = txn.open_table(META).map_err(|e| db_err("meta table", e))?;
+            for (k, v) in rows {
+                meta.insert(k, v.as_slice())
+                    .map_err(|e| db_err("bootstrap", e))?;
+                meta_vals.insert(k.to_owned(), v);
+            }
+            tracing::info!(?voters, "bootstrapped an empty store");
+        }
+        // No membership: a node waiting to be added to an existing cluster.
         let conf_state = match meta_vals.get(CONF_STATE) {
             Some(b) => ConfState::parse_from_bytes(b).map_err(|e| db_err("conf state", e))?,
-            None if fresh => {
-                let cs = ConfState::from((voters.to_vec(), Vec::<u64>::new()));
-                let bytes = cs.write_to_bytes().map_err(|e| db_err("conf state", e))?;
-                let mut meta = txn.open_table(META).map_err(|e| db_err("meta table", e))?;
-                meta.insert(CONF_STATE, bytes.as_slice())
-                    .map_err(|e| db_err("bootstrap", e))?;
-                tracing::info!(?voters, "bootstrapped an empty store");
-                cs
-            }
-            None => {
-                return Err(StoreError::Internal(
-                    "the store database has no membership".into(),
-                ));
-            }
+            None => ConfState::default(),
         };
         txn.commit().map_err(|e| db_err("bootstrap commit", e))?;
 
