@@ -368,7 +368,8 @@ pub fn plan_task(
             (_, Some(finished)) => {
                 // An exit is identified by the run it ended (its start time).
                 let run = c.started_at.unwrap_or(finished);
-                if st.handled_exit != Some(run) {
+                // A decided outcome (e.g. Failed, then stopped) is final.
+                if st.handled_exit != Some(run) && st.outcome.is_none() {
                     st.handled_exit = Some(run);
                     let code = c.exit_code.unwrap_or(0);
                     st.last_exit = Some((code, c.oom_killed, finished));

@@ -411,3 +411,22 @@ fn one_exit_is_decided_once_even_when_its_finish_time_is_refined() {
     assert_eq!(p2.state.restart_count, 1, "not counted again");
     assert_eq!(p2.state.attempts.len(), 1);
 }
+
+#[test]
+fn a_failed_task_stopped_by_the_agent_stays_failed() {
+    let t = task("u", policy(RestartCondition::Always, 1));
+    let st = TaskState {
+        outcome: Some(Outcome::Failed {
+            reason: "MaxAttemptsReached".into(),
+            message: "m".into(),
+        }),
+        restart_count: 1,
+        ..Default::default()
+    };
+    let c = exited("x", "u", 143, false, 500);
+    let p = plan_task(&t, &[&c], &st, ctx(600));
+    assert_eq!(p.action, None);
+    assert_eq!(p.status.phase, Some(TaskPhase::Failed));
+    assert_eq!(p.status.reason.as_deref(), Some("MaxAttemptsReached"));
+    assert_eq!(p.state.restart_count, 1);
+}
