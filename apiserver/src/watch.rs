@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use shoal_store::{StoreError, WatchEvent, WatchStream};
 use tokio::time::Instant;
@@ -83,6 +83,19 @@ struct State {
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Chunks are filled with the events already waiting, up to this size: a
+/// fast writer then costs a watcher one write per chunk, not per event.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+fn stream_error(e: StoreError) -> Bytes {
+    // Cut off (too old) or failed: tell the client in-stream, then end.
+    let err = match e {
+        StoreError::TooOld { requested, oldest } => ApiError::gone(requested, oldest),
+        other => ApiError::from_store(&Default::default(), other),
+    };
+    error_line(&err)
+}
+
 async fn next(mut st: State) -> Option<(Result<Bytes, std::io::Error>, State)> {
     loop {
         if let Some(b) = st.pending.pop_front() {
@@ -94,26 +107,45 @@ async fn next(mut st: State) -> Option<(Result<Bytes, std::io::Error>, State)> {
             _ = tokio::time::sleep_until(st.deadline) => None,
             _ = st.shutdown.wait_for(|v| *v) => None,
         };
-        match item {
+        let first = match item {
             None => {
                 st.stream = None;
                 return None;
             }
-            Some(Ok(ev)) => {
-                if let Some(b) = st.enc.event(ev) {
-                    return Some((Ok(b), st));
-                }
-            }
+            Some(Ok(ev)) => match st.enc.event(ev) {
+                Some(b) => b,
+                None => continue,
+            },
             Some(Err(e)) => {
-                // Cut off (too old) or failed: tell the client in-stream, end.
                 st.stream = None;
-                let err = match e {
-                    StoreError::TooOld { requested, oldest } => ApiError::gone(requested, oldest),
-                    other => ApiError::from_store(&Default::default(), other),
-                };
-                return Some((Ok(error_line(&err)), st));
+                return Some((Ok(stream_error(e)), st));
+            }
+        };
+        let mut chunk: Option<Vec<u8>> = None;
+        while chunk.as_ref().map_or(first.len(), Vec::len) < CHUNK_BYTES {
+            let Some(stream) = st.stream.as_mut() else {
+                break;
+            };
+            let more = match stream.next().now_or_never() {
+                None => break,
+                Some(Some(Ok(ev))) => st.enc.event(ev),
+                Some(Some(Err(e))) => {
+                    st.stream = None;
+                    Some(stream_error(e))
+                }
+                Some(None) => {
+                    st.stream = None;
+                    None
+                }
+            };
+            if let Some(b) = more {
+                chunk
+                    .get_or_insert_with(|| first.to_vec())
+                    .extend_from_slice(&b);
             }
         }
+        let out = chunk.map_or(first, Bytes::from);
+        return Some((Ok(out), st));
     }
 }
 
