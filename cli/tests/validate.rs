@@ -44,7 +44,7 @@ fn bad_documents_exit_2_with_field_paths() {
         .unwrap()
         .write_all(
             b"apiVersion: shoal.dev/v1alpha1\nkind: Service\nmetadata: {name: ok}\nspec: {template: {image: a}}\n---\n\
-apiVersion: shoal.dev/v1alpha1\nkind: Service\nmetadata: {name: bad}\nspec:\n  template: {image: a, resources: {limits: {memory: 300m}}, ports: [{containerPort: 80, hostPort: 0}]}\n",
+apiVersion: shoal.dev/v1alpha1\nkind: Service\nmetadata: {name: bad}\nspec:\n  template: {image: a, resources: {limits: {memory: 300m}}, ports: [{containerPort: 80, hostPort: 70000}]}\n",
         )
         .unwrap();
     let out = child.wait_with_output().unwrap();
@@ -55,7 +55,7 @@ apiVersion: shoal.dev/v1alpha1\nkind: Service\nmetadata: {name: bad}\nspec:\n  t
         "{stderr}"
     );
     assert!(
-        stderr.contains("<stdin>#1: spec.template.ports[0].hostPort: 0 is not a port"),
+        stderr.contains("<stdin>#1: spec.template.ports[0].hostPort: 70000 is not a port"),
         "{stderr}"
     );
     assert!(!stderr.contains("#0"), "{stderr}");

@@ -99,9 +99,11 @@ pub struct EnvVar {
 pub struct PortMapping {
     /// Port inside the container (1-65535).
     pub container_port: i32,
-    /// Port on the host (1-65535). Default: not published on the host (reachable
-    /// only on the namespace network). Two replicas with the same host port
-    /// never share a host.
+    /// Port on the host (1-65535), or 0 for a free port the engine picks for
+    /// each replica (like `docker run -p 8080`; `docker port` shows it), so
+    /// replicas on one host can all be published. Default: not published on
+    /// the host (reachable only on the namespace network). Two replicas with
+    /// the same non-zero host port never share a host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_port: Option<i32>,
     /// `TCP` or `UDP`. Default: `TCP`.

@@ -510,11 +510,15 @@ fn check_ports(t: &ContainerTemplate, at: &str, c: &mut Checker) {
             );
         }
         if let Some(hp) = p.host_port {
-            if !(1..=65535).contains(&hp) {
+            if !(0..=65535).contains(&hp) {
                 c.err(
                     format!("{base}.hostPort"),
-                    format!("{hp} is not a port (1-65535)"),
+                    format!("{hp} is not a port (1-65535, or 0 for a port the engine picks)"),
                 );
+                continue;
+            }
+            if hp == 0 {
+                // A port the engine picks: never clashes.
                 continue;
             }
             let proto = p.protocol.unwrap_or_default();

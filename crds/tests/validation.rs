@@ -561,6 +561,23 @@ fn every_bad_input_names_its_field_and_reason() {
 }
 
 #[test]
+fn host_port_zero_asks_the_engine_for_a_port_and_never_clashes() {
+    let mut v = base();
+    set(&mut v, "/spec/template/ports/0/hostPort", Some(json!(0)));
+    set(
+        &mut v,
+        "/spec/template/ports/1",
+        Some(json!({"containerPort": 9090, "hostPort": 0})),
+    );
+    assert!(validate(&v).is_ok(), "{:?}", validate(&v));
+    set(&mut v, "/spec/template/ports/1/hostPort", Some(json!(-1)));
+    assert_eq!(
+        validate(&v).unwrap_err().paths(),
+        ["spec.template.ports[1].hostPort"]
+    );
+}
+
+#[test]
 fn the_error_line_reads_path_colon_reason() {
     let mut v = base();
     set(

@@ -226,6 +226,8 @@ async fn ready_replicas(client: &kube::Client) -> (i32, i32) {
     }
 }
 
+/// The replica answers HTTP on its published host port (picked by the
+/// engine: the example asks for hostPort 0).
 async fn http_ok(docker: &Docker, id: &str) -> bool {
     let Ok(info) = docker
         .inspect_container(id, None::<InspectContainerOptions>)
@@ -233,16 +235,20 @@ async fn http_ok(docker: &Docker, id: &str) -> bool {
     else {
         return false;
     };
-    let ips: Vec<String> = info
+    let ports = info
         .network_settings
-        .and_then(|n| n.networks)
+        .and_then(|n| n.ports)
+        .unwrap_or_default();
+    let host_ports: Vec<u16> = ports
+        .get("8080/tcp")
+        .cloned()
+        .flatten()
         .unwrap_or_default()
-        .values()
-        .filter_map(|n| n.ip_address.clone())
-        .filter(|ip| !ip.is_empty())
+        .into_iter()
+        .filter_map(|b| b.host_port.and_then(|p| p.parse().ok()))
         .collect();
-    for ip in ips {
-        let addr = format!("{ip}:8080").parse().unwrap();
+    for port in host_ports {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         if shoal_tests::http_get(addr, "/etc/hostname", Duration::from_secs(3))
             .await
             .is_ok()

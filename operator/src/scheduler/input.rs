@@ -46,13 +46,15 @@ impl SchedHost {
     }
 }
 
-/// Host ports a template publishes.
+/// Host ports a template publishes (port 0, picked by the engine, holds
+/// nothing the scheduler must keep apart).
 pub fn host_ports(t: &ContainerTemplate) -> Vec<HostPort> {
     t.ports
         .iter()
         .flatten()
         .filter_map(|p| {
             p.host_port
+                .filter(|hp| *hp != 0)
                 .map(|hp| (p.protocol.unwrap_or(Protocol::Tcp), hp))
         })
         .collect()
@@ -240,6 +242,32 @@ mod tests {
         let mut deleting = host(ConditionStatus::True, Some(("2", "1Gi")));
         deleting.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
         assert!(!SchedHost::from_host(&deleting).ready);
+    }
+
+    #[test]
+    fn engine_picked_host_ports_hold_nothing() {
+        let t = ContainerTemplate {
+            image: "busybox".into(),
+            ports: Some(vec![
+                PortMapping {
+                    container_port: 80,
+                    host_port: Some(0),
+                    ..Default::default()
+                },
+                PortMapping {
+                    container_port: 81,
+                    host_port: Some(18081),
+                    ..Default::default()
+                },
+                PortMapping {
+                    container_port: 82,
+                    host_port: None,
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(host_ports(&t), vec![(Protocol::Tcp, 18081)]);
     }
 
     fn task(host: Option<&str>, desired: DesiredState, phase: TaskPhase) -> Task {
