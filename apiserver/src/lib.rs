@@ -8,6 +8,11 @@
 //! update, JSON merge patch and JSON patch, delete, the `status` and `scale`
 //! subresources, and the Table format. Every write is validated with
 //! [`shoal_crds::validate`]; every error is a Kubernetes `Status`.
+//!
+//! Not served (each answers a `Status` saying so): server-side apply and
+//! strategic merge patch (415), delete-collection (405), `continue` tokens
+//! (lists are never truncated, `limit` is ignored), the core API group
+//! (`/api` lists no versions) and authentication — hence loopback only.
 
 pub mod discovery;
 pub mod error;
