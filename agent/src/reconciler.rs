@@ -196,9 +196,14 @@ impl Reconciler {
             let mut resync = tokio::time::interval(self.config.resync_interval);
             resync.tick().await;
             loop {
+                // A wake time already past means now (the planner only sets
+                // future ones, so this cannot spin).
                 let wake = self
                     .wake_at
-                    .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                    .map(|t| {
+                        t.duration_since(SystemTime::now())
+                            .unwrap_or(Duration::ZERO)
+                    })
                     .unwrap_or(Duration::from_secs(3600));
                 tokio::select! {
                     _ = shutdown.cancelled() => {
