@@ -25,6 +25,13 @@
 //! - `watch` delivers every change after a revision, in revision order, from a
 //!   bounded history; a revision older than the history is
 //!   [`StoreError::TooOld`] (the API server turns it into the in-stream 410).
+//!
+//! Backends: [`RaftStore`] (the embedded store: Raft-replicated, kept in
+//! redb; see [`raft`]) and [`MemStore`] (the same semantics in memory, for
+//! tests). Both share the deterministic [`state`] machine and the watch
+//! fan-out of [`hub`] (bounded per-watcher buffers: a slow watcher is cut off
+//! with `TooOld`, never blocking writers; progress notifications every
+//! [`WatchConfig::progress_interval`]).
 
 pub mod hub;
 pub mod mem;

@@ -1,13 +1,13 @@
 //! [`RaftStore`]: the embedded store, replicated with Raft (raft-rs) and kept
 //! in redb.
 //!
-//! - One thread per node owns the `RawNode` (see [`node`] for the `on_ready`
+//! - One thread per node owns the `RawNode` (see `raft/node.rs` for the `on_ready`
 //!   order, the transactions and group commit).
 //! - Writes are proposed to Raft and answered once applied on this node;
 //!   reads (get, list, watch) are served from this node's state machine
 //!   (what it has applied: on the leader, every acknowledged write).
 //! - One redb file in the data directory holds the log, hard state, conf
-//!   state, compaction point and the state machine (see [`storage`]).
+//!   state, compaction point and the state machine (see `raft/storage.rs`).
 //! - The log is compacted every [`RaftConfig::compact_every`] applied entries
 //!   (the state machine in redb is the snapshot); a follower too far behind
 //!   gets a snapshot of the state machine.
