@@ -35,6 +35,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use axum::serve::ListenerExt;
 use shoal_store::ClusterStore;
 use tokio::sync::watch as signal;
 use tracing::Instrument;
@@ -211,6 +212,12 @@ async fn serve_router(
     app: Router,
     mut stop: signal::Receiver<bool>,
 ) -> Result<(), ServerError> {
+    // Small writes (watch events) go out at once, as Go's net/http does.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY on an accepted connection: {e}");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             // An error means the sender is gone: shut down as well.
