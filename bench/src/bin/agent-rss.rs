@@ -22,6 +22,7 @@ use shoal_agent::labels::CLUSTER;
 use shoal_agent::{AgentConfig, CancellationToken, Reconciler};
 use shoal_tests::{Engine, TEST_IMAGE};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 const N: usize = 50;
 const KILLED: usize = 10;
@@ -40,7 +41,8 @@ fn agent_child(file: PathBuf, cluster: String) -> Result<()> {
         let (stx, mut srx) = mpsc::unbounded_channel();
         let agent = tokio::spawn(
             Reconciler::new(Arc::new(engine), AgentConfig::new(cluster), stx)
-                .run(rx, shutdown.child_token()),
+                .run(rx, shutdown.child_token())
+                .instrument(tracing::info_span!("reconciler")),
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {

@@ -29,6 +29,7 @@ use shoal_agent::{AgentConfig, AssignedTask, CancellationToken, Reconciler, Rest
 use shoal_crds::{ContainerTemplate, DesiredState, DurationValue};
 use shoal_tests::{Engine, TEST_IMAGE};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 const N: usize = 20;
 const BENCH_LABEL: &str = "shoal.dev/bench";
@@ -49,7 +50,7 @@ fn median(mut v: Vec<i64>) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0
     } else {
         v[n / 2] as f64
@@ -69,15 +70,18 @@ fn subscribe(
     let opts = EventsOptionsBuilder::default().filters(&filters).build();
     let mut stream = docker.events(Some(opts));
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(Ok(ev)) = stream.next().await {
-            let id = ev.actor.and_then(|a| a.id).unwrap_or_default();
-            let t = ev.time_nano.unwrap_or(0);
-            if tx.send((id, ev.action.unwrap_or_default(), t)).is_err() {
-                break;
+    tokio::spawn(
+        async move {
+            while let Some(Ok(ev)) = stream.next().await {
+                let id = ev.actor.and_then(|a| a.id).unwrap_or_default();
+                let t = ev.time_nano.unwrap_or(0);
+                if tx.send((id, ev.action.unwrap_or_default(), t)).is_err() {
+                    break;
+                }
             }
         }
-    });
+        .instrument(tracing::info_span!("bench_events")),
+    );
     rx
 }
 
@@ -174,13 +178,18 @@ async fn shoal_containers(
     let (tx, rx) = watch::channel(Some(Arc::new(tasks)));
     let (stx, mut srx) = mpsc::unbounded_channel();
     tokio::spawn(
-        Reconciler::new(docker_engine, AgentConfig::new(cluster), stx).run(rx, shutdown.clone()),
+        Reconciler::new(docker_engine, AgentConfig::new(cluster), stx)
+            .run(rx, shutdown.clone())
+            .instrument(tracing::info_span!("reconciler")),
     );
     // Keep the feeder and drain status updates for the whole run.
-    tokio::spawn(async move {
-        let _tx = tx;
-        while srx.recv().await.is_some() {}
-    });
+    tokio::spawn(
+        async move {
+            let _tx = tx;
+            while srx.recv().await.is_some() {}
+        }
+        .instrument(tracing::info_span!("status_drain")),
+    );
     let docker = &engine.docker;
     let filters = HashMap::from([("label", vec![label.clone()])]);
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -10,6 +10,7 @@ use shoal_agent::assignments::feed_file;
 use shoal_agent::docker::DockerEngine;
 use shoal_agent::{AgentConfig, CancellationToken, ContainerEngine, Reconciler, StatusUpdate};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 /// Run the host agent: make the local Docker engine run exactly the tasks
 /// assigned to this host, and keep them running
@@ -129,7 +130,11 @@ async fn agent(args: Args) -> anyhow::Result<()> {
     config.pull_timeout = args.pull_timeout;
     let (status_tx, mut status_rx) = mpsc::unbounded_channel();
     let reconciler = Reconciler::new(Arc::new(engine), config, status_tx);
-    let handle = tokio::spawn(reconciler.run(rx, shutdown.child_token()));
+    let handle = tokio::spawn(
+        reconciler
+            .run(rx, shutdown.child_token())
+            .instrument(tracing::info_span!("reconciler")),
+    );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
