@@ -327,29 +327,40 @@ impl Node {
 
         let has_snapshot = !ready.snapshot().is_empty();
         let sync = ready.must_sync() || has_snapshot;
-        self.syncs += u64::from(sync);
-        let txn = self.raw.store().begin(sync)?;
-        if has_snapshot {
-            let history = self.hub.config().history;
-            let sm = self
-                .raw
-                .mut_store()
-                .apply_snapshot(&txn, ready.snapshot(), history)?;
-            tracing::info!(
-                index = ready.snapshot().get_metadata().index,
-                "installed a snapshot"
-            );
-            self.hub.lock().replace_state(sm);
-            self.dirty.clear();
-            self.snapshots_installed += 1;
-        }
-        let answers = self.apply(ready.take_committed_entries())?;
-        self.write_applied(&txn)?;
-        self.raw.mut_store().append(&txn, ready.entries())?;
-        if let Some(hs) = ready.hs() {
-            self.raw.mut_store().set_hard_state(&txn, hs.clone())?;
-        }
-        txn.commit().map_err(|e| db_err("commit", e))?;
+        let answers = if sync {
+            self.syncs += 1;
+            let txn = self.raw.store().begin(true)?;
+            if has_snapshot {
+                let history = self.hub.config().history;
+                let sm = self
+                    .raw
+                    .mut_store()
+                    .apply_snapshot(&txn, ready.snapshot(), history)?;
+                tracing::info!(
+                    index = ready.snapshot().get_metadata().index,
+                    "installed a snapshot"
+                );
+                self.hub.lock().replace_state(sm);
+                self.dirty.clear();
+                self.snapshots_installed += 1;
+            }
+            let answers = self.apply(ready.take_committed_entries())?;
+            self.write_applied(&txn)?;
+            self.raw.mut_store().append(&txn, ready.entries())?;
+            if let Some(hs) = ready.hs() {
+                self.raw.mut_store().set_hard_state(&txn, hs.clone())?;
+            }
+            txn.commit().map_err(|e| db_err("commit", e))?;
+            answers
+        } else {
+            // Nothing to persist now (no entries, snapshot, term or vote):
+            // committed entries are already durable in the log; their
+            // objects and the commit index go with the next transaction.
+            if let Some(hs) = ready.hs() {
+                self.raw.mut_store().set_commit(hs.commit);
+            }
+            self.apply(ready.take_committed_entries())?
+        };
         let mut answered = answers.len();
         answer(answers);
         self.send(ready.take_persisted_messages());
