@@ -1,20 +1,24 @@
 //! `shoal`: the command line of the Shoal orchestrator.
 
+mod client;
 mod cmd;
 mod control_plane;
 mod logging;
+mod output;
+mod view;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Shoal keeps declared services running on one Docker host or a small swarm
 /// of them: replicas, restart policies, resource limits, placement and
 /// failover, declared as Kubernetes-style resources.
 ///
-/// Start everything on this host with `shoal up`, then apply Services with
-/// kubectl (the API speaks the Kubernetes dialect) or check them offline with
-/// `shoal validate`.
+/// Start everything on this host with `shoal up`, then `shoal apply -f
+/// examples/web.yaml --wait`, `shoal get services`, `shoal ps web`. The API
+/// speaks the Kubernetes dialect, so kubectl works too. Check manifests
+/// offline with `shoal validate`.
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, propagate_version = true)]
 struct Cli {
@@ -29,6 +33,14 @@ enum Command {
     Crds(cmd::crds::Args),
     Server(cmd::server::Args),
     Agent(cmd::agent::Args),
+    Apply(cmd::apply::Args),
+    Get(cmd::get::Args),
+    Ps(cmd::ps::Args),
+    Describe(cmd::describe::Args),
+    Scale(cmd::scale::Args),
+    Delete(cmd::delete::Args),
+    Host(cmd::host::Args),
+    Completion(cmd::completion::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +51,14 @@ fn main() -> ExitCode {
         Command::Crds(a) => cmd::crds::run(a),
         Command::Server(a) => cmd::server::run(a),
         Command::Agent(a) => cmd::agent::run(a),
+        Command::Apply(a) => cmd::apply::run(a),
+        Command::Get(a) => cmd::get::run(a),
+        Command::Ps(a) => cmd::ps::run(a),
+        Command::Describe(a) => cmd::describe::run(a),
+        Command::Scale(a) => cmd::scale::run(a),
+        Command::Delete(a) => cmd::delete::run(a),
+        Command::Host(a) => cmd::host::run(a),
+        Command::Completion(a) => cmd::completion::run(a, Cli::command()),
     };
     match res {
         Ok(code) => code,

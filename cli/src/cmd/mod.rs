@@ -1,7 +1,15 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod apply;
+pub mod completion;
 pub mod crds;
+pub mod delete;
+pub mod describe;
+pub mod get;
+pub mod host;
+pub mod ps;
+pub mod scale;
 pub mod server;
 pub mod up;
 pub mod validate;

@@ -1,0 +1,359 @@
+//! `shoal describe service|task|host NAME`.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use kube::api::ListParams;
+use shoal_crds::{Condition, Host, Service, Task};
+
+use crate::client::{Conn, ConnArgs, block_on, connect};
+use crate::cmd::get::{Kind, parse_kind};
+use crate::output::{Cell, Table, age, colour_stdout};
+use crate::view;
+
+/// Show one Service, Task or Host in detail
+///
+/// A service: its spec in brief, ready/desired, tasks per host, conditions
+/// (with the reason it is stuck, if it is) and its tasks with their last
+/// errors. A task: service, slot, host, phase, reason, exit code, restarts,
+/// container. A host: readiness, availability, capacity, engine and the
+/// tasks it runs.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// service, task or host.
+    #[arg(value_parser = parse_kind)]
+    kind: Kind,
+    /// Its name.
+    name: String,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    block_on(describe(args))
+}
+
+async fn describe(args: Args) -> anyhow::Result<ExitCode> {
+    let conn = connect(&args.conn).await?;
+    let text = match args.kind {
+        Kind::Services => service(&conn, &args.name).await?,
+        Kind::Tasks => task(&conn, &args.name).await?,
+        Kind::Hosts => host(&conn, &args.name).await?,
+    };
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn field(out: &mut String, key: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "{:<20}{value}", format!("{key}:"));
+}
+
+fn conditions(out: &mut String, conds: Option<&Vec<Condition>>) {
+    let _ = writeln!(out, "Conditions:");
+    let Some(conds) = conds.filter(|c| !c.is_empty()) else {
+        let _ = writeln!(out, "  <none>");
+        return;
+    };
+    let mut t = Table::new(["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]);
+    for c in conds {
+        t.row(vec![
+            c.type_.clone().into(),
+            Cell::state(view::cond_status(c.status)),
+            c.reason.clone().unwrap_or_default().into(),
+            age(c.last_transition_time.as_ref()).into(),
+            c.message.clone().unwrap_or_default().into(),
+        ]);
+    }
+    indent(out, &t.render(colour_stdout()));
+}
+
+fn indent(out: &mut String, text: &str) {
+    for l in text.lines() {
+        let _ = writeln!(out, "  {l}");
+    }
+}
+
+async fn service(conn: &Conn, name: &str) -> anyhow::Result<String> {
+    let Some(s) = conn
+        .namespaced::<Service>()
+        .get_opt(name)
+        .await
+        .map_err(|e| conn.explain(e))?
+    else {
+        anyhow::bail!("service {name:?} not found in namespace {}", conn.namespace);
+    };
+    let mut tasks = conn
+        .namespaced::<Task>()
+        .list(&ListParams::default().labels(&format!("{}={name}", view::SERVICE_LABEL)))
+        .await
+        .map_err(|e| conn.explain(e))?
+        .items;
+    view::sort_tasks(&mut tasks);
+    let mut out = String::new();
+    let spec = &s.spec;
+    let tpl = &spec.template;
+    field(&mut out, "Name", name);
+    field(&mut out, "Namespace", &conn.namespace);
+    let labels: Vec<String> = s
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    field(
+        &mut out,
+        "Labels",
+        if labels.is_empty() {
+            "<none>".into()
+        } else {
+            labels.join(",")
+        },
+    );
+    field(
+        &mut out,
+        "Created",
+        age(s.metadata.creation_timestamp.as_ref()) + " ago",
+    );
+    if s.metadata.deletion_timestamp.is_some() {
+        field(
+            &mut out,
+            "Deleting",
+            "yes (tasks and containers are stopping)",
+        );
+    }
+    field(&mut out, "Mode", format!("{:?}", spec.mode()));
+    let st = s.status.as_ref();
+    field(
+        &mut out,
+        "Replicas",
+        format!(
+            "{} desired, {} ready, {} up to date",
+            view::desired(&s),
+            view::ready(&s),
+            st.and_then(|x| x.updated_replicas).unwrap_or(0)
+        ),
+    );
+    field(&mut out, "Image", &tpl.image);
+    if let Some(c) = &tpl.command {
+        field(&mut out, "Command", format!("{c:?}"));
+    }
+    if let Some(ports) = tpl.ports.as_ref().filter(|p| !p.is_empty()) {
+        let p: Vec<String> = ports
+            .iter()
+            .map(|p| match p.host_port {
+                Some(0) => format!("auto->{}", p.container_port),
+                Some(h) => format!("{h}->{}", p.container_port),
+                None => p.container_port.to_string(),
+            })
+            .collect();
+        field(&mut out, "Ports", p.join(", "));
+    }
+    if let Some(r) = &tpl.resources {
+        field(&mut out, "Resources", serde_json::to_string(r)?);
+    }
+    if let Some(r) = &spec.restart_policy {
+        field(&mut out, "Restart policy", serde_json::to_string(r)?);
+    }
+    if let Some(p) = &spec.placement {
+        field(&mut out, "Placement", serde_json::to_string(p)?);
+    }
+    let per_host = view::tasks_per_host(&tasks);
+    let unplaced = tasks
+        .iter()
+        .filter(|t| view::is_live(t) && t.spec.host_name.is_none())
+        .count();
+    let _ = writeln!(out, "Tasks per host:");
+    if per_host.is_empty() && unplaced == 0 {
+        let _ = writeln!(out, "  <none>");
+    }
+    for (h, n) in &per_host {
+        let _ = writeln!(out, "  {h}: {n}");
+    }
+    if unplaced > 0 {
+        let _ = writeln!(out, "  <unplaced>: {unplaced}");
+    }
+    conditions(&mut out, st.and_then(|x| x.conditions.as_ref()));
+    let _ = writeln!(out, "Tasks:");
+    if tasks.is_empty() {
+        let _ = writeln!(out, "  <none>");
+    } else {
+        indent(
+            &mut out,
+            &view::tasks_table(&tasks, false, false).render(colour_stdout()),
+        );
+    }
+    let _ = writeln!(out, "Events:             <not recorded yet>");
+    Ok(out)
+}
+
+async fn task(conn: &Conn, name: &str) -> anyhow::Result<String> {
+    let Some(t) = conn
+        .namespaced::<Task>()
+        .get_opt(name)
+        .await
+        .map_err(|e| conn.explain(e))?
+    else {
+        anyhow::bail!("task {name:?} not found in namespace {}", conn.namespace);
+    };
+    let mut out = String::new();
+    let st = t.status.clone().unwrap_or_default();
+    field(&mut out, "Name", name);
+    field(&mut out, "Namespace", &conn.namespace);
+    field(&mut out, "Service", &t.spec.service);
+    field(
+        &mut out,
+        "Slot",
+        t.spec
+            .slot
+            .map_or_else(|| "- (global)".into(), |s| s.to_string()),
+    );
+    field(
+        &mut out,
+        "Host",
+        t.spec
+            .host_name
+            .clone()
+            .unwrap_or_else(|| "<unplaced>".into()),
+    );
+    field(
+        &mut out,
+        "Desired state",
+        format!("{:?}", t.spec.desired_state()),
+    );
+    field(&mut out, "Phase", view::phase(&t));
+    if let Some(r) = &st.reason {
+        field(&mut out, "Reason", r);
+    }
+    if let Some(m) = &st.message {
+        field(&mut out, "Message", m);
+    }
+    if let Some(h) = st.health {
+        field(&mut out, "Health", format!("{h:?}"));
+    }
+    field(&mut out, "Restarts", st.restart_count.unwrap_or(0));
+    if let Some(c) = st.exit_code {
+        field(&mut out, "Last exit code", c);
+    }
+    if st.oom_killed == Some(true) {
+        field(&mut out, "OOM killed", "yes");
+    }
+    if let Some(c) = &st.container_id {
+        field(&mut out, "Container", c);
+    }
+    if st.started_at.is_some() {
+        field(&mut out, "Started", age(st.started_at.as_ref()) + " ago");
+    }
+    if st.finished_at.is_some() {
+        field(&mut out, "Finished", age(st.finished_at.as_ref()) + " ago");
+    }
+    field(
+        &mut out,
+        "Created",
+        age(t.metadata.creation_timestamp.as_ref()) + " ago",
+    );
+    field(&mut out, "Image", &t.spec.template.image);
+    field(&mut out, "Template hash", &t.spec.template_hash);
+    let _ = writeln!(out, "Events:             <not recorded yet>");
+    Ok(out)
+}
+
+async fn host(conn: &Conn, name: &str) -> anyhow::Result<String> {
+    let Some(h) = conn
+        .cluster::<Host>()
+        .get_opt(name)
+        .await
+        .map_err(|e| conn.explain(e))?
+    else {
+        anyhow::bail!("host {name:?} not found");
+    };
+    let all: kube::Api<Task> = kube::Api::all(conn.client.clone());
+    let mut tasks: Vec<Task> = all
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| conn.explain(e))?
+        .items
+        .into_iter()
+        .filter(|t| t.spec.host_name.as_deref() == Some(name))
+        .collect();
+    view::sort_tasks(&mut tasks);
+    let st = h.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    field(&mut out, "Name", name);
+    let labels: Vec<String> = h
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    field(
+        &mut out,
+        "Labels",
+        if labels.is_empty() {
+            "<none>".into()
+        } else {
+            labels.join(",")
+        },
+    );
+    field(&mut out, "Ready", view::host_ready(&h));
+    field(
+        &mut out,
+        "Availability",
+        format!("{:?}", h.spec.availability()),
+    );
+    let res = |r: &Option<shoal_crds::HostResources>| {
+        r.as_ref().map_or_else(
+            || "-".to_string(),
+            |r| {
+                format!(
+                    "cpu {}, memory {}",
+                    view::cpu(r.cpu.as_ref()),
+                    view::memory(r.memory.as_ref())
+                )
+            },
+        )
+    };
+    field(&mut out, "Capacity", res(&st.capacity));
+    field(&mut out, "Allocatable", res(&st.allocatable));
+    field(
+        &mut out,
+        "Engine",
+        format!(
+            "{} (API {})",
+            st.engine_version.clone().unwrap_or_default(),
+            st.engine_api_version.clone().unwrap_or_default()
+        ),
+    );
+    field(
+        &mut out,
+        "OS/arch",
+        format!(
+            "{}/{}",
+            st.os.clone().unwrap_or_default(),
+            st.arch.clone().unwrap_or_default()
+        ),
+    );
+    if let Some(a) = &st.agent_version {
+        field(&mut out, "Agent", a);
+    }
+    if let Some(a) = &st.address {
+        field(&mut out, "Address", a);
+    }
+    field(
+        &mut out,
+        "Joined",
+        age(h.metadata.creation_timestamp.as_ref()) + " ago",
+    );
+    conditions(&mut out, st.conditions.as_ref());
+    let _ = writeln!(out, "Tasks:");
+    if tasks.is_empty() {
+        let _ = writeln!(out, "  <none>");
+    } else {
+        indent(
+            &mut out,
+            &view::tasks_table(&tasks, true, false).render(colour_stdout()),
+        );
+    }
+    Ok(out)
+}
