@@ -1,0 +1,340 @@
+//! The `shoal` CLI end to end against `shoal up` on a real engine: apply the
+//! examples with `--wait` (web ready, crashing fails with its reason and
+//! exit 3), `--dry-run` and refused documents write nothing, `ps` and
+//! `describe` show placements, restarts and reasons, `get -o json|yaml`,
+//! `host ls`, `scale`, and `delete --wait` removes everything.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_tests::{Engine, main_docker_host, repo_root};
+
+const HOST: &str = "e2e-cli";
+
+struct Up {
+    child: Child,
+    cluster: Option<String>,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let Some(cluster) = &self.cluster else { return };
+        let host = main_docker_host();
+        if let Ok(out) = Command::new("docker")
+            .args(["-H", &host, "ps", "-aq", "--filter"])
+            .arg(format!("label=shoal.dev/cluster={cluster}"))
+            .output()
+        {
+            let ids = String::from_utf8_lossy(&out.stdout);
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["-H", &host, "rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+fn start_up(data: &Path) -> Up {
+    let log = std::fs::File::create(data.with_extension("log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["up", "--data-dir"])
+        .arg(data)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--dispatcher-listen",
+            "127.0.0.1:0",
+            "--host-name",
+            HOST,
+        ])
+        .env("DOCKER_HOST", main_docker_host())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Up {
+        child,
+        cluster: None,
+    }
+}
+
+/// Runs `shoal ARGS` against the kubeconfig; returns the output.
+fn shoal(kc: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(args)
+        .env("KUBECONFIG", kc)
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn shoal_stdin(kc: &Path, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(args)
+        .env("KUBECONFIG", kc)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Runs and expects success; returns stdout.
+fn ok(kc: &Path, args: &[&str]) -> String {
+    let o = shoal(kc, args);
+    let (out, err) = text(&o);
+    assert!(
+        o.status.success(),
+        "shoal {args:?}: {:?}\n{out}{err}",
+        o.status
+    );
+    out
+}
+
+fn json(kc: &Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(kc, args)).unwrap()
+}
+
+fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+fn example(name: &str) -> String {
+    repo_root()
+        .join("examples")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Columns of the row of `ps`/`get tasks` output whose first column starts with `prefix`.
+fn row<'a>(table: &'a str, prefix: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no row {prefix} in\n{table}"))
+        .split_whitespace()
+        .collect()
+}
+
+#[test]
+fn cli_against_shoal_up() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(Engine::main()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut up = start_up(&data);
+    let kc: PathBuf = data.join("kubeconfig");
+    eventually("the kubeconfig", 30, || {
+        std::fs::read_to_string(&kc).is_ok_and(|s| s.contains("server:"))
+    });
+    up.cluster = Some(
+        std::fs::read_to_string(data.join("cluster-id"))
+            .unwrap()
+            .trim()
+            .to_string(),
+    );
+    eventually("the host to join", 30, || {
+        let o = shoal(&kc, &["host", "ls"]);
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(HOST)
+    });
+
+    // --dry-run writes nothing.
+    let out = ok(&kc, &["apply", "-f", &example("web.yaml"), "--dry-run"]);
+    assert!(out.contains("service/web created (dry run)"), "{out}");
+    let list = json(&kc, &["get", "services", "-o", "json"]);
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
+
+    // A refused document refuses the whole apply: exit 2, field path, nothing written.
+    let bad = format!(
+        "{}\n---\napiVersion: shoal.dev/v1alpha1\nkind: Service\nmetadata: {{name: bad}}\nspec:\n  template: {{image: a, resources: {{limits: {{memory: 300m}}}}}}\n",
+        std::fs::read_to_string(example("web.yaml")).unwrap()
+    );
+    let o = shoal_stdin(&kc, &["apply", "-f", "-"], &bad);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("<stdin>#1: spec.template.resources.limits.memory:"),
+        "{err}"
+    );
+    let list = json(&kc, &["get", "services", "-o", "json"]);
+    assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
+
+    // Apply web with --wait: all replicas ready, placements shown.
+    let o = shoal(
+        &kc,
+        &[
+            "apply",
+            "-f",
+            &example("web.yaml"),
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("service/web created"), "{out}");
+    assert!(
+        out.contains(&format!("web: 3/3 ready ({HOST}: 3)")),
+        "{out}"
+    );
+    assert!(out.contains("all 1 service(s) ready"), "{out}");
+    // Applying the same file again changes nothing.
+    let out = ok(&kc, &["apply", "-f", &example("web.yaml")]);
+    assert!(out.contains("service/web unchanged"), "{out}");
+
+    // The crashing example: --wait reports the failure and its reason, exit 3.
+    let o = shoal(
+        &kc,
+        &[
+            "apply",
+            "-f",
+            &example("crashing.yaml"),
+            "--wait",
+            "--timeout",
+            "150s",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}{err}");
+    assert!(err.contains("failed: crashing:"), "{err}");
+    assert!(err.contains("MaxAttemptsReached"), "{err}");
+
+    // ps: slot, host, phase, restarts and the last error.
+    let ps = ok(&kc, &["ps", "crashing"]);
+    let r = row(&ps, "crashing-0-");
+    assert_eq!(&r[1..7], ["0", HOST, "Running", "Failed", "-", "5"], "{ps}");
+    assert!(ps.contains("MaxAttemptsReached, exit code 3"), "{ps}");
+    let ps = ok(&kc, &["ps", "web"]);
+    for slot in 0..3 {
+        let r = row(&ps, &format!("web-{slot}-"));
+        assert_eq!(
+            &r[1..6],
+            [
+                slot.to_string().as_str(),
+                HOST,
+                "Running",
+                "Running",
+                "Healthy"
+            ],
+            "{ps}"
+        );
+    }
+    // No colour codes when stdout is not a terminal.
+    assert!(!ps.contains('\x1b'), "{ps:?}");
+
+    // describe: spec summary, tasks per host, conditions, tasks and reasons.
+    let d = ok(&kc, &["describe", "service", "web"]);
+    assert!(
+        d.contains("Replicas:           3 desired, 3 ready, 3 up to date"),
+        "{d}"
+    );
+    assert!(d.contains(&format!("  {HOST}: 3")), "{d}");
+    assert!(d.contains("Available     True"), "{d}");
+    let d = ok(&kc, &["describe", "service", "crashing"]);
+    assert!(d.contains("\"maxAttempts\":5"), "{d}");
+    assert!(d.contains("ReplicasUnavailable"), "{d}");
+    assert!(d.contains("MaxAttemptsReached"), "{d}");
+    let crash_task = row(&ok(&kc, &["ps", "crashing"]), "crashing-0-")[0].to_string();
+    let d = ok(&kc, &["describe", "task", &crash_task]);
+    assert!(d.contains("Phase:              Failed"), "{d}");
+    assert!(d.contains("Reason:             MaxAttemptsReached"), "{d}");
+    assert!(d.contains("Restarts:           5"), "{d}");
+    assert!(d.contains("Last exit code:     3"), "{d}");
+    let d = ok(&kc, &["describe", "host", HOST]);
+    assert!(d.contains("Ready:              True"), "{d}");
+    assert!(d.contains("web-0-"), "{d}");
+
+    // Stable shapes for scripts.
+    let tasks = json(&kc, &["get", "tasks", "-o", "json"]);
+    assert_eq!(tasks["kind"], "List");
+    assert_eq!(tasks["items"].as_array().unwrap().len(), 4, "{tasks}");
+    let web = json(&kc, &["get", "service", "web", "-o", "json"]);
+    assert_eq!(web["kind"], "Service");
+    assert_eq!(web["status"]["readyReplicas"], 3);
+    let y = ok(&kc, &["get", "ssvc", "web", "-o", "yaml"]);
+    assert!(
+        y.contains("kind: Service") && y.contains("name: web"),
+        "{y}"
+    );
+    let hosts = ok(&kc, &["host", "ls"]);
+    let r = row(&hosts, HOST);
+    assert_eq!(&r[1..4], ["True", "Active", "3"], "{hosts}");
+    let svcs = ok(&kc, &["get", "services"]);
+    assert_eq!(&row(&svcs, "web")[1..3], ["Replicated", "3/3"], "{svcs}");
+    assert_eq!(
+        &row(&svcs, "crashing")[1..3],
+        ["Replicated", "0/1"],
+        "{svcs}"
+    );
+
+    // scale.
+    let out = ok(&kc, &["scale", "web=5"]);
+    assert!(out.contains("service/web scaled to 5"), "{out}");
+    eventually("5 ready", 90, || {
+        json(&kc, &["get", "service", "web", "-o", "json"])["status"]["readyReplicas"] == 5
+    });
+    let o = shoal(&kc, &["scale", "nope=2"]);
+    assert_eq!(o.status.code(), Some(1));
+
+    // delete --wait: services, tasks and containers gone.
+    let o = shoal(
+        &kc,
+        &[
+            "delete",
+            "-f",
+            &repo_root().join("examples").to_string_lossy(),
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        out.contains("service/web deleted") && out.contains("service/crashing deleted"),
+        "{out}"
+    );
+    let list = json(&kc, &["get", "services", "-o", "json"]);
+    assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
+    let list = json(&kc, &["get", "tasks", "-o", "json"]);
+    assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
+    let o = shoal(&kc, &["delete", "service", "web"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("service/web not found"));
+    drop(up);
+}
