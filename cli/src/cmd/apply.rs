@@ -457,3 +457,182 @@ pub async fn wait_ready(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_crds::{Condition, ServiceSpec, ServiceStatus, TaskSpec, TaskStatus};
+
+    fn svc(replicas: i32, generation: i64, status: ServiceStatus) -> Service {
+        let mut s = Service::new(
+            "web",
+            ServiceSpec {
+                replicas: Some(replicas),
+                ..ServiceSpec::default()
+            },
+        );
+        s.metadata.generation = Some(generation);
+        s.status = Some(status);
+        s
+    }
+
+    fn cond(type_: &str, status: ConditionStatus, reason: &str, msg: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status,
+            reason: Some(reason.into()),
+            message: Some(msg.into()),
+            last_transition_time: None,
+        }
+    }
+
+    fn status(observed: i64, ready: i32, conditions: Vec<Condition>) -> ServiceStatus {
+        ServiceStatus {
+            observed_generation: Some(observed),
+            replicas: Some(ready),
+            ready_replicas: Some(ready),
+            updated_replicas: Some(ready),
+            conditions: Some(conditions),
+        }
+    }
+
+    fn task(name: &str, host: Option<&str>, phase: TaskPhase, reason: Option<&str>) -> Task {
+        let mut t = Task::new(
+            name,
+            TaskSpec {
+                service: "web".into(),
+                slot: Some(0),
+                host_name: host.map(str::to_owned),
+                ..TaskSpec::default()
+            },
+        );
+        t.status = Some(TaskStatus {
+            phase: Some(phase),
+            reason: reason.map(str::to_owned),
+            exit_code: Some(3),
+            restart_count: Some(2),
+            ..TaskStatus::default()
+        });
+        t
+    }
+
+    fn complete() -> Condition {
+        cond(
+            "Progressing",
+            ConditionStatus::False,
+            "Complete",
+            "3/3 up to date",
+        )
+    }
+
+    #[test]
+    fn ready_when_complete_and_all_replicas_ready() {
+        let s = svc(2, 4, status(4, 2, vec![complete()]));
+        let tasks = [
+            task("web-0", Some("a"), TaskPhase::Running, None),
+            task("web-1", Some("b"), TaskPhase::Running, None),
+        ];
+        assert_eq!(
+            judge(Some(&s), &tasks, "web", 4),
+            Progress::Ready("web: 2/2 ready (a: 1, b: 1), 4 restarts".into())
+        );
+    }
+
+    #[test]
+    fn an_old_generation_is_still_waiting() {
+        let s = svc(2, 5, status(4, 2, vec![complete()]));
+        assert!(matches!(
+            judge(Some(&s), &[], "web", 5),
+            Progress::Waiting(_)
+        ));
+    }
+
+    #[test]
+    fn unschedulable_says_why() {
+        let s = svc(
+            3,
+            1,
+            status(
+                1,
+                0,
+                vec![cond(
+                    "Schedulable",
+                    ConditionStatus::False,
+                    "Unschedulable",
+                    "0/3 hosts: 3 insufficient memory",
+                )],
+            ),
+        );
+        let tasks = [task("web-0", None, TaskPhase::Pending, None)];
+        assert_eq!(
+            judge(Some(&s), &tasks, "web", 1),
+            Progress::Waiting(
+                "web: 0/3 ready (<unplaced>: 1), 2 restarts — 0/3 hosts: 3 insufficient memory"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn task_reasons_show_when_stuck() {
+        let s = svc(1, 1, status(1, 0, vec![]));
+        let tasks = [task(
+            "web-0",
+            Some("a"),
+            TaskPhase::Pending,
+            Some("ImageNotFound"),
+        )];
+        let Progress::Waiting(line) = judge(Some(&s), &tasks, "web", 1) else {
+            panic!("not waiting");
+        };
+        assert!(line.ends_with("— web-0 Pending ImageNotFound"), "{line}");
+    }
+
+    #[test]
+    fn a_failed_task_fails_the_wait_with_its_reason() {
+        let s = svc(1, 1, status(1, 0, vec![]));
+        let tasks = [task(
+            "crashing-0",
+            Some("a"),
+            TaskPhase::Failed,
+            Some("MaxAttemptsReached"),
+        )];
+        let Progress::Failed(why) = judge(Some(&s), &tasks, "crashing", 1) else {
+            panic!("not failed");
+        };
+        assert!(
+            why.contains("task crashing-0 failed: MaxAttemptsReached, exit code 3"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_paused_update_and_a_deleted_service_fail() {
+        let s = svc(
+            1,
+            2,
+            status(
+                2,
+                0,
+                vec![cond(
+                    "Progressing",
+                    ConditionStatus::True,
+                    "UpdatePaused",
+                    "0/1 tasks up to date; paused (failureAction Pause): web-0",
+                )],
+            ),
+        );
+        let Progress::Failed(why) = judge(Some(&s), &[], "web", 2) else {
+            panic!("not failed");
+        };
+        assert!(why.contains("paused (failureAction Pause)"), "{why}");
+        assert!(matches!(judge(None, &[], "web", 1), Progress::Failed(_)));
+    }
+
+    #[test]
+    fn timeouts_accept_durations_and_seconds() {
+        assert_eq!(parse_timeout("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_timeout("soon").is_err());
+    }
+}
