@@ -302,12 +302,38 @@ fn cli_against_shoal_up() {
         "{svcs}"
     );
 
-    // scale.
+    let wide = ok(&kc, &["get", "services", "-o", "wide"]);
+    assert!(wide.lines().next().unwrap().contains("IMAGE"), "{wide}");
+    assert!(wide.contains("shoal-test/busybox:1"), "{wide}");
+
+    // scale, followed by `get tasks -w`.
+    let watch_out = tmp.path().join("watch.out");
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["get", "tasks", "-w", "-l", "shoal.dev/service=web"])
+        .env("KUBECONFIG", &kc)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&watch_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the watch to list", 10, || {
+        std::fs::read_to_string(&watch_out).is_ok_and(|s| s.contains("web-2-"))
+    });
     let out = ok(&kc, &["scale", "web=5"]);
     assert!(out.contains("service/web scaled to 5"), "{out}");
     eventually("5 ready", 90, || {
         json(&kc, &["get", "service", "web", "-o", "json"])["status"]["readyReplicas"] == 5
     });
+    eventually("the watch to show the new tasks running", 10, || {
+        std::fs::read_to_string(&watch_out).is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("web-4-") && l.split_whitespace().nth(5) == Some("Running"))
+        })
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let watched = std::fs::read_to_string(&watch_out).unwrap();
+    assert!(watched.starts_with("NAME"), "{watched}");
     let o = shoal(&kc, &["scale", "nope=2"]);
     assert_eq!(o.status.code(), Some(1));
 
