@@ -263,10 +263,11 @@ fn cli_against_shoal_up() {
         d.contains("Replicas:           3 desired, 3 ready, 3 up to date"),
         "{d}"
     );
-    assert!(d.contains(&format!("  {HOST}: 3")), "{d}");
+    assert!(d.contains(&format!("  {HOST}: 3 (3 Running)")), "{d}");
     assert!(d.contains("Available     True"), "{d}");
     let d = ok(&kc, &["describe", "service", "crashing"]);
     assert!(d.contains("\"maxAttempts\":5"), "{d}");
+    assert!(d.contains(&format!("  {HOST}: 1 (1 Failed)")), "{d}");
     assert!(d.contains("ReplicasUnavailable"), "{d}");
     assert!(d.contains("MaxAttemptsReached"), "{d}");
     let crash_task = row(&ok(&kc, &["ps", "crashing"]), "crashing-0-")[0].to_string();

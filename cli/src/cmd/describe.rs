@@ -158,20 +158,34 @@ async fn service(conn: &Conn, name: &str) -> anyhow::Result<String> {
     if let Some(p) = &spec.placement {
         field(&mut out, "Placement", serde_json::to_string(p)?);
     }
-    let per_host = view::tasks_per_host(&tasks);
-    let unplaced = tasks
+    // Tasks that should run, per host, by phase: `host-a: 3 (3 Running)`.
+    let mut per_host: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, usize>,
+    > = std::collections::BTreeMap::new();
+    for t in tasks
         .iter()
-        .filter(|t| view::is_live(t) && t.spec.host_name.is_none())
-        .count();
+        .filter(|t| t.spec.desired_state() == shoal_crds::DesiredState::Running)
+    {
+        let host = t
+            .spec
+            .host_name
+            .clone()
+            .unwrap_or_else(|| "<unplaced>".into());
+        *per_host
+            .entry(host)
+            .or_default()
+            .entry(view::phase(t))
+            .or_insert(0) += 1;
+    }
     let _ = writeln!(out, "Tasks per host:");
-    if per_host.is_empty() && unplaced == 0 {
+    if per_host.is_empty() {
         let _ = writeln!(out, "  <none>");
     }
-    for (h, n) in &per_host {
-        let _ = writeln!(out, "  {h}: {n}");
-    }
-    if unplaced > 0 {
-        let _ = writeln!(out, "  <unplaced>: {unplaced}");
+    for (h, phases) in &per_host {
+        let n: usize = phases.values().sum();
+        let detail: Vec<String> = phases.iter().map(|(p, c)| format!("{c} {p}")).collect();
+        let _ = writeln!(out, "  {h}: {n} ({})", detail.join(", "));
     }
     conditions(&mut out, st.and_then(|x| x.conditions.as_ref()));
     let _ = writeln!(out, "Tasks:");
