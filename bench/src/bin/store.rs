@@ -190,6 +190,11 @@ async fn main() -> Result<()> {
     println!("fsync_p50_us: {:.0}", percentile(&fsync, 0.5));
     println!("store_creates_per_s_c1: {c1:.0}");
     println!("store_creates_per_s_c16: {c16:.0}");
+    // How many fsyncs of this disk one durable create costs (1.0 is the floor).
+    println!(
+        "store_create_p50_over_fsync_p50: {:.2}",
+        percentile(&lat, 0.5) / percentile(&fsync, 0.5).max(1.0)
+    );
     println!("store_create_p50_us: {:.0}", percentile(&lat, 0.5));
     Ok(())
 }
