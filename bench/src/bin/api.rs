@@ -13,7 +13,8 @@
 //!   watchers of Services while one writer creates 1 KiB objects as fast as
 //!   it can (counted until every watcher has seen every write).
 //!
-//! `store_direct_creates_per_s_c16` is the same store written directly by 16
+//! `bench/run api mem` runs the same over the in-memory store: the API
+//! server's ceiling. `store_direct_creates_per_s_c16` is the same store written directly by 16
 //! tasks, without HTTP: the API server's own cost is the difference.
 //!
 //! Targets, against etcd 3.4's gRPC API on this machine kind: creates with 16
@@ -228,12 +229,24 @@ async fn watch_fanout(url: &str, store: &dyn ClusterStore) -> anyhow::Result<(f6
 async fn main() -> anyhow::Result<()> {
     // The durable store, as `shoal server` runs it: a single Raft voter with
     // its log and objects in redb (every acknowledged write is fsynced).
+    // `api mem` measures over the in-memory store instead: the API server's
+    // ceiling on this machine.
     let dir = tempfile::tempdir().context("temporary data directory")?;
-    let path = dir.path().to_owned();
-    let store =
-        tokio::task::spawn_blocking(move || shoal_store::RaftStore::open_single(path)).await??;
-    let store = Arc::new(store);
-    let store_name = "raft (single voter, redb, fsync on)";
+    let mut raft = None;
+    let (store, store_name): (Arc<dyn ClusterStore>, &str) =
+        if std::env::args().nth(1).as_deref() == Some("mem") {
+            (
+                Arc::new(shoal_store::mem::MemStore::new()),
+                "mem (no durability: ceiling of the API server)",
+            )
+        } else {
+            let path = dir.path().to_owned();
+            let r = tokio::task::spawn_blocking(move || shoal_store::RaftStore::open_single(path))
+                .await??;
+            let r = Arc::new(r);
+            raft = Some(r.clone());
+            (r, "raft (single voter, redb, fsync on)")
+        };
     let server = RunningServer::start(
         "127.0.0.1:0".parse().context("address")?,
         store.clone(),
@@ -252,8 +265,10 @@ async fn main() -> anyhow::Result<()> {
     let (events, written) = watch_fanout(&url, store.as_ref()).await?;
     let direct = store_throughput(store.clone(), 16).await?;
     server.shutdown().await?;
-    if let Ok(store) = Arc::try_unwrap(store) {
-        tokio::task::spawn_blocking(move || drop(store)).await?;
+    drop(store);
+    if let Some(r) = raft.and_then(|r| Arc::try_unwrap(r).ok()) {
+        // Stopping the Raft thread blocks (final commit).
+        tokio::task::spawn_blocking(move || drop(r)).await?;
     }
 
     println!("store: {store_name}");
