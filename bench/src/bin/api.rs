@@ -14,8 +14,9 @@
 //!   it can (counted until every watcher has seen every write).
 //!
 //! `bench/run api mem` runs the same over the in-memory store: the API
-//! server's ceiling. `store_direct_creates_per_s_c16` is the same store written directly by 16
-//! tasks, without HTTP: the API server's own cost is the difference.
+//! server's ceiling. `store_direct_creates_per_s_c16` is the same store
+//! written directly by 16 tasks, without HTTP: the API server's own cost is
+//! the difference.
 //!
 //! Targets, against etcd 3.4's gRPC API on this machine kind: creates with 16
 //! clients >= 5,873/s; watch delivery >= 13,259 events/s for 10 watchers and
