@@ -24,7 +24,10 @@ use crate::view;
 /// With `--wait`, follows every applied service until all its replicas are
 /// ready, printing a line when its progress changes
 /// (`web: 2/3 ready (host-a: 2, <unplaced>: 1)`) with the reason when it is
-/// stuck (e.g. `0/3 hosts: 3 insufficient memory`, `ImageNotFound`).
+/// stuck (e.g. `0/3 hosts: 3 insufficient memory`, `ImageNotFound`). A
+/// service counts as ready once it has stayed ready, without a restart, for
+/// its `update.monitor` period (default 5s); a task whose restart attempts
+/// are used up (`Failed`) or a paused update ends the wait at once.
 ///
 /// Exit status: 0 applied (and ready with --wait); 1 a file, the API or a
 /// write failed; 2 a document was refused; 3 --wait timed out or a service
@@ -40,7 +43,8 @@ pub struct Args {
         value_name = "FILE|DIR|-"
     )]
     files: Vec<PathBuf>,
-    /// Validate and say what would change, but write nothing.
+    /// Validate and ask the API what would change, but write nothing (to
+    /// check files without an API, use `shoal validate`).
     #[arg(long)]
     dry_run: bool,
     /// Wait until every applied service has all its replicas ready.
