@@ -232,8 +232,23 @@ async fn open_raft(dir: &std::path::Path) -> Arc<shoal_store::RaftStore> {
     Arc::new(s)
 }
 
-async fn close_raft(store: Arc<shoal_store::RaftStore>) {
-    let s = Arc::try_unwrap(store).unwrap();
+/// Closes the store once the server's last handle on it is gone (its
+/// connection tasks may still be finishing when `shutdown` returns).
+async fn close_raft(mut store: Arc<shoal_store::RaftStore>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        match Arc::try_unwrap(store) {
+            Ok(s) => break s,
+            Err(again) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the server still holds the store"
+                );
+                store = again;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
     tokio::task::spawn_blocking(move || drop(s)).await.unwrap();
 }
 
