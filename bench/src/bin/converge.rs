@@ -22,7 +22,9 @@
 //!
 //! Every system is timed the same way: from just before its command is spawned until one
 //! polling function, listing the engine's running containers with the system's label every
-//! 50 ms, counts 50. The systems take turns (Shoal, Swarm, Compose, then again), so load
+//! 50 ms, counts 50. Each run also reports (stderr) the CPU time the engine's process tree
+//! (dockerd, containerd, shims) and `shoal up` used meanwhile, and the engine's own
+//! timeline (its container `create`/`start` events relative to the start). The systems take turns (Shoal, Swarm, Compose, then again), so load
 //! from elsewhere on the machine spreads over all three; every run starts from zero
 //! containers. Median of `SHOAL_BENCH_RUNS` runs each (default 3).
 //!
@@ -122,8 +124,14 @@ async fn clear(docker: &Docker, label: &str, secs: u64, networks: bool) -> Resul
     }
     if networks {
         let filters = HashMap::from([("label", vec![label.to_string()])]);
-        let opts = ListNetworksOptionsBuilder::default().filters(&filters).build();
-        for n in docker.list_networks(Some(opts)).await.context("listing networks")? {
+        let opts = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        for n in docker
+            .list_networks(Some(opts))
+            .await
+            .context("listing networks")?
+        {
             if let Some(id) = n.id
                 && let Err(e) = docker.remove_network(&id).await
             {
@@ -132,8 +140,172 @@ async fn clear(docker: &Docker, label: &str, secs: u64, networks: bool) -> Resul
         }
     }
     let left = count_all(docker, label).await?;
-    ensure!(left.is_empty(), "{} containers with {label} remain", left.len());
+    ensure!(
+        left.is_empty(),
+        "{} containers with {label} remain",
+        left.len()
+    );
     Ok(())
+}
+
+/// CPU time (utime + stime, clock ticks of 10 ms) of process `root` and all its
+/// descendants now, from /proc: for the engine, dockerd + containerd + the shims.
+fn tree_cpu_ticks(root: u32) -> u64 {
+    let mut procs: HashMap<u32, (u32, u64)> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // Fields after "(comm)": state ppid … utime(12th) stime(13th).
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // utime + stime + the reaped children's (runc, iptables, …).
+        let ticks = num(11) + num(12) + num(13) + num(14);
+        procs.insert(pid, (u32::try_from(num(1)).unwrap_or(0), ticks));
+    }
+    let mut total = 0;
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        total += procs.get(&p).map_or(0, |v| v.1);
+        stack.extend(procs.iter().filter(|(_, v)| v.0 == p).map(|(k, _)| *k));
+    }
+    total
+}
+
+/// CPU seconds used by the engine's process tree (`pid`) and by `other` (if any) since
+/// `before`; prints them with `what`.
+struct CpuMeter {
+    engine: u32,
+    other: Option<u32>,
+    before: (u64, u64),
+}
+
+impl CpuMeter {
+    fn start(engine: u32, other: Option<u32>) -> CpuMeter {
+        let before = (tree_cpu_ticks(engine), other.map_or(0, tree_cpu_ticks));
+        CpuMeter {
+            engine,
+            other,
+            before,
+        }
+    }
+
+    fn report(&self) -> String {
+        let e = tree_cpu_ticks(self.engine).saturating_sub(self.before.0) as f64 / 100.0;
+        match self.other {
+            Some(o) => {
+                let s = tree_cpu_ticks(o).saturating_sub(self.before.1) as f64 / 100.0;
+                format!("engine CPU {e:.1} s, shoal CPU {s:.1} s")
+            }
+            None => format!("engine CPU {e:.1} s"),
+        }
+    }
+}
+
+/// The 1-minute load average (other work on the machine skews every figure).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn engine_pid(host: &Host) -> u32 {
+    let f = shoal_tests::state_dir()
+        .join("hosts")
+        .join(&host.name)
+        .join("dockerd.pid");
+    std::fs::read_to_string(f)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The engine's container `create` and `start` events with `label`, from a subscription
+/// made before the clock starts: where the time goes, relative to the start.
+struct Timeline {
+    t0_ns: i64,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, String, i64)>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Timeline {
+    async fn start(docker: &Docker, label: &str) -> Timeline {
+        use futures::StreamExt;
+        let filters = HashMap::from([
+            ("type", vec!["container".to_string()]),
+            ("event", vec!["create".to_string(), "start".to_string()]),
+            ("label", vec![label.to_string()]),
+        ]);
+        let opts = bollard::query_parameters::EventsOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let mut stream = docker.events(Some(opts));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let pump = tokio::spawn(async move {
+            while let Some(Ok(ev)) = stream.next().await {
+                let id = ev.actor.and_then(|a| a.id).unwrap_or_default();
+                let t = ev.time_nano.unwrap_or(0);
+                if tx.send((id, ev.action.unwrap_or_default(), t)).is_err() {
+                    break;
+                }
+            }
+        });
+        // Give the subscription a moment to be registered by the engine.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Timeline { t0_ns: 0, rx, pump }
+    }
+
+    /// Mark the clock's start (just before the command is spawned).
+    fn mark(&mut self) {
+        self.t0_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+    }
+
+    /// "first create X ms, first start Y ms, last start Z ms, create→start p50 W ms".
+    async fn report(mut self) -> String {
+        // Events trail the container list a little.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.pump.abort();
+        let mut creates = HashMap::new();
+        let mut starts = HashMap::new();
+        while let Ok((id, action, t)) = self.rx.try_recv() {
+            match action.as_str() {
+                "create" => {
+                    creates.entry(id).or_insert(t);
+                }
+                "start" => {
+                    starts.entry(id).or_insert(t);
+                }
+                _ => {}
+            }
+        }
+        let rel = |t: i64| (t - self.t0_ns) as f64 / 1e6;
+        let first_create = creates.values().min().map_or(f64::NAN, |t| rel(*t));
+        let first_start = starts.values().min().map_or(f64::NAN, |t| rel(*t));
+        let last_start = starts.values().max().map_or(f64::NAN, |t| rel(*t));
+        let gaps: Vec<f64> = starts
+            .iter()
+            .filter_map(|(id, s)| creates.get(id).map(|c| (s - c) as f64 / 1e6))
+            .collect();
+        format!(
+            "{} creates, first at {first_create:.0} ms; {} starts, first at {first_start:.0} ms, last at {last_start:.0} ms; create→start p50 {:.0} ms",
+            creates.len(),
+            starts.len(),
+            median(gaps)
+        )
+    }
 }
 
 /// Spawn `cmd` with stdin closed and both outputs to `log` (never this process's pipes).
@@ -181,7 +353,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     let n = v.len();
     if n == 0 {
         f64::NAN
-    } else if n % 2 == 0 {
+    } else if n.is_multiple_of(2) {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     } else {
         v[n / 2]
@@ -342,7 +514,13 @@ spec:
 }
 
 /// One Shoal run: the time from `kubectl apply` to 50 running containers.
-async fn shoal_run(bin: &Path, host: &Host, docker: &Docker, logs: &Path, run: usize) -> Result<Duration> {
+async fn shoal_run(
+    bin: &Path,
+    host: &Host,
+    docker: &Docker,
+    logs: &Path,
+    run: usize,
+) -> Result<Duration> {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
     let cache = tmp.path().join("kube-cache");
@@ -377,7 +555,10 @@ async fn shoal_run(bin: &Path, host: &Host, docker: &Docker, logs: &Path, run: u
         if let Some(c) = up.0.as_mut()
             && let Some(st) = c.try_wait()?
         {
-            bail!("shoal up exited ({st}) before it was up:\n{}", tail(&log_path));
+            bail!(
+                "shoal up exited ({st}) before it was up:\n{}",
+                tail(&log_path)
+            );
         }
         ensure!(
             started.elapsed() < Duration::from_secs(60),
@@ -422,17 +603,22 @@ async fn shoal_run(bin: &Path, host: &Host, docker: &Docker, logs: &Path, run: u
         let file = tmp.path().join("conv.yaml");
         std::fs::write(&file, service_yaml())?;
         let apply_log = logs.join(format!("shoal-apply-{run}.log"));
+        let mut timeline = Timeline::start(docker, &label).await;
+        let cpu = CpuMeter::start(engine_pid(host), up.0.as_ref().map(Child::id));
+        timeline.mark();
         let t0 = Instant::now();
         let apply = spawn_logged(kubectl(&kubeconfig, &cache).arg("apply").arg("-f").arg(&file), &apply_log)?;
         let d = wait_running(docker, &label, REPLICAS, t0).await;
         finish(apply, "kubectl apply", &apply_log).await?;
         let d = d?;
         eprintln!(
-            "  shoal run {run}: up in {:.0} ms, host Ready at {:.0} ms; 50 running {:.0} ms after apply",
+            "  shoal run {run}: up in {:.0} ms, host Ready at {:.0} ms; 50 running {:.0} ms after apply ({})",
             ms(up_at),
             ms(ready_at),
-            ms(d)
+            ms(d),
+            cpu.report()
         );
+        eprintln!("    {}", timeline.report().await);
         Ok::<Duration, anyhow::Error>(d)
     }
     .await;
@@ -455,7 +641,12 @@ async fn swarm_run(host: &Host, docker: &Docker, logs: &Path, run: usize) -> Res
     };
     let log = |what: &str| logs.join(format!("swarm-{what}-{run}.log"));
     run_logged(
-        dk().args(["swarm", "init", "--advertise-addr", &host.address.to_string()]),
+        dk().args([
+            "swarm",
+            "init",
+            "--advertise-addr",
+            &host.address.to_string(),
+        ]),
         "docker swarm init",
         &log("init"),
     )
@@ -463,6 +654,9 @@ async fn swarm_run(host: &Host, docker: &Docker, logs: &Path, run: usize) -> Res
     let label = format!("com.docker.swarm.service.name={SWARM_SERVICE}");
     let measured = async {
         let create_log = log("create");
+        let mut timeline = Timeline::start(docker, &label).await;
+        let cpu = CpuMeter::start(engine_pid(host), None);
+        timeline.mark();
         let t0 = Instant::now();
         let create = spawn_logged(
             dk().args([
@@ -486,7 +680,12 @@ async fn swarm_run(host: &Host, docker: &Docker, logs: &Path, run: usize) -> Res
         let d = wait_running(docker, &label, REPLICAS, t0).await;
         finish(create, "docker service create", &create_log).await?;
         let d = d?;
-        eprintln!("  swarm run {run}: 50 running {:.0} ms after service create", ms(d));
+        eprintln!(
+            "  swarm run {run}: 50 running {:.0} ms after service create ({})",
+            ms(d),
+            cpu.report()
+        );
+        eprintln!("    {}", timeline.report().await);
         Ok::<Duration, anyhow::Error>(d)
     }
     .await;
@@ -541,6 +740,9 @@ async fn compose_run(
     let label = format!("com.docker.compose.project={COMPOSE_PROJECT}");
     let measured = async {
         let up_log = log("up");
+        let mut timeline = Timeline::start(docker, &label).await;
+        let cpu = CpuMeter::start(engine_pid(host), None);
+        timeline.mark();
         let t0 = Instant::now();
         let up = spawn_logged(
             dc().args(["up", "-d", "--scale", &format!("conv={REPLICAS}")]),
@@ -549,11 +751,21 @@ async fn compose_run(
         let d = wait_running(docker, &label, REPLICAS, t0).await;
         finish(up, "docker-compose up", &up_log).await?;
         let d = d?;
-        eprintln!("  compose run {run}: 50 running {:.0} ms after up", ms(d));
+        eprintln!(
+            "  compose run {run}: 50 running {:.0} ms after up ({})",
+            ms(d),
+            cpu.report()
+        );
+        eprintln!("    {}", timeline.report().await);
         Ok::<Duration, anyhow::Error>(d)
     }
     .await;
-    let down = run_logged(dc().args(["down", "-t", "1"]), "docker-compose down", &log("down")).await;
+    let down = run_logged(
+        dc().args(["down", "-t", "1"]),
+        "docker-compose down",
+        &log("down"),
+    )
+    .await;
     let cleared = clear(docker, &label, 0, true).await;
     let d = measured?;
     down?;
@@ -580,17 +792,20 @@ async fn main() -> Result<()> {
     let compose = ensure_compose(&logs);
 
     let t = Instant::now();
-    let host = Host::start("conv").await.context("starting a fresh engine")?;
+    let host = Host::start("conv")
+        .await
+        .context("starting a fresh engine")?;
     let engine = host.engine().await?;
     let version = engine.docker.version().await.context("engine version")?;
     eprintln!(
-        "fresh engine {} (Docker {}, API {}) at {} ({}), up in {:.1} s",
+        "fresh engine {} (Docker {}, API {}) at {} ({}), up in {:.1} s; load average {}",
         host.name,
         version.version.unwrap_or_default(),
         version.api_version.unwrap_or_default(),
         host.docker_host,
         host.address,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        loadavg()
     );
     let docker = engine.docker.clone();
     let compose_dir = tempfile::tempdir()?;
@@ -624,6 +839,11 @@ async fn main() -> Result<()> {
             }
         }
     }
+    eprintln!(
+        "measured in {:.0} s; load average now {}",
+        t.elapsed().as_secs_f64(),
+        loadavg()
+    );
     if let Err(e) = host.stop().await {
         eprintln!("stopping the engine: {e:#}");
     }
@@ -646,7 +866,11 @@ async fn main() -> Result<()> {
     if compose.is_some() {
         let c = median(comp);
         println!("compose_converge_50_ms: {c:.0}");
-        eprintln!("shoal vs swarm: {:.2}x faster; vs compose: {:.2}x", w / s, c / s);
+        eprintln!(
+            "shoal vs swarm: {:.2}x faster; vs compose: {:.2}x",
+            w / s,
+            c / s
+        );
     } else {
         println!("compose_converge_50_ms: unavailable");
         eprintln!("shoal vs swarm: {:.2}x faster", w / s);
