@@ -43,7 +43,27 @@ enum Command {
     Completion(cmd::completion::Args),
 }
 
+/// Output piped into a reader that quits early (`shoal get tasks -w | head`)
+/// ends the command quietly, as for other Unix tools, instead of a panic
+/// report: Rust ignores SIGPIPE, so `print!` panics on the broken pipe.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_broken_pipe();
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Up(a) => cmd::up::run(a),
