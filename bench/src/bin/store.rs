@@ -14,7 +14,9 @@
 //! `SHOAL_BENCH_RUNS` sets the number of creates per phase (default 2000;
 //! the fsync probe takes at most 500 samples). On a virtual disk that
 //! throttles sustained flushes, long runs measure the throttled rate: compare
-//! with `fsync_p50_us` and `store_create_p50_over_fsync_p50`.
+//! with `fsync_p50_us` and `store_create_p50_over_fsync_p50`. The phases
+//! are separated by a rest (`SHOAL_BENCH_REST_S`, default 10 s) so that each
+//! starts from a rested disk.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -125,6 +127,12 @@ async fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
+    let rest = Duration::from_secs(
+        std::env::var("SHOAL_BENCH_REST_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10),
+    );
     let base = PathBuf::from(
         std::env::var("SHOAL_BENCH_DIR").unwrap_or_else(|_| "target/bench-store".into()),
     );
@@ -145,6 +153,7 @@ async fn main() -> Result<()> {
         percentile(&fsync, 0.99)
     );
 
+    tokio::time::sleep(rest).await;
     let dir = fresh_dir(&base, "c1")?;
     let store = RaftStore::open_single(&dir)?;
     let (lat, total) = one_writer(&store, runs).await?;
@@ -171,6 +180,8 @@ async fn main() -> Result<()> {
         percentile(&lat, 0.99)
     );
 
+    // Each phase starts from a rested disk (see the header).
+    tokio::time::sleep(rest).await;
     let dir16 = fresh_dir(&base, "c16")?;
     let store = Arc::new(RaftStore::open_single(&dir16)?);
     let n16 = runs.div_ceil(WRITERS) * WRITERS;
