@@ -24,6 +24,8 @@ pub struct Settings {
     pub api_listen: SocketAddr,
     /// Dispatcher address for agents (loopback).
     pub dispatcher_listen: SocketAddr,
+    /// Largest accepted API request body (larger ones get 413).
+    pub max_body_bytes: usize,
 }
 
 /// A running control plane.
@@ -90,13 +92,13 @@ impl ControlPlane {
         let store: Arc<dyn ClusterStore> = Arc::new(raft);
         let shutdown = CancellationToken::new();
 
-        let api = RunningServer::start(
-            settings.api_listen,
-            store.clone(),
-            shoal_apiserver::Config::default(),
-        )
-        .await
-        .with_context(|| format!("starting the API server on {}", settings.api_listen))?;
+        let api_config = shoal_apiserver::Config {
+            max_body_bytes: settings.max_body_bytes,
+            ..shoal_apiserver::Config::default()
+        };
+        let api = RunningServer::start(settings.api_listen, store.clone(), api_config)
+            .await
+            .with_context(|| format!("starting the API server on {}", settings.api_listen))?;
         let kubeconfig = settings.data_dir.join("kubeconfig");
         shoal_apiserver::kubeconfig::write(&kubeconfig, &api.url())
             .with_context(|| format!("writing {}", kubeconfig.display()))?;

@@ -126,6 +126,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         data_dir: data_dir.clone(),
         api_listen: args.listen,
         dispatcher_listen: args.dispatcher_listen,
+        max_body_bytes: 3 * 1024 * 1024,
     };
     let cp = ControlPlane::start(&settings).await?;
 
