@@ -269,8 +269,8 @@ fn typed<T: DeserializeOwned>(obj: &Value, c: &mut Checker) -> Option<T> {
         }
     };
     for path in unknown {
-        // `status` is written by the control plane; accept and ignore what a
-        // user copies back from `get -o yaml`.
+        // `status` is a known field (what a user copies back from `get -o
+        // yaml` passes); anything the types do not know is refused.
         c.err(path, "unknown field");
     }
     value
