@@ -109,41 +109,46 @@ impl shoal_proto::Dispatcher for Service {
         &self,
         request: Request<Streaming<LogChunk>>,
     ) -> Result<Response<DataAck>, Status> {
-        let mut inbound = request.into_inner();
-        let mut n = 0;
-        let mut id = None;
-        while let Some(chunk) = inbound.message().await? {
-            n += 1;
-            id = Some(chunk.request_id);
-            if !self.d.route(chunk.request_id, DataChunk::Logs(chunk)) {
-                break;
-            }
-        }
-        if let Some(id) = id {
-            self.d.finish_route(id);
-        }
-        Ok(Response::new(DataAck { chunks_received: n }))
+        let ack = forward(&self.d, request.into_inner(), |c| {
+            (c.request_id, DataChunk::Logs(c))
+        })
+        .await?;
+        Ok(Response::new(ack))
     }
 
     async fn send_stats(
         &self,
         request: Request<Streaming<StatsChunk>>,
     ) -> Result<Response<DataAck>, Status> {
-        let mut inbound = request.into_inner();
-        let mut n = 0;
-        let mut id = None;
-        while let Some(chunk) = inbound.message().await? {
-            n += 1;
-            id = Some(chunk.request_id);
-            if !self.d.route(chunk.request_id, DataChunk::Stats(chunk)) {
-                break;
-            }
-        }
-        if let Some(id) = id {
-            self.d.finish_route(id);
-        }
-        Ok(Response::new(DataAck { chunks_received: n }))
+        let ack = forward(&self.d, request.into_inner(), |c| {
+            (c.request_id, DataChunk::Stats(c))
+        })
+        .await?;
+        Ok(Response::new(ack))
     }
+}
+
+/// Forwards the chunks of one agent data stream to the requester of their
+/// request id; stops early when nobody wants them any more.
+async fn forward<T>(
+    d: &Dispatcher,
+    mut inbound: Streaming<T>,
+    chunk: impl Fn(T) -> (u64, DataChunk),
+) -> Result<DataAck, Status> {
+    let mut n = 0;
+    let mut id = None;
+    while let Some(msg) = inbound.message().await? {
+        n += 1;
+        let (request_id, data) = chunk(msg);
+        id = Some(request_id);
+        if !d.route(request_id, data) {
+            break;
+        }
+    }
+    if let Some(id) = id {
+        d.finish_route(id);
+    }
+    Ok(DataAck { chunks_received: n })
 }
 
 type Tx = mpsc::Sender<Result<ControlMessage, Status>>;

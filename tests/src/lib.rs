@@ -536,3 +536,47 @@ async fn http_get_once(addr: SocketAddr, path: &str) -> Result<String> {
     }
     Ok(body.to_string())
 }
+
+/// Polls `check` every 50 ms until it is true; panics with `what` after
+/// `secs` seconds.
+#[allow(clippy::panic)]
+pub async fn eventually<F, Fut>(what: &str, secs: u64, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// Force-removes every container of a Shoal cluster (label
+/// `shoal.dev/cluster`) on the main engine when dropped, pass or fail.
+#[derive(Debug, Default)]
+pub struct RemoveClusterOnDrop(pub Option<String>);
+
+impl Drop for RemoveClusterOnDrop {
+    fn drop(&mut self) {
+        let Some(cluster) = &self.0 else { return };
+        let host = main_docker_host();
+        let filter = format!("label=shoal.dev/cluster={cluster}");
+        if let Ok(out) = Command::new("docker")
+            .args(["-H", &host, "ps", "-aq", "--filter", &filter])
+            .output()
+        {
+            let ids = String::from_utf8_lossy(&out.stdout);
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["-H", &host, "rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}

@@ -15,24 +15,9 @@ use shoal_agent::{AgentConfig, ContainerEngine, Reconciler};
 use shoal_crds::{ContainerTemplate, Host, TASK_FINALIZER, Task, TaskPhase, TaskSpec};
 use shoal_dispatcher::{DataChunk, Dispatcher, DispatcherConfig, LogOptions, is_ready};
 use shoal_store::{ClusterStore, DeletePreconditions, MemStore, typed};
-use shoal_tests::{TEST_IMAGE, main_docker_host, unique_name};
+use shoal_tests::{TEST_IMAGE, eventually, main_docker_host, unique_name};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-
-async fn eventually<F, Fut>(what: &str, secs: u64, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
 
 fn task(name: &str, host: &str) -> Task {
     let mut t = Task::new(
@@ -61,39 +46,10 @@ fn task(name: &str, host: &str) -> Task {
     t
 }
 
-/// Removes every container of a cluster when the test ends, pass or fail.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let host = main_docker_host();
-        let ids = std::process::Command::new("docker")
-            .args([
-                "-H",
-                &host,
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=shoal.dev/cluster={}", self.0),
-            ])
-            .output();
-        if let Ok(out) = ids {
-            let ids = String::from_utf8_lossy(&out.stdout);
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = std::process::Command::new("docker")
-                    .args(["-H", &host, "rm", "-f"])
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bound_task_runs_on_its_host_and_goes_away_with_its_container() {
     let cluster = unique_name("ctl");
-    let _cleanup = Cleanup(cluster.clone());
+    let _cleanup = shoal_tests::RemoveClusterOnDrop(Some(cluster.clone()));
     let host = "node-a";
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();

@@ -17,7 +17,7 @@ use shoal_tests::bollard::Docker;
 use shoal_tests::bollard::query_parameters::{
     InspectContainerOptions, ListContainersOptionsBuilder,
 };
-use shoal_tests::{connect, main_docker_host, repo_root};
+use shoal_tests::{connect, eventually, main_docker_host, repo_root};
 
 /// The `shoal` binary next to this test's executable (cargo builds the
 /// workspace's binaries before its tests).
@@ -83,51 +83,6 @@ impl Drop for Up {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-/// Removes every container of the cluster when the test ends.
-struct Cleanup(Option<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Some(cluster) = &self.0 else { return };
-        let host = main_docker_host();
-        if let Ok(out) = Command::new("docker")
-            .args([
-                "-H",
-                &host,
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=shoal.dev/cluster={cluster}"),
-            ])
-            .output()
-        {
-            let ids = String::from_utf8_lossy(&out.stdout);
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["-H", &host, "rm", "-f"])
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, secs: u64, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out after {secs}s waiting for {what}");
 }
 
 fn kubectl(kubeconfig: &Path, cache: &Path, args: &[&str]) -> String {
@@ -264,7 +219,7 @@ async fn shoal_up_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let cache = tmp.path().join("kube-cache");
-    let mut cleanup = Cleanup(None);
+    let mut cleanup = shoal_tests::RemoveClusterOnDrop(None);
     let docker = connect(&main_docker_host()).await.unwrap();
 
     let mut up = Up::start(&data);
