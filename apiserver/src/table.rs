@@ -54,15 +54,57 @@ pub fn columns(r: &Resource) -> Value {
     Value::Array(cols)
 }
 
+/// The value at a printer column's JSONPath: `.a.b`, with an index `[N]` or
+/// a filter `[?(@.key=="value")]` (first match) after a field, as the CRDs'
+/// columns use (e.g. `.status.conditions[?(@.type=="Ready")].status`).
 fn lookup<'a>(obj: &'a Value, json_path: &str) -> Option<&'a Value> {
     let mut cur = obj;
-    for part in json_path.trim_start_matches('.').split('.') {
-        if part.is_empty() {
-            continue;
+    for part in path_parts(json_path) {
+        let (field, bracket) = match part.find('[') {
+            Some(i) => (&part[..i], Some(&part[i..])),
+            None => (part, None),
+        };
+        if !field.is_empty() {
+            cur = cur.get(field)?;
         }
-        cur = cur.get(part)?;
+        if let Some(b) = bracket {
+            let inner = b.strip_prefix('[')?.strip_suffix(']')?;
+            cur = match inner.strip_prefix("?(@.").and_then(|f| f.strip_suffix(')')) {
+                Some(filter) => {
+                    let (key, want) = filter.split_once("==")?;
+                    let want = want.trim().trim_matches(|c| c == '"' || c == '\'');
+                    cur.as_array()?
+                        .iter()
+                        .find(|item| item.get(key.trim()).and_then(Value::as_str) == Some(want))?
+                }
+                None => cur.get(inner.parse::<usize>().ok()?)?,
+            };
+        }
     }
     Some(cur)
+}
+
+/// Splits a JSONPath at the dots outside brackets.
+fn path_parts(json_path: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in json_path.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            '.' if depth == 0 => {
+                if i > start {
+                    parts.push(&json_path[start..i]);
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if json_path.len() > start {
+        parts.push(&json_path[start..]);
+    }
+    parts
 }
 
 /// Kubernetes' `duration.HumanDuration`.
@@ -192,6 +234,25 @@ mod tests {
         assert_eq!(human_duration(3 * 86400 + 3600), "3d1h");
         assert_eq!(human_duration(100 * 86400), "100d");
         assert_eq!(human_duration(-5), "<invalid>");
+    }
+
+    #[test]
+    fn filters_and_indexes_in_column_paths() {
+        let host = json!({ "status": { "conditions": [
+            { "type": "Other", "status": "False" },
+            { "type": "Ready", "status": "True" }
+        ] } });
+        let ready = r#".status.conditions[?(@.type=="Ready")].status"#;
+        assert_eq!(lookup(&host, ready), Some(&json!("True")));
+        assert_eq!(
+            lookup(&host, ".status.conditions[0].type"),
+            Some(&json!("Other"))
+        );
+        assert_eq!(
+            lookup(&host, r#".status.conditions[?(@.type=="Gone")].status"#),
+            None
+        );
+        assert_eq!(lookup(&json!({}), ready), None);
     }
 
     #[test]
