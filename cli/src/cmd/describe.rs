@@ -44,6 +44,21 @@ async fn describe(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `k=v,k2=v2`, or `<none>`.
+fn labels(meta: &kube::api::ObjectMeta) -> String {
+    let labels: Vec<String> = meta
+        .labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if labels.is_empty() {
+        "<none>".into()
+    } else {
+        labels.join(",")
+    }
+}
+
 fn field(out: &mut String, key: &str, value: impl std::fmt::Display) {
     let _ = writeln!(out, "{:<20}{value}", format!("{key}:"));
 }
@@ -94,22 +109,7 @@ async fn service(conn: &Conn, name: &str) -> anyhow::Result<String> {
     let tpl = &spec.template;
     field(&mut out, "Name", name);
     field(&mut out, "Namespace", &conn.namespace);
-    let labels: Vec<String> = s
-        .metadata
-        .labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    field(
-        &mut out,
-        "Labels",
-        if labels.is_empty() {
-            "<none>".into()
-        } else {
-            labels.join(",")
-        },
-    );
+    field(&mut out, "Labels", labels(&s.metadata));
     field(
         &mut out,
         "Created",
@@ -294,22 +294,7 @@ async fn host(conn: &Conn, name: &str) -> anyhow::Result<String> {
     let st = h.status.clone().unwrap_or_default();
     let mut out = String::new();
     field(&mut out, "Name", name);
-    let labels: Vec<String> = h
-        .metadata
-        .labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    field(
-        &mut out,
-        "Labels",
-        if labels.is_empty() {
-            "<none>".into()
-        } else {
-            labels.join(",")
-        },
-    );
+    field(&mut out, "Labels", labels(&h.metadata));
     field(&mut out, "Ready", view::host_ready(&h));
     field(
         &mut out,
