@@ -33,6 +33,7 @@
 //! with `TooOld`, never blocking writers; progress notifications every
 //! [`WatchConfig::progress_interval`]).
 
+pub mod events;
 pub mod hub;
 pub mod mem;
 pub mod raft;
@@ -61,11 +62,13 @@ pub enum Kind {
     Task,
     /// `shoal.dev/v1alpha1` Host (cluster-scoped).
     Host,
+    /// Core `v1` Event (namespaced): what happened to an object, see [`events`].
+    Event,
 }
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 3] = [Kind::Service, Kind::Task, Kind::Host];
+    pub const ALL: [Kind; 4] = [Kind::Service, Kind::Task, Kind::Host, Kind::Event];
 
     /// The `kind` field value.
     pub fn name(self) -> &'static str {
@@ -73,6 +76,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::Task => "Task",
             Kind::Host => "Host",
+            Kind::Event => "Event",
         }
     }
     /// The plural resource name used in API paths.
@@ -81,6 +85,15 @@ impl Kind {
             Kind::Service => "services",
             Kind::Task => "tasks",
             Kind::Host => "hosts",
+            Kind::Event => "events",
+        }
+    }
+    /// The `apiVersion` of objects of this kind (`shoal.dev/v1alpha1`, or
+    /// `v1` for the core group's Event).
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::Event => "v1",
+            _ => shoal_crds::API_VERSION,
         }
     }
     /// Whether objects of this kind live in a namespace.
@@ -140,7 +153,8 @@ pub struct ListOptions {
     /// A Kubernetes label selector string: `a=b,c!=d,e in (x,y),f notin (z),g,!h`.
     pub label_selector: Option<String>,
     /// A field selector string over `metadata.name` and `metadata.namespace`
-    /// (`=`, `==`, `!=`), e.g. `metadata.name=web`.
+    /// (`=`, `==`, `!=`), e.g. `metadata.name=web`; Events also take
+    /// `involvedObject.*`, `reason`, `type` and `source` (see [`selector`]).
     pub field_selector: Option<String>,
 }
 

@@ -198,7 +198,29 @@ pub enum Field {
     Name,
     /// `metadata.namespace`.
     Namespace,
+    /// A field of a kind that has more selectable fields (Events:
+    /// `involvedObject.*`, `reason`, `type`, `source`), at this JSON pointer.
+    Other(&'static str),
 }
+
+/// The fields besides `metadata.name` and `metadata.namespace` that a field
+/// selector may name for Events (Kubernetes' set), with their JSON pointers.
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("involvedObject.kind", "/involvedObject/kind"),
+    ("involvedObject.namespace", "/involvedObject/namespace"),
+    ("involvedObject.name", "/involvedObject/name"),
+    ("involvedObject.uid", "/involvedObject/uid"),
+    ("involvedObject.apiVersion", "/involvedObject/apiVersion"),
+    (
+        "involvedObject.resourceVersion",
+        "/involvedObject/resourceVersion",
+    ),
+    ("involvedObject.fieldPath", "/involvedObject/fieldPath"),
+    ("reason", "/reason"),
+    ("reportingComponent", "/reportingComponent"),
+    ("source", "/source/component"),
+    ("type", "/type"),
+];
 
 /// A parsed field selector: every requirement must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -208,8 +230,24 @@ pub struct FieldSelector {
 }
 
 impl FieldSelector {
-    /// Parses a field selector string; an empty string selects everything.
+    /// Parses a field selector string over `metadata.name` and
+    /// `metadata.namespace`; an empty string selects everything.
     pub fn parse(sel: &str) -> Result<Self, StoreError> {
+        Self::parse_with(sel, &[])
+    }
+
+    /// Parses a field selector string for objects of `kind`: Events also
+    /// take `involvedObject.{kind,namespace,name,uid,apiVersion,
+    /// resourceVersion,fieldPath}`, `reason`, `type`, `source` and
+    /// `reportingComponent`.
+    pub fn parse_for(kind: Kind, sel: &str) -> Result<Self, StoreError> {
+        match kind {
+            Kind::Event => Self::parse_with(sel, EVENT_FIELDS),
+            _ => Self::parse(sel),
+        }
+    }
+
+    fn parse_with(sel: &str, extra: &[(&str, &'static str)]) -> Result<Self, StoreError> {
         let mut requirements = Vec::new();
         if sel.trim().is_empty() {
             return Ok(Self { requirements });
@@ -231,14 +269,17 @@ impl FieldSelector {
             let field = match field.trim() {
                 "metadata.name" => Field::Name,
                 "metadata.namespace" => Field::Namespace,
-                other => {
-                    return Err(bad(
-                        sel,
-                        format!(
-                            "field {other:?} is not supported (metadata.name, metadata.namespace)"
-                        ),
-                    ));
-                }
+                other => match extra.iter().find(|(name, _)| *name == other) {
+                    Some((_, pointer)) => Field::Other(pointer),
+                    None => {
+                        let mut names = vec!["metadata.name", "metadata.namespace"];
+                        names.extend(extra.iter().map(|(n, _)| *n));
+                        return Err(bad(
+                            sel,
+                            format!("field {other:?} is not supported ({})", names.join(", ")),
+                        ));
+                    }
+                },
             };
             requirements.push((field, value.trim().to_owned(), equal));
         }
@@ -251,6 +292,7 @@ impl FieldSelector {
             let actual = match field {
                 Field::Name => obj.pointer("/metadata/name"),
                 Field::Namespace => obj.pointer("/metadata/namespace"),
+                Field::Other(pointer) => obj.pointer(pointer),
             }
             .and_then(Value::as_str)
             .unwrap_or("");
@@ -283,7 +325,7 @@ impl Selector {
                 None
             },
             labels: LabelSelector::parse(opts.label_selector.as_deref().unwrap_or(""))?,
-            fields: FieldSelector::parse(opts.field_selector.as_deref().unwrap_or(""))?,
+            fields: FieldSelector::parse_for(kind, opts.field_selector.as_deref().unwrap_or(""))?,
         })
     }
 
@@ -414,6 +456,46 @@ mod tests {
                 "{sel}"
             );
         }
+    }
+
+    #[test]
+    fn event_field_selectors() {
+        let ev = json!({
+            "metadata": {"name": "web.1a2b", "namespace": "default"},
+            "involvedObject": {"kind": "Service", "name": "web", "namespace": "default", "uid": "u1"},
+            "reason": "Scaled", "type": "Normal", "source": {"component": "shoal-orchestrator"},
+        });
+        let cases: &[(&str, bool)] = &[
+            ("involvedObject.kind=Service,involvedObject.name=web", true),
+            (
+                "involvedObject.namespace=default,involvedObject.uid=u1",
+                true,
+            ),
+            ("involvedObject.uid!=u1", false),
+            ("involvedObject.kind=Task", false),
+            ("reason=Scaled,type=Normal", true),
+            ("type==Warning", false),
+            ("source=shoal-orchestrator", true),
+            ("involvedObject.fieldPath=", true),
+            ("metadata.name=web.1a2b", true),
+        ];
+        for (sel, want) in cases {
+            let f = FieldSelector::parse_for(Kind::Event, sel).unwrap();
+            assert_eq!(f.matches(&ev), *want, "{sel}");
+        }
+        // Only Events have these fields.
+        assert!(matches!(
+            FieldSelector::parse_for(Kind::Service, "reason=Scaled"),
+            Err(StoreError::BadSelector(_))
+        ));
+        let e = FieldSelector::parse_for(Kind::Event, "message=x").unwrap_err();
+        assert!(e.to_string().contains("involvedObject.name"), "{e}");
+        let opts = ListOptions {
+            field_selector: Some("involvedObject.name=web".into()),
+            ..Default::default()
+        };
+        assert!(Selector::new(Kind::Event, &opts).unwrap().matches(&ev));
+        assert!(Selector::new(Kind::Task, &opts).is_err());
     }
 
     #[test]

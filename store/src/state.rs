@@ -44,7 +44,7 @@ pub enum Command {
     /// Delete (or mark) an object.
     #[serde(rename_all = "camelCase")]
     Delete {
-        /// Kind name (`Service`, `Task`, `Host`).
+        /// Kind name (`Service`, `Task`, `Host`, `Event`).
         kind: String,
         /// Namespace (namespaced kinds).
         namespace: Option<String>,
@@ -370,7 +370,7 @@ impl StateMachine {
         let revision = self.revision + 1;
         let root = as_object_mut(&mut obj)?;
         root.entry("apiVersion")
-            .or_insert_with(|| Value::String(shoal_crds::API_VERSION.into()));
+            .or_insert_with(|| Value::String(key.kind.api_version().into()));
         let meta = metadata_mut(&mut obj)?;
         if key.namespace.is_none() {
             meta.remove("namespace");
@@ -440,7 +440,7 @@ impl StateMachine {
             None => root.remove("status"),
         };
         root.entry("apiVersion")
-            .or_insert_with(|| Value::String(shoal_crds::API_VERSION.into()));
+            .or_insert_with(|| Value::String(key.kind.api_version().into()));
         let generation = cur
             .pointer("/metadata/generation")
             .and_then(Value::as_u64)

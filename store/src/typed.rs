@@ -22,6 +22,9 @@ impl StoreKind for Task {
 impl StoreKind for Host {
     const KIND: Kind = Kind::Host;
 }
+impl StoreKind for k8s_openapi::api::core::v1::Event {
+    const KIND: Kind = Kind::Event;
+}
 
 /// The JSON shape of a typed object, with `apiVersion` and `kind` set.
 pub fn to_value<T: StoreKind>(obj: &T) -> Result<Value, StoreError> {
@@ -29,7 +32,7 @@ pub fn to_value<T: StoreKind>(obj: &T) -> Result<Value, StoreError> {
     if let Some(m) = v.as_object_mut() {
         m.insert(
             "apiVersion".into(),
-            Value::String(shoal_crds::API_VERSION.into()),
+            Value::String(T::KIND.api_version().into()),
         );
         m.insert("kind".into(), Value::String(T::KIND.name().into()));
     }
