@@ -25,9 +25,18 @@ pub fn version() -> Value {
     })
 }
 
-/// `/api`: the core group is not served.
+/// `/api`: the core group is served for Events only, in `v1`.
 pub fn core_versions() -> Value {
-    json!({ "kind": "APIVersions", "versions": [], "serverAddressByClientCIDRs": [] })
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": "" }],
+    })
+}
+
+/// `/api/v1`: the core resources served (Events).
+pub fn core_resource_list(model: &Model) -> Value {
+    resource_list_of(model, "v1")
 }
 
 fn group() -> Value {
@@ -54,8 +63,12 @@ pub fn group_doc() -> Value {
 
 /// `/apis/shoal.dev/v1alpha1`.
 pub fn resource_list(model: &Model) -> Value {
+    resource_list_of(model, API_VERSION)
+}
+
+fn resource_list_of(model: &Model, group_version: &str) -> Value {
     let mut resources = Vec::new();
-    for r in &model.resources {
+    for r in model.in_group(group_version) {
         let mut main = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -90,11 +103,21 @@ pub fn resource_list(model: &Model) -> Value {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if r.kind == shoal_store::Kind::Task {
+            // Plain text, like pods/log.
+            resources.push(json!({
+                "name": format!("{}/log", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": r.kind_name(),
+                "verbs": ["get"],
+            }));
+        }
     }
     json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
-        "groupVersion": API_VERSION,
+        "groupVersion": group_version,
         "resources": resources,
     })
 }

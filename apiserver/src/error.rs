@@ -33,11 +33,30 @@ pub struct Subject {
 }
 
 impl Subject {
+    /// The API group: the core group (`""`) for Events, else `shoal.dev`.
+    fn group(&self) -> &'static str {
+        if self.kind == "Event" {
+            ""
+        } else {
+            shoal_crds::GROUP
+        }
+    }
     fn qualified(&self) -> String {
-        format!("{}.{}", self.plural, shoal_crds::GROUP)
+        match self.group() {
+            "" => self.plural.clone(),
+            g => format!("{}.{g}", self.plural),
+        }
+    }
+    /// `Kind.group` as Kubernetes writes it in 422 messages (`Event` alone
+    /// for the core group).
+    fn qualified_kind(&self) -> String {
+        match self.group() {
+            "" => self.kind.clone(),
+            g => format!("{}.{g}", self.kind),
+        }
     }
     fn details(&self) -> Value {
-        let mut d = json!({ "group": shoal_crds::GROUP, "kind": self.plural });
+        let mut d = json!({ "group": self.group(), "kind": self.plural });
         if let Some(n) = &self.name {
             d["name"] = Value::String(n.clone());
         }
@@ -118,9 +137,8 @@ impl ApiError {
             code: 422,
             reason: "Invalid",
             message: format!(
-                "{}.{} {name:?} is invalid: [{}]",
-                s.kind,
-                shoal_crds::GROUP,
+                "{} {name:?} is invalid: [{}]",
+                s.qualified_kind(),
                 list.join(", ")
             ),
             details: Some(details),

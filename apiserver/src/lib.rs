@@ -1,9 +1,12 @@
 //! The embedded API server: the Kubernetes REST dialect for group
-//! `shoal.dev` over a [`ClusterStore`], so kube-rs clients and plain
-//! `kubectl` work against Shoal as against a Kubernetes cluster.
+//! `shoal.dev` (and the core group's `v1` Events) over a [`ClusterStore`],
+//! so kube-rs clients and plain `kubectl` work against Shoal as against a
+//! Kubernetes cluster.
 //!
-//! Served: discovery (`/version`, `/api`, `/apis`, `/apis/shoal.dev[/v1alpha1]`),
-//! OpenAPI v3 generated from the CRD schemas, and on every resource get, list
+//! Served: discovery (`/version`, `/api`, `/api/v1`, `/apis`,
+//! `/apis/shoal.dev[/v1alpha1]`), OpenAPI v3 generated from the CRD schemas,
+//! and on every resource (`shoal.dev` Services, Tasks and Hosts; core `v1`
+//! Events at `/api/v1/[namespaces/NS/]events`, see [`events`]) get, list
 //! (never truncated), watch (with bookmarks and the in-stream 410), create,
 //! update, JSON merge patch and JSON patch, delete, the `status` and `scale`
 //! subresources, and the Table format. Every write is validated with
@@ -11,11 +14,13 @@
 //!
 //! Not served (each answers a `Status` saying so): server-side apply and
 //! strategic merge patch (415), delete-collection (405), `continue` tokens
-//! (lists are never truncated, `limit` is ignored), the core API group
-//! (`/api` lists no versions) and authentication — hence loopback only.
+//! (lists are never truncated, `limit` is ignored), the rest of the core API
+//! group (`/api/v1` lists Events only; no Pods, Namespaces…), OpenAPI for
+//! Events, and authentication — hence loopback only.
 
 pub mod discovery;
 pub mod error;
+pub mod events;
 pub mod fields;
 pub mod kubeconfig;
 pub mod model;
@@ -110,10 +115,15 @@ async fn resource(
         }
         Err(e) => return ApiError::bad_request(e.body_text()).into_response(),
     };
-    let rest = uri
-        .path()
-        .strip_prefix("/apis/shoal.dev/v1alpha1/")
-        .unwrap_or_default();
+    let (api_version, rest) = match uri.path().strip_prefix("/api/v1/") {
+        Some(rest) => ("v1", rest),
+        None => (
+            shoal_crds::API_VERSION,
+            uri.path()
+                .strip_prefix("/apis/shoal.dev/v1alpha1/")
+                .unwrap_or_default(),
+        ),
+    };
     let res = resources::handle(
         app.clone(),
         method.clone(),
@@ -122,6 +132,7 @@ async fn resource(
         &headers,
         body,
     )
+        api_version,
     .await;
     match res {
         Ok(r) => r,
@@ -168,6 +179,13 @@ pub fn router(
             "/apis/shoal.dev",
             get(|| async { json_ok(&discovery::group_doc()) }),
         )
+        .route(
+            "/api/v1",
+            get(|State(app): State<Arc<App>>| async move {
+                json_ok(&discovery::core_resource_list(&app.model))
+            }),
+        )
+        .route("/api/v1/{*rest}", any(resource))
         .route(
             "/apis/shoal.dev/v1alpha1",
             get(|State(app): State<Arc<App>>| async move {

@@ -1,5 +1,6 @@
 //! What the server serves, read from the CRDs of `shoal_crds::crd::all()`:
-//! names, scope, printer columns, subresources and schemas.
+//! names, scope, printer columns, subresources and schemas; plus the core
+//! group's `v1` Event ([`crate::events::resource`]).
 
 use serde_json::Value;
 use shoal_store::Kind;
@@ -24,6 +25,8 @@ pub struct PrinterColumn {
 pub struct Resource {
     /// Store kind.
     pub kind: Kind,
+    /// `shoal.dev/v1alpha1`, or `v1` for the core group.
+    pub api_version: String,
     /// `plural` (`services`).
     pub plural: String,
     /// `singular` (`service`).
@@ -117,6 +120,7 @@ impl Model {
             });
             resources.push(Resource {
                 kind,
+                api_version: shoal_crds::API_VERSION.to_owned(),
                 plural: string(&v, "/spec/names/plural"),
                 singular: string(&v, "/spec/names/singular"),
                 short_names: strings(v.pointer("/spec/names/shortNames")),
@@ -131,12 +135,28 @@ impl Model {
                     .unwrap_or(Value::Null),
             });
         }
+        resources.push(crate::events::resource());
         Ok(Model { resources })
     }
 
-    /// The resource with this plural name.
+    /// The resource with this plural name (in any group).
     pub fn by_plural(&self, plural: &str) -> Option<&Resource> {
         self.resources.iter().find(|r| r.plural == plural)
+    }
+
+    /// The resource with this plural name in a group version
+    /// (`shoal.dev/v1alpha1` or `v1`).
+    pub fn by_plural_in(&self, api_version: &str, plural: &str) -> Option<&Resource> {
+        self.resources
+            .iter()
+            .find(|r| r.plural == plural && r.api_version == api_version)
+    }
+
+    /// The resources of a group version.
+    pub fn in_group<'a>(&'a self, api_version: &'a str) -> impl Iterator<Item = &'a Resource> {
+        self.resources
+            .iter()
+            .filter(move |r| r.api_version == api_version)
     }
 
     /// The resource of a kind.
@@ -171,5 +191,11 @@ mod tests {
         let host = m.by_plural("hosts").unwrap();
         assert!(!host.namespaced && host.scale.is_none());
         assert!(m.by_plural("pods").is_none());
+        let ev = m.by_plural_in("v1", "events").unwrap();
+        assert_eq!(ev.kind, Kind::Event);
+        assert_eq!(ev.short_names, vec!["ev"]);
+        assert!(ev.namespaced && !ev.status && ev.scale.is_none());
+        assert!(m.by_plural_in(shoal_crds::API_VERSION, "events").is_none());
+        assert_eq!(m.in_group("v1").count(), 1);
     }
 }

@@ -337,7 +337,9 @@ impl OpenApi {
         let mut paths = Map::new();
         let mut schemas = Map::new();
         common_schemas(&mut schemas);
-        for r in &model.resources {
+        // The core group's Events are not described (kubectl needs no
+        // OpenAPI to get, list, watch or describe them).
+        for r in model.in_group(shoal_crds::API_VERSION) {
             resource_paths(r, &mut paths);
             let kind = r.kind_name();
             schemas.insert(schema_name(kind), object_schema(r));

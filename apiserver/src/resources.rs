@@ -1,6 +1,6 @@
-//! The verbs on `/apis/shoal.dev/v1alpha1/...`: get, list, create, update,
-//! patch, delete, and the `status` and `scale` subresources. Watch lives in
-//! [`crate::watch`].
+//! The verbs on `/apis/shoal.dev/v1alpha1/...` (and on the core group's
+//! `/api/v1/...events`): get, list, create, update, patch, delete, and the
+//! `status` and `scale` subresources. Watch lives in [`crate::watch`].
 
 use std::sync::Arc;
 
@@ -95,15 +95,16 @@ impl Target<'_> {
     }
 }
 
-/// Parses the part of the path after `/apis/shoal.dev/v1alpha1/`.
-pub(crate) fn parse_target<'a>(app: &'a App, rest: &str) -> Option<Target<'a>> {
+/// Parses the part of the path after `/apis/shoal.dev/v1alpha1/` (or
+/// `/api/v1/` for `api_version` `v1`).
+pub(crate) fn parse_target<'a>(app: &'a App, api_version: &str, rest: &str) -> Option<Target<'a>> {
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let (namespace, segs) = match segs.as_slice() {
         ["namespaces", ns, tail @ ..] if !tail.is_empty() => (Some((*ns).to_owned()), tail),
         s => (None, s),
     };
     let (plural, tail) = segs.split_first()?;
-    let res = app.model.by_plural(plural)?;
+    let res = app.model.by_plural_in(api_version, plural)?;
     if namespace.is_some() && !res.namespaced {
         return None;
     }
@@ -154,10 +155,12 @@ pub(crate) async fn handle(
     query: Option<&str>,
     headers: &HeaderMap,
     body: Bytes,
+    api_version: &str,
 ) -> Result<Response, ApiError> {
-    let Some(t) = parse_target(&app, rest) else {
+    let Some(t) = parse_target(&app, api_version, rest) else {
+        let prefix = if api_version == "v1" { "api" } else { "apis" };
         return Err(ApiError::no_route(&format!(
-            "/apis/shoal.dev/v1alpha1/{rest}"
+            "/{prefix}/{api_version}/{rest}"
         )));
     };
     let q = Query::parse(query);
@@ -259,7 +262,7 @@ fn conform(t: &Target<'_>, obj: &mut Value) -> Result<(), ApiError> {
         .and_then(Value::as_str)
         .is_none_or(str::is_empty)
     {
-        obj["apiVersion"] = json!(shoal_crds::API_VERSION);
+        obj["apiVersion"] = json!(t.res.api_version);
     }
     if let Some(name) = &t.name {
         match meta_str(obj, "name") {
@@ -297,6 +300,15 @@ fn check(t: &Target<'_>, obj: Value, mode: FieldValidation) -> Result<fields::Ch
 
 async fn current(app: &App, t: &Target<'_>) -> Result<Value, ApiError> {
     match app.store.get(&t.key()).await {
+    if t.res.kind == shoal_store::Kind::Event {
+        // Events keep unknown fields (their schema preserves them).
+        return crate::events::validate(&obj)
+            .map(|()| fields::Checked {
+                object: obj,
+                warnings: Vec::new(),
+            })
+            .map_err(|e| ApiError::invalid(&s, &e));
+    }
         Ok(Some(v)) => Ok(v),
         Ok(None) => Err(ApiError::not_found(&t.subject())),
         Err(e) => Err(ApiError::from_store(&t.subject(), e)),
@@ -343,7 +355,7 @@ async fn list(
     let body = match as_table {
         Some(inc) => table::table(t.res, &list.items, inc, &rv),
         None => json!({
-            "apiVersion": shoal_crds::API_VERSION,
+            "apiVersion": t.res.api_version,
             "kind": format!("{}List", t.res.kind_name()),
             "metadata": { "resourceVersion": rv },
             "items": list.items,

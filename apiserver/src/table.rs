@@ -36,8 +36,12 @@ impl Include {
     }
 }
 
-/// Column definitions: Name, then the printer columns.
+/// Column definitions: Name, then the printer columns (Events: kubectl's
+/// columns, see [`crate::events::columns`]).
 pub fn columns(r: &Resource) -> Value {
+    if r.kind == shoal_store::Kind::Event {
+        return crate::events::columns();
+    }
     let mut cols = vec![json!({
         "name": "Name", "type": "string", "format": "name", "priority": 0,
         "description": "Name must be unique within a namespace.",
@@ -175,6 +179,31 @@ fn age(ts: &str, now: jiff::Timestamp) -> Value {
 
 /// One row for an object.
 pub fn row(r: &Resource, obj: &Value, include: Include, now: jiff::Timestamp) -> Value {
+    let cells = if r.kind == shoal_store::Kind::Event {
+        crate::events::cells(obj, |ts| match age(ts, now) {
+            Value::String(s) => s,
+            other => other.to_string(),
+        })
+    } else {
+        cells(r, obj, now)
+    };
+    let mut row = json!({ "cells": cells });
+    match include {
+        Include::None => {}
+        Include::Metadata => {
+            row["object"] = json!({
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
+            });
+        }
+        Include::Object => row["object"] = obj.clone(),
+    }
+    row
+}
+
+/// The cells of a row: Name, then the printer columns.
+fn cells(r: &Resource, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
     let mut cells = vec![
         obj.pointer("/metadata/name")
             .cloned()
@@ -189,19 +218,7 @@ pub fn row(r: &Resource, obj: &Value, include: Include, now: jiff::Timestamp) ->
         };
         cells.push(cell);
     }
-    let mut row = json!({ "cells": cells });
-    match include {
-        Include::None => {}
-        Include::Metadata => {
-            row["object"] = json!({
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
-            });
-        }
-        Include::Object => row["object"] = obj.clone(),
-    }
-    row
+    cells
 }
 
 /// A Table of objects.
