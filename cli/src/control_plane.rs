@@ -104,14 +104,12 @@ impl ControlPlane {
             .with_context(|| format!("writing {}", kubeconfig.display()))?;
 
         let mut tasks = Vec::new();
-        let [o, s] = shoal_operator::spawn_controllers(
+        tasks.extend(shoal_operator::spawn_controllers(
             store.clone(),
             Default::default(),
             Default::default(),
             shutdown.child_token(),
-        );
-        tasks.push(o);
-        tasks.push(s);
+        ));
 
         let dispatcher = Dispatcher::new(
             store.clone(),

@@ -26,6 +26,7 @@ mod liveness;
 mod logs;
 mod session;
 mod status;
+pub mod task_events;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

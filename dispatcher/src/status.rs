@@ -1,12 +1,14 @@
 //! Task status ingestion: agent reports coalesced per task and written in
 //! batches, off the session's path (a heartbeat never waits on a store
-//! write); and the Task finalizer, removed once a container is confirmed gone.
+//! write), with the Events their transitions mean ([`crate::task_events`]);
+//! and the Task finalizer, removed once a container is confirmed gone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
 use shoal_crds::{TASK_FINALIZER, Task, TaskPhase, TaskStatus};
+use shoal_store::events::{EventRecorder, ObjectRef, component};
 use shoal_store::{ClusterStore, StoreError, typed};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,7 @@ pub async fn writer(
     window: std::time::Duration,
     shutdown: CancellationToken,
 ) {
+    let events = EventRecorder::new(store.clone(), component::DISPATCHER);
     loop {
         let first = tokio::select! {
             r = rx.recv() => match r { Some(r) => r, None => return },
@@ -54,9 +57,10 @@ pub async fn writer(
             }
         }
         let store = &store;
+        let events = &events;
         futures::stream::iter(batch.into_values())
             .for_each_concurrent(WRITE_CONCURRENCY, |r| async move {
-                if let Err(e) = write_one(store.as_ref(), r).await {
+                if let Err(e) = write_one(store.as_ref(), events, r).await {
                     tracing::warn!(error = %e, "task status not written");
                 }
             })
@@ -64,7 +68,11 @@ pub async fn writer(
     }
 }
 
-async fn write_one(store: &dyn ClusterStore, r: Report) -> Result<(), StoreError> {
+async fn write_one(
+    store: &dyn ClusterStore,
+    events: &EventRecorder,
+    r: Report,
+) -> Result<(), StoreError> {
     for _ in 0..5 {
         let Some(mut task) = typed::get::<Task>(store, Some(&r.namespace), &r.name).await? else {
             return Ok(());
@@ -72,9 +80,14 @@ async fn write_one(store: &dyn ClusterStore, r: Report) -> Result<(), StoreError
         if task.metadata.uid.as_deref() != Some(r.uid.as_str()) {
             return Ok(());
         }
-        task.status = Some(r.status.clone());
+        let old = task.status.replace(r.status.clone());
         match typed::update_status(store, &task).await {
             Ok(t) => {
+                let host = t.spec.host_name.as_deref().unwrap_or_default();
+                let obj = ObjectRef::of(&t);
+                for e in crate::task_events::transitions(old.as_ref(), &r.status, host) {
+                    events.emit(&obj, e.type_, &e.reason, &e.message);
+                }
                 release_if_gone(store, t).await?;
                 return Ok(());
             }

@@ -9,7 +9,11 @@
 //!   ([`scheduler::Scheduler::run`]) that writes `spec.hostName` once.
 //! - [`spawn_controllers`] starts both, sharing the scheduler's explanations
 //!   ([`reports::SchedulingReports`]) with the orchestrator, the one writer of
-//!   Service status.
+//!   Service status, and the [`events`] sweeper (Events expire after a TTL
+//!   and are capped per namespace).
+//! - Both record Kubernetes Events (`shoal_store::events`): the scheduler
+//!   `Scheduled` and `FailedScheduling` on Tasks, the orchestrator `Scaled`
+//!   on Services.
 //!
 //! What other components rely on:
 //! - every Task carries the label `shoal.dev/service=<service>`, the label
@@ -23,6 +27,7 @@
 //! - every Service gets the finalizer `shoal.dev/tasks`, removed by the
 //!   orchestrator once all its Tasks are gone.
 
+pub mod events;
 pub mod orchestrator;
 pub mod reports;
 mod runner;
@@ -36,20 +41,23 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Starts the orchestrator and the scheduler on `store`, sharing the
-/// scheduler's explanations with the orchestrator; both stop on `shutdown`.
-/// Await the handles to know they have stopped.
+/// scheduler's explanations with the orchestrator, and the Event sweeper
+/// (settings in [`orchestrator::OrchestratorConfig::events`]); all stop on
+/// `shutdown`. Await the handles to know they have stopped.
 pub fn spawn_controllers(
     store: Arc<dyn ClusterStore>,
     orchestrator: orchestrator::OrchestratorConfig,
     scheduler: scheduler::SchedulerConfig,
     shutdown: CancellationToken,
-) -> [JoinHandle<()>; 2] {
+) -> [JoinHandle<()>; 3] {
     let reports = reports::SchedulingReports::new();
+    let sweeper = events::run(store.clone(), orchestrator.events.clone(), shutdown.clone());
     let o =
         orchestrator::Orchestrator::new(store.clone(), orchestrator).with_reports(reports.clone());
     let s = scheduler::Scheduler::new(store, scheduler).with_reports(reports);
     [
         tokio::spawn(o.run(shutdown.clone())),
         tokio::spawn(s.run(shutdown)),
+        tokio::spawn(sweeper),
     ]
 }

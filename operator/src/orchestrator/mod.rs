@@ -11,7 +11,7 @@ mod plan;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use k8s_openapi::jiff::Timestamp;
 use shoal_crds::{
     Condition, DesiredState, Host, Service, ServiceStatus, Task, TaskPhase, TaskSpec, TaskStatus,
 };
+use shoal_store::events::{EventRecorder, ObjectRef, component};
 use shoal_store::typed::{self, StoreKind};
 use shoal_store::{ClusterStore, DeletePreconditions, Kind, ListOptions, StoreError, WatchEvent};
 use tokio::sync::broadcast::error::RecvError;
@@ -44,6 +45,9 @@ pub struct OrchestratorConfig {
     pub resync_interval: Duration,
     /// Ended tasks kept per slot.
     pub history_limit: usize,
+    /// How long Events live and how many a namespace keeps (the sweeper
+    /// started by [`crate::spawn_controllers`]).
+    pub events: crate::events::SweeperConfig,
 }
 
 impl Default for OrchestratorConfig {
@@ -51,6 +55,7 @@ impl Default for OrchestratorConfig {
         Self {
             resync_interval: Duration::from_secs(30),
             history_limit: DEFAULT_HISTORY_LIMIT,
+            events: crate::events::SweeperConfig::default(),
         }
     }
 }
@@ -82,6 +87,10 @@ pub struct Orchestrator {
     store: Arc<dyn ClusterStore>,
     config: OrchestratorConfig,
     reports: SchedulingReports,
+    events: EventRecorder,
+    /// `spec.replicas` of each Replicated Service (by uid) when last
+    /// reconciled, to record `Scaled` when it changes.
+    replicas: Arc<std::sync::Mutex<HashMap<String, i32>>>,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -130,9 +139,46 @@ impl Orchestrator {
     /// An orchestrator over a store.
     pub fn new(store: Arc<dyn ClusterStore>, config: OrchestratorConfig) -> Self {
         Self {
+            events: EventRecorder::new(store.clone(), component::ORCHESTRATOR),
             store,
             config,
             reports: SchedulingReports::new(),
+            replicas: Arc::default(),
+        }
+    }
+
+    /// Records `Scaled` on a Replicated Service whose `spec.replicas`
+    /// changed since it was last reconciled (the first sight records
+    /// nothing).
+    fn scaled_event(&self, svc: &Service) {
+        let Some(uid) = svc.metadata.uid.clone() else {
+            return;
+        };
+        let Ok(mut seen) = self.replicas.lock() else {
+            return;
+        };
+        if svc.spec.mode.unwrap_or_default() != shoal_crds::ServiceMode::Replicated
+            || svc.metadata.deletion_timestamp.is_some()
+        {
+            seen.remove(&uid);
+            return;
+        }
+        let now = svc.spec.replicas();
+        if let Some(before) = seen.insert(uid, now)
+            && before != now
+        {
+            self.events.normal(
+                &ObjectRef::of(svc),
+                "Scaled",
+                &format!("Scaled from {before} to {now} replicas"),
+            );
+        }
+    }
+
+    /// Forgets a deleted Service.
+    fn forget(&self, uid: Option<&str>) {
+        if let (Some(uid), Ok(mut seen)) = (uid, self.replicas.lock()) {
+            seen.remove(uid);
         }
     }
 
@@ -219,6 +265,7 @@ impl Orchestrator {
             // (e.g. removed by hand): its Tasks must not outlive it.
             return self.remove_orphans(key, &tasks).await;
         };
+        self.scaled_event(&svc);
         let (hosts, _) = typed::list::<Host>(store, &ListOptions::default()).await?;
         let hosts: Vec<SchedHost> = hosts.iter().map(SchedHost::from_host).collect();
         let report = self.reports.get(key);
@@ -256,6 +303,7 @@ impl Orchestrator {
                     }
                     match typed::update(store, &s).await {
                         Ok(_) | Err(StoreError::NotFound(_)) => {
+                            self.forget(s.metadata.uid.as_deref());
                             info!(service = %key, "service deleted")
                         }
                         Err(e) => return Err(e.into()),
@@ -465,6 +513,8 @@ impl Orchestrator {
                                         queue.add(k.clone());
                                     }
                                 }
+                                // Not watched.
+                                Kind::Event => {}
                             }
                         }
                         Some((_, Err(e))) => {

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use k8s_openapi::jiff::Timestamp;
 use shoal_crds::{Host, Service, Task, TaskPhase};
+use shoal_store::events::{EventRecorder, ObjectRef, component};
 use shoal_store::typed;
 use shoal_store::{ClusterStore, Kind, ListOptions, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -61,6 +62,11 @@ pub struct Scheduler {
     store: Arc<dyn ClusterStore>,
     config: SchedulerConfig,
     reports: SchedulingReports,
+    events: EventRecorder,
+    /// The last `FailedScheduling` message per task and when it was
+    /// recorded: a pass repeats it only when it changes or once per
+    /// `resync_interval`, not on every pass.
+    failed_events: Arc<std::sync::Mutex<HashMap<(String, String), (String, tokio::time::Instant)>>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -80,6 +86,17 @@ pub async fn write_bindings(
     tasks: &HashMap<(String, String), Task>,
     bindings: &[Binding],
     concurrency: usize,
+) -> Result<(usize, usize), StoreError> {
+    write_bindings_then(store, tasks, bindings, concurrency, |_| {}).await
+}
+
+/// [`write_bindings`], calling `bound` with each task written.
+async fn write_bindings_then(
+    store: &dyn ClusterStore,
+    tasks: &HashMap<(String, String), Task>,
+    bindings: &[Binding],
+    concurrency: usize,
+    bound: impl Fn(&Task),
 ) -> Result<(usize, usize), StoreError> {
     let mut updated: Vec<Task> = Vec::with_capacity(bindings.len());
     for b in bindings {
@@ -103,7 +120,8 @@ pub async fn write_bindings(
         }
         let Some(r) = pending.next().await else { break };
         match r {
-            Ok(()) => {
+            Ok(t) => {
+                bound(&t);
                 written += 1;
                 skipped -= 1;
             }
@@ -114,17 +132,19 @@ pub async fn write_bindings(
     Ok((written, skipped))
 }
 
-async fn bind_one(store: &dyn ClusterStore, t: Task) -> Result<(), StoreError> {
-    typed::update(store, &t).await.map(|_| ())
+async fn bind_one(store: &dyn ClusterStore, t: Task) -> Result<Task, StoreError> {
+    typed::update(store, &t).await
 }
 
 impl Scheduler {
     /// A scheduler over a store.
     pub fn new(store: Arc<dyn ClusterStore>, config: SchedulerConfig) -> Self {
         Self {
+            events: EventRecorder::new(store.clone(), component::SCHEDULER),
             store,
             config,
             reports: SchedulingReports::new(),
+            failed_events: Arc::default(),
         }
     }
 
@@ -189,8 +209,24 @@ impl Scheduler {
                 )
             })
             .collect();
-        let (bound, conflicts) =
-            write_bindings(store, &by_key, &out.bindings, self.config.write_concurrency).await?;
+        let (bound, conflicts) = write_bindings_then(
+            store,
+            &by_key,
+            &out.bindings,
+            self.config.write_concurrency,
+            |t| {
+                let ns = t.metadata.namespace.as_deref().unwrap_or_default();
+                let name = t.metadata.name.as_deref().unwrap_or_default();
+                let host = t.spec.host_name.as_deref().unwrap_or_default();
+                self.events.normal(
+                    &ObjectRef::of(t),
+                    "Scheduled",
+                    &format!("Assigned {ns}/{name} to {host}"),
+                );
+            },
+        )
+        .await?;
+        self.failed_scheduling_events(&by_key, &out.unschedulable);
 
         let mut reports: BTreeMap<ServiceRef, String> = BTreeMap::new();
         let mut unschedulable = 0;
@@ -211,6 +247,37 @@ impl Scheduler {
             conflicts,
             unschedulable,
         })
+    }
+
+    /// Records `FailedScheduling` on each task that fits nowhere, when its
+    /// message is new or at most once per `resync_interval`.
+    fn failed_scheduling_events(
+        &self,
+        tasks: &HashMap<(String, String), Task>,
+        unschedulable: &[super::model::Unschedulable],
+    ) {
+        let Ok(mut last) = self.failed_events.lock() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let mut seen = BTreeSet::new();
+        for u in unschedulable {
+            let msg = u.message();
+            for name in &u.tasks {
+                let key = (u.service.namespace.clone(), name.clone());
+                seen.insert(key.clone());
+                let Some(t) = tasks.get(&key) else { continue };
+                let repeat = last.get(&key).is_some_and(|(m, at)| {
+                    *m == msg && now.duration_since(*at) < self.config.resync_interval
+                });
+                if !repeat {
+                    self.events
+                        .warning(&ObjectRef::of(t), "FailedScheduling", &msg);
+                    last.insert(key, (msg.clone(), now));
+                }
+            }
+        }
+        last.retain(|k, _| seen.contains(k));
     }
 
     /// Runs until `shutdown`: a pass after every change of Hosts, Tasks or
