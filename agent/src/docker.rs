@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, EventMessageTypeEnum, HealthStatusEnum,
@@ -24,7 +25,8 @@ use shoal_crds::HealthState;
 
 use crate::engine::{
     ContainerEngine, ContainerInfo, ContainerListing, ContainerStats, EngineEvent, EngineVersion,
-    EventKind, RunState, parse_engine_time,
+    EventKind, LogEntry, LogOrigin, LogStreamOptions, RunState, filter_since, parse_engine_time,
+    split_log_frame,
 };
 use crate::error::EngineError;
 
@@ -367,6 +369,57 @@ impl ContainerEngine for DockerEngine {
             out.push_str(&String::from_utf8_lossy(&item.into_bytes()));
         }
         Ok(out)
+    }
+
+    fn log_stream(
+        &self,
+        id: &str,
+        opts: &LogStreamOptions,
+    ) -> BoxStream<'static, Result<LogEntry, EngineError>> {
+        // The engine filters `since` by whole seconds: ask from the second
+        // before and drop the earlier lines here.
+        let since_secs = opts
+            .since
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
+        let q = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .follow(opts.follow)
+            .since(since_secs)
+            .tail(
+                &opts
+                    .tail
+                    .map_or_else(|| "all".to_string(), |n| n.to_string()),
+            )
+            .build();
+        let since = opts.since;
+        self.docker
+            .logs(id, Some(q))
+            .map(|item| {
+                let out = item.map_err(map_err)?;
+                let (origin, bytes) = match out {
+                    LogOutput::StdOut { message } => (LogOrigin::Stdout, message),
+                    LogOutput::StdErr { message } => (LogOrigin::Stderr, message),
+                    LogOutput::Console { message } => (LogOrigin::Console, message),
+                    LogOutput::StdIn { message } => (LogOrigin::Console, message),
+                };
+                let (time, data) = split_log_frame(&bytes);
+                Ok(LogEntry {
+                    time,
+                    origin,
+                    data: data.to_vec(),
+                })
+            })
+            .filter(move |e| {
+                let keep = match e {
+                    Ok(e) => filter_since(e, since),
+                    Err(_) => true,
+                };
+                futures::future::ready(keep)
+            })
+            .boxed()
     }
 
     async fn stats(&self, id: &str) -> Result<ContainerStats, EngineError> {

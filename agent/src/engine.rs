@@ -174,6 +174,14 @@ pub trait ContainerEngine: Send + Sync + Debug {
     ) -> BoxStream<'static, Result<EngineEvent, EngineError>>;
     /// The last `tail` lines of output (stdout and stderr).
     async fn logs(&self, id: &str, tail: usize) -> Result<String, EngineError>;
+    /// The container's output as a stream of lines with the engine's
+    /// timestamps. Without `follow` it ends after the lines present now;
+    /// with `follow` it ends when the container stops.
+    fn log_stream(
+        &self,
+        id: &str,
+        opts: &LogStreamOptions,
+    ) -> BoxStream<'static, Result<LogEntry, EngineError>>;
     /// One resource sample.
     async fn stats(&self, id: &str) -> Result<ContainerStats, EngineError>;
     /// Whether the engine has the image.
@@ -186,6 +194,65 @@ pub trait ContainerEngine: Send + Sync + Debug {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), EngineError>;
+}
+
+/// What [`ContainerEngine::log_stream`] reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogStreamOptions {
+    /// Keep streaming until the container stops.
+    pub follow: bool,
+    /// Only the last N lines (all when `None`).
+    pub tail: Option<usize>,
+    /// Only lines at or after this time. The engine filters by whole
+    /// seconds; [`filter_since`] makes it exact.
+    pub since: Option<SystemTime>,
+}
+
+/// Which output a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOrigin {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// A TTY's merged output.
+    Console,
+}
+
+/// One line of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// When the engine received it.
+    pub time: Option<SystemTime>,
+    /// stdout or stderr.
+    pub origin: LogOrigin,
+    /// The bytes, with the trailing newline if there was one.
+    pub data: Vec<u8>,
+}
+
+/// Splits a timestamped engine log frame (`2026-11-24T19:30:00.123456789Z
+/// text…`) into its time and its text; a frame without a readable
+/// timestamp is all text.
+pub fn split_log_frame(frame: &[u8]) -> (Option<SystemTime>, &[u8]) {
+    let Some(space) = frame.iter().take(40).position(|b| *b == b' ') else {
+        return (None, frame);
+    };
+    let Some(time) = std::str::from_utf8(&frame[..space])
+        .ok()
+        .and_then(parse_engine_time)
+    else {
+        return (None, frame);
+    };
+    (Some(time), &frame[space + 1..])
+}
+
+/// Whether a line belongs to a stream that starts at `since` (exactly, to
+/// the nanosecond; lines without a time are kept).
+pub fn filter_since(entry: &LogEntry, since: Option<SystemTime>) -> bool {
+    match (since, entry.time) {
+        (Some(since), Some(t)) => t >= since,
+        _ => true,
+    }
 }
 
 /// Create the container of task `task_uid` of cluster `cluster`. A name
@@ -240,6 +307,30 @@ pub fn parse_engine_time(s: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_frames() {
+        let (t, text) = split_log_frame(b"2026-11-24T19:30:00.123456789Z hello world\n");
+        assert_eq!(text, b"hello world\n");
+        let t = t.unwrap();
+        let ns = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
+        assert_eq!(ns % 1_000_000_000, 123_456_789);
+        assert_eq!(
+            split_log_frame(b"no timestamp here\n"),
+            (None, &b"no timestamp here\n"[..])
+        );
+        assert_eq!(split_log_frame(b""), (None, &b""[..]));
+        let e = |secs| LogEntry {
+            time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+            origin: LogOrigin::Stdout,
+            data: vec![],
+        };
+        let since = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(10));
+        assert!(!filter_since(&e(9), since));
+        assert!(filter_since(&e(10), since));
+        assert!(filter_since(&e(11), since));
+        assert!(filter_since(&e(1), None));
+    }
 
     #[test]
     fn engine_times() {

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use crate::engine::{
     ContainerEngine, ContainerInfo, ContainerListing, ContainerStats, EngineEvent, EngineVersion,
-    EventKind, RunState,
+    EventKind, LogEntry, LogStreamOptions, RunState,
 };
 use crate::error::EngineError;
 
@@ -362,6 +362,18 @@ impl ContainerEngine for FakeEngine {
         let mut st = self.lock();
         Self::count(&mut st, "logs")?;
         Ok(String::new())
+    }
+
+    fn log_stream(
+        &self,
+        _id: &str,
+        _opts: &LogStreamOptions,
+    ) -> BoxStream<'static, Result<LogEntry, EngineError>> {
+        let mut st = self.lock();
+        match Self::count(&mut st, "log_stream") {
+            Ok(()) => futures::stream::empty().boxed(),
+            Err(e) => futures::stream::once(futures::future::ready(Err(e))).boxed(),
+        }
     }
 
     async fn stats(&self, _id: &str) -> Result<ContainerStats, EngineError> {

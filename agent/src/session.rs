@@ -19,7 +19,7 @@ use futures::stream::BoxStream;
 use shoal_crds::Task;
 use shoal_proto::v1::agent_message::Message as ToPlane;
 use shoal_proto::v1::control_message::Message as FromPlane;
-use shoal_proto::v1::{HostCapacity, LogLine, TaskStatusUpdate};
+use shoal_proto::v1::{HostCapacity, LogLine, LogStream, TaskStatusUpdate};
 use shoal_proto::{
     AgentMessage, DispatcherClient, Heartbeat, Hello, LogChunk, LogsRequest, RequestError,
     TaskStatusBatch,
@@ -360,15 +360,31 @@ async fn serve_logs(
 }
 
 /// Logs read from the local engine: the container of the task with the
-/// requested uid (of this agent's cluster), the last `tail_lines` lines
-/// (default 1,000). Following is not served yet: the lines present now are
-/// sent and the stream ends.
+/// requested uid (of this agent's cluster), stdout and stderr with the
+/// engine's timestamps, from `since` (exact to the nanosecond) and the last
+/// `tail_lines`. A followed stream ends when the container stops; following
+/// a task across restarts is the reader's part (it asks again from the last
+/// time it saw).
 #[derive(Debug)]
 pub struct EngineLogs {
     /// The engine.
     pub engine: Arc<dyn crate::ContainerEngine>,
     /// This agent's cluster id.
     pub cluster_id: String,
+}
+
+fn timestamp_to_time(t: &prost_types::Timestamp) -> Option<std::time::SystemTime> {
+    let secs = u64::try_from(t.seconds).ok()?;
+    let nanos = u32::try_from(t.nanos).ok()?;
+    Some(std::time::UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+fn time_to_timestamp(t: std::time::SystemTime) -> Option<prost_types::Timestamp> {
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(prost_types::Timestamp {
+        seconds: i64::try_from(d.as_secs()).ok()?,
+        nanos: i32::try_from(d.subsec_nanos()).ok()?,
+    })
 }
 
 #[async_trait::async_trait]
@@ -385,20 +401,33 @@ impl LogSource for EngineLogs {
                 req.task_uid
             ));
         };
-        let tail = req.tail_lines.map_or(1_000, |n| n as usize);
-        let text = self
+        let opts = crate::engine::LogStreamOptions {
+            follow: req.follow,
+            tail: req.tail_lines.map(|n| n as usize),
+            since: req.since.as_ref().and_then(timestamp_to_time),
+        };
+        let with_time = req.timestamps;
+        let lines = self
             .engine
-            .logs(&c.id, tail)
-            .await
-            .map_err(|e| e.to_string())?;
-        let lines: Vec<LogLine> = text
-            .lines()
-            .map(|l| LogLine {
-                time: None,
-                stream: 0,
-                data: l.as_bytes().to_vec(),
-            })
-            .collect();
-        Ok(futures::stream::iter(lines).boxed())
+            .log_stream(&c.id, &opts)
+            // An engine error mid-stream ends the stream; the reader sees
+            // the end and may ask again.
+            .take_while(|r| futures::future::ready(r.is_ok()))
+            .filter_map(move |r| {
+                futures::future::ready(r.ok().map(|e| LogLine {
+                    time: if with_time {
+                        e.time.and_then(time_to_timestamp)
+                    } else {
+                        None
+                    },
+                    stream: match e.origin {
+                        crate::engine::LogOrigin::Stdout => LogStream::Stdout as i32,
+                        crate::engine::LogOrigin::Stderr => LogStream::Stderr as i32,
+                        crate::engine::LogOrigin::Console => LogStream::Unspecified as i32,
+                    },
+                    data: e.data,
+                }))
+            });
+        Ok(lines.boxed())
     }
 }

@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod fields;
 pub mod kubeconfig;
+pub mod logs;
 pub mod model;
 pub mod openapi;
 mod resources;
@@ -54,6 +55,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long a watch without `timeoutSeconds` lasts.
     pub watch_timeout: Duration,
+    /// Where task logs come from (`tasks/NAME/log`); without it that
+    /// subresource answers 503.
+    pub logs: Option<Arc<dyn logs::TaskLogs>>,
 }
 
 impl Default for Config {
@@ -61,6 +65,7 @@ impl Default for Config {
         Self {
             max_body_bytes: 3 * 1024 * 1024,
             watch_timeout: Duration::from_secs(30 * 60),
+            logs: None,
         }
     }
 }
@@ -127,12 +132,12 @@ async fn resource(
     let res = resources::handle(
         app.clone(),
         method.clone(),
+        api_version,
         rest,
         uri.query(),
         &headers,
         body,
     )
-        api_version,
     .await;
     match res {
         Ok(r) => r,
@@ -174,11 +179,6 @@ pub fn router(
             "/api",
             get(|| async { json_ok(&discovery::core_versions()) }),
         )
-        .route("/apis", get(|| async { json_ok(&discovery::group_list()) }))
-        .route(
-            "/apis/shoal.dev",
-            get(|| async { json_ok(&discovery::group_doc()) }),
-        )
         .route(
             "/api/v1",
             get(|State(app): State<Arc<App>>| async move {
@@ -186,6 +186,11 @@ pub fn router(
             }),
         )
         .route("/api/v1/{*rest}", any(resource))
+        .route("/apis", get(|| async { json_ok(&discovery::group_list()) }))
+        .route(
+            "/apis/shoal.dev",
+            get(|| async { json_ok(&discovery::group_doc()) }),
+        )
         .route(
             "/apis/shoal.dev/v1alpha1",
             get(|State(app): State<Arc<App>>| async move {

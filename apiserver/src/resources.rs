@@ -50,6 +50,7 @@ impl Query {
 pub(crate) enum Sub {
     Status,
     Scale,
+    Log,
 }
 
 /// What a path names.
@@ -116,6 +117,9 @@ pub(crate) fn parse_target<'a>(app: &'a App, api_version: &str, rest: &str) -> O
         [name] => (Some((*name).to_owned()), None),
         [name, "status"] if res.status => (Some((*name).to_owned()), Some(Sub::Status)),
         [name, "scale"] if res.scale.is_some() => (Some((*name).to_owned()), Some(Sub::Scale)),
+        [name, "log"] if res.kind == shoal_store::Kind::Task => {
+            (Some((*name).to_owned()), Some(Sub::Log))
+        }
         _ => return None,
     };
     Some(Target {
@@ -151,11 +155,11 @@ fn ok(body: &Value) -> Response {
 pub(crate) async fn handle(
     app: Arc<App>,
     method: Method,
+    api_version: &str,
     rest: &str,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Bytes,
-    api_version: &str,
 ) -> Result<Response, ApiError> {
     let Some(t) = parse_target(&app, api_version, rest) else {
         let prefix = if api_version == "v1" { "api" } else { "apis" };
@@ -189,6 +193,7 @@ pub(crate) async fn handle(
         (Some(_), None, &Method::DELETE) => delete(&app, &t, &q, &body).await,
         (Some(_), Some(Sub::Status), &Method::GET) => get(&app, &t, None).await,
         (Some(_), Some(Sub::Status), &Method::PUT) => update_status(&app, &t, &q, &body).await,
+        (Some(_), Some(Sub::Log), &Method::GET) => crate::logs::serve(&app, &t, &q).await,
         (Some(_), Some(Sub::Scale), &Method::GET) => {
             let cur = current(&app, &t).await?;
             Ok(ok(&to_scale(&t, &cur)))
@@ -295,11 +300,6 @@ fn check(t: &Target<'_>, obj: Value, mode: FieldValidation) -> Result<fields::Ch
     if s.name.is_none() {
         s.name = meta_str(&obj, "name").map(str::to_owned);
     }
-    fields::check(obj, mode).map_err(|e| ApiError::invalid(&s, &e))
-}
-
-async fn current(app: &App, t: &Target<'_>) -> Result<Value, ApiError> {
-    match app.store.get(&t.key()).await {
     if t.res.kind == shoal_store::Kind::Event {
         // Events keep unknown fields (their schema preserves them).
         return crate::events::validate(&obj)
@@ -309,6 +309,11 @@ async fn current(app: &App, t: &Target<'_>) -> Result<Value, ApiError> {
             })
             .map_err(|e| ApiError::invalid(&s, &e));
     }
+    fields::check(obj, mode).map_err(|e| ApiError::invalid(&s, &e))
+}
+
+pub(crate) async fn current(app: &App, t: &Target<'_>) -> Result<Value, ApiError> {
+    match app.store.get(&t.key()).await {
         Ok(Some(v)) => Ok(v),
         Ok(None) => Err(ApiError::not_found(&t.subject())),
         Err(e) => Err(ApiError::from_store(&t.subject(), e)),

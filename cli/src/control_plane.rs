@@ -92,8 +92,19 @@ impl ControlPlane {
         let store: Arc<dyn ClusterStore> = Arc::new(raft);
         let shutdown = CancellationToken::new();
 
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            DispatcherConfig {
+                cluster_id: cluster_id.clone(),
+                ..Default::default()
+            },
+            shutdown.child_token(),
+        );
         let api_config = shoal_apiserver::Config {
             max_body_bytes: settings.max_body_bytes,
+            logs: Some(Arc::new(crate::task_logs::DispatcherLogs(
+                dispatcher.clone(),
+            ))),
             ..shoal_apiserver::Config::default()
         };
         let api = RunningServer::start(settings.api_listen, store.clone(), api_config)
@@ -111,14 +122,6 @@ impl ControlPlane {
             shutdown.child_token(),
         ));
 
-        let dispatcher = Dispatcher::new(
-            store.clone(),
-            DispatcherConfig {
-                cluster_id: cluster_id.clone(),
-                ..Default::default()
-            },
-            shutdown.child_token(),
-        );
         let listener = Dispatcher::bind(settings.dispatcher_listen)
             .await
             .with_context(|| format!("binding the dispatcher on {}", settings.dispatcher_listen))?;

@@ -5,6 +5,7 @@ mod cmd;
 mod control_plane;
 mod logging;
 mod output;
+mod task_logs;
 mod view;
 
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
     Get(cmd::get::Args),
     Ps(cmd::ps::Args),
     Describe(cmd::describe::Args),
+    Events(cmd::events::Args),
+    Logs(cmd::logs::Args),
     Scale(cmd::scale::Args),
     Delete(cmd::delete::Args),
     Host(cmd::host::Args),
@@ -75,6 +78,8 @@ fn main() -> ExitCode {
         Command::Get(a) => cmd::get::run(a),
         Command::Ps(a) => cmd::ps::run(a),
         Command::Describe(a) => cmd::describe::run(a),
+        Command::Events(a) => cmd::events::run(a),
+        Command::Logs(a) => cmd::logs::run(a),
         Command::Scale(a) => cmd::scale::run(a),
         Command::Delete(a) => cmd::delete::run(a),
         Command::Host(a) => cmd::host::run(a),

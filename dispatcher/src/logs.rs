@@ -36,8 +36,8 @@ pub struct LogOptions {
 
 #[derive(Debug)]
 pub(crate) struct Route {
-    tx: mpsc::Sender<DataChunk>,
-    host: String,
+    pub(crate) tx: mpsc::Sender<DataChunk>,
+    pub(crate) host: String,
 }
 
 /// Answer chunks that may wait for a slow reader before the request is

@@ -137,17 +137,25 @@ async fn forward<T>(
 ) -> Result<DataAck, Status> {
     let mut n = 0;
     let mut id = None;
-    while let Some(msg) = inbound.message().await? {
-        n += 1;
-        let (request_id, data) = chunk(msg);
-        id = Some(request_id);
-        if !d.route(request_id, data) {
-            break;
+    let end = loop {
+        match inbound.message().await {
+            Ok(Some(msg)) => {
+                n += 1;
+                let (request_id, data) = chunk(msg);
+                id = Some(request_id);
+                if !d.route(request_id, data) {
+                    break Ok(());
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
         }
-    }
+    };
+    // Ended or broken, the requester hears of it: its channel closes.
     if let Some(id) = id {
         d.finish_route(id);
     }
+    end?;
     Ok(DataAck { chunks_received: n })
 }
 
@@ -194,6 +202,19 @@ async fn run_session(
         state.entry.link = Link::Disconnected {
             since: Instant::now(),
         };
+        // Requests the host will never answer now end with a message.
+        let gone: Vec<u64> = sh
+            .routes
+            .iter()
+            .filter(|(_, r)| r.host == host)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(r) = sh.routes.remove(&id) {
+                let _ =
+                    r.tx.try_send(crate::DataChunk::Error(format!("host {host} disconnected")));
+            }
+        }
     }
 }
 
