@@ -7,6 +7,7 @@ use kube::api::ListParams;
 use shoal_crds::{Condition, Host, Service, Task};
 
 use crate::client::{Conn, ConnArgs, block_on, connect};
+use crate::cmd::events;
 use crate::cmd::get::{Kind, parse_kind};
 use crate::output::{Cell, Table, age, colour_stdout};
 use crate::view;
@@ -14,10 +15,11 @@ use crate::view;
 /// Show one Service, Task or Host in detail
 ///
 /// A service: its spec in brief, ready/desired, tasks per host, conditions
-/// (with the reason it is stuck, if it is) and its tasks with their last
-/// errors. A task: service, slot, host, phase, reason, exit code, restarts,
-/// container. A host: readiness, availability, capacity, engine and the
-/// tasks it runs.
+/// (with the reason it is stuck, if it is), its tasks with their last
+/// errors, and the events of the service and its tasks. A task: service,
+/// slot, host, phase, reason, exit code, restarts, container and its events.
+/// A host: readiness, availability, capacity, engine, the tasks it runs and
+/// its events.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// service, task or host.
@@ -197,7 +199,15 @@ async fn service(conn: &Conn, name: &str) -> anyhow::Result<String> {
             &view::tasks_table(&tasks, false, false).render(colour_stdout()),
         );
     }
-    let _ = writeln!(out, "Events:             <not recorded yet>");
+    let mut objects = vec![(Kind::Services, name)];
+    objects.extend(
+        tasks
+            .iter()
+            .filter_map(|t| t.metadata.name.as_deref())
+            .map(|n| (Kind::Tasks, n)),
+    );
+    let events = events::about(conn, Some(&conn.namespace), &objects).await?;
+    events::describe_section(&mut out, &events, true);
     Ok(out)
 }
 
@@ -268,7 +278,8 @@ async fn task(conn: &Conn, name: &str) -> anyhow::Result<String> {
     );
     field(&mut out, "Image", &t.spec.template.image);
     field(&mut out, "Template hash", &t.spec.template_hash);
-    let _ = writeln!(out, "Events:             <not recorded yet>");
+    let events = events::about(conn, Some(&conn.namespace), &[(Kind::Tasks, name)]).await?;
+    events::describe_section(&mut out, &events, false);
     Ok(out)
 }
 
@@ -354,5 +365,8 @@ async fn host(conn: &Conn, name: &str) -> anyhow::Result<String> {
             &view::tasks_table(&tasks, true, false).render(colour_stdout()),
         );
     }
+    // Events of cluster-scoped objects live in `default`, as in Kubernetes.
+    let events = events::about(conn, None, &[(Kind::Hosts, name)]).await?;
+    events::describe_section(&mut out, &events, false);
     Ok(out)
 }
