@@ -1,8 +1,10 @@
 //! The `shoal` CLI end to end against `shoal up` on a real engine: apply the
 //! examples with `--wait` (web ready, crashing fails with its reason and
 //! exit 3), `--dry-run` and refused documents write nothing, `ps` and
-//! `describe` show placements, restarts and reasons, `get -o json|yaml`,
-//! `host ls`, `scale`, and `delete --wait` removes everything.
+//! `describe` show placements, restarts and reasons, `events` (and the
+//! Events of `describe`) show what happened and `events -w` what happens,
+//! `get -o json|yaml`, `host ls`, `scale`, and `delete --wait` removes
+//! everything.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -280,6 +282,55 @@ fn cli_against_shoal_up() {
     assert!(d.contains("Ready:              True"), "{d}");
     assert!(d.contains("web-0-"), "{d}");
 
+    // Events: scheduling, starts and restarts, with kubectl's columns.
+    let ev = ok(&kc, &["events"]);
+    assert_eq!(
+        ev.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "{ev}"
+    );
+    assert!(
+        ev.contains(&format!("Assigned default/{crash_task} to {HOST}")),
+        "{ev}"
+    );
+    let restarted = ev
+        .lines()
+        .find(|l| l.contains("Restarted") && l.contains(&format!("task/{crash_task}")))
+        .unwrap_or_else(|| panic!("no Restarted event in\n{ev}"));
+    assert!(restarted.contains("Warning"), "{restarted}");
+    assert!(restarted.contains("after exit code 3"), "{restarted}");
+    assert!(ev.contains("MaxAttemptsReached"), "{ev}");
+    let mine = ok(&kc, &["events", "--for", &format!("task/{crash_task}")]);
+    assert!(
+        mine.contains("Restarted") && !mine.contains("task/web-"),
+        "{mine}"
+    );
+    let d = ok(&kc, &["describe", "service", "crashing"]);
+    let section = d
+        .split("\nEvents:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Events in\n{d}"));
+    for reason in ["Scheduled", "Started", "Restarted", "MaxAttemptsReached"] {
+        assert!(section.contains(reason), "{reason} missing in\n{d}");
+    }
+    assert!(!section.contains("web-"), "{d}");
+    let d = ok(&kc, &["describe", "task", &crash_task]);
+    assert!(d.contains("Restarted"), "{d}");
+    let list = json(&kc, &["events", "-o", "json"]);
+    assert_eq!(list["kind"], "List");
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["kind"] == "Event" && e["involvedObject"]["name"].is_string()),
+        "{list}"
+    );
+
     // Stable shapes for scripts.
     let tasks = json(&kc, &["get", "tasks", "-o", "json"]);
     assert_eq!(tasks["kind"], "List");
@@ -320,6 +371,18 @@ fn cli_against_shoal_up() {
     eventually("the watch to list", 10, || {
         std::fs::read_to_string(&watch_out).is_ok_and(|s| s.contains("web-2-"))
     });
+    let events_out = tmp.path().join("events.out");
+    let mut events_watch = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["events", "-w"])
+        .env("KUBECONFIG", &kc)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&events_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the events watch to list", 10, || {
+        std::fs::read_to_string(&events_out).is_ok_and(|s| s.contains("Restarted"))
+    });
     let out = ok(&kc, &["scale", "web=5"]);
     assert!(out.contains("service/web scaled to 5"), "{out}");
     eventually("5 ready", 90, || {
@@ -333,6 +396,21 @@ fn cli_against_shoal_up() {
     });
     let _ = watch.kill();
     let _ = watch.wait();
+    // `events -w` printed the scaling and the new placements as they came.
+    eventually("the events watch to show the scaling", 10, || {
+        std::fs::read_to_string(&events_out)
+            .is_ok_and(|s| s.contains("service/web") && s.contains("Scaled from 3 to 5 replicas"))
+    });
+    let _ = events_watch.kill();
+    let _ = events_watch.wait();
+    let watched = std::fs::read_to_string(&events_out).unwrap();
+    assert!(watched.starts_with("LAST SEEN"), "{watched}");
+    assert!(
+        watched
+            .lines()
+            .any(|l| l.contains("Scheduled") && l.contains("task/web-4-")),
+        "{watched}"
+    );
     let watched = std::fs::read_to_string(&watch_out).unwrap();
     assert!(watched.starts_with("NAME"), "{watched}");
     let o = shoal(&kc, &["scale", "nope=2"]);
