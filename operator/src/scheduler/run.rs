@@ -66,8 +66,12 @@ pub struct Scheduler {
     /// The last `FailedScheduling` message per task and when it was
     /// recorded: a pass repeats it only when it changes or once per
     /// `resync_interval`, not on every pass.
-    failed_events: Arc<std::sync::Mutex<HashMap<(String, String), (String, tokio::time::Instant)>>>,
+    failed_events: Arc<std::sync::Mutex<FailedEvents>>,
 }
+
+/// Per task (namespace, name): the last `FailedScheduling` message and when
+/// it was recorded.
+type FailedEvents = HashMap<(String, String), (String, tokio::time::Instant)>;
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
