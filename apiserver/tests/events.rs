@@ -346,3 +346,73 @@ async fn kubectl_gets_and_describes_events() {
     assert!(!events.contains("FailedScheduling"), "{out}");
     server.shutdown().await.unwrap();
 }
+
+async fn next_event(
+    w: &mut futures::stream::BoxStream<'static, Result<Event, kube::runtime::watcher::Error>>,
+) -> Event {
+    tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn kube_runtime_watcher_follows_events_with_a_field_selector() {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let (server, store) = common::start().await;
+    let client = common::client(&server.url());
+    let web = ObjectRef {
+        kind: Kind::Service,
+        namespace: Some("default".into()),
+        name: "web".into(),
+        uid: None,
+    };
+    let db = ObjectRef {
+        name: "db".into(),
+        ..web.clone()
+    };
+    let rec = EventRecorder::new(store.clone(), component::ORCHESTRATOR);
+    rec.record(
+        &web,
+        EventType::Normal,
+        "Scaled",
+        "Scaled from 1 to 2 replicas",
+    )
+    .await
+    .unwrap();
+    for streaming in [false, true] {
+        let config = watcher::Config::default().fields("involvedObject.name=web");
+        let config = if streaming {
+            config.streaming_lists()
+        } else {
+            config
+        };
+        let api: Api<Event> = Api::namespaced(client.clone(), "default");
+        let mut w = watcher(api, config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        let first = next_event(&mut w).await;
+        assert_eq!(first.reason.as_deref(), Some("Scaled"));
+        rec.record(&db, EventType::Warning, "Unhealthy", "check failed")
+            .await
+            .unwrap();
+        rec.record(
+            &web,
+            EventType::Normal,
+            "Scaled",
+            "Scaled from 2 to 4 replicas",
+        )
+        .await
+        .unwrap();
+        let second = next_event(&mut w).await;
+        assert_eq!(
+            second.message.as_deref(),
+            Some("Scaled from 2 to 4 replicas"),
+            "streaming lists: {streaming}"
+        );
+        assert_eq!(second.involved_object.name.as_deref(), Some("web"));
+    }
+    server.shutdown().await.unwrap();
+}
