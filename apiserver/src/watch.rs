@@ -8,8 +8,14 @@
 //! is what makes clients relist (an HTTP 410 makes kube-rs retry forever).
 //! The stream ends after `timeoutSeconds`, when the store cuts the watcher
 //! off, or when the server shuts down.
+//!
+//! Every watcher of a change gets the same [`SharedObject`] from the store,
+//! whose JSON encoding is computed once: a watch line is that encoding
+//! framed by `{"type":"ADDED","object":` and `}`. Events already waiting are
+//! written together, in one chunk of at most [`CHUNK_BYTES`].
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +24,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
-use shoal_store::{StoreError, WatchEvent, WatchStream};
-use tokio::time::Instant;
+use shoal_store::{SharedEvent, SharedObject, SharedWatchStream, StoreError};
+use tokio::time::{Instant, Sleep};
 
 use crate::App;
 use crate::error::ApiError;
@@ -27,14 +33,24 @@ use crate::model::Resource;
 use crate::resources::{Query, Target};
 use crate::table::{self, Include};
 
-fn line(kind: &str, object: Value) -> Bytes {
-    let mut s = json!({ "type": kind, "object": object }).to_string();
-    s.push('\n');
-    Bytes::from(s)
+/// Appends `{"type":TYPE,"object":JSON}` and a newline.
+fn push_line(out: &mut Vec<u8>, kind: &str, object_json: &[u8]) {
+    out.reserve(object_json.len() + kind.len() + 24);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(object_json);
+    out.extend_from_slice(b"}\n");
+}
+
+fn line(kind: &str, object: &Value) -> Bytes {
+    let mut out = Vec::new();
+    push_line(&mut out, kind, object.to_string().as_bytes());
+    Bytes::from(out)
 }
 
 fn error_line(e: &ApiError) -> Bytes {
-    line("ERROR", e.status())
+    line("ERROR", &e.status())
 }
 
 struct Encoder {
@@ -44,42 +60,47 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn object(&self, obj: Value) -> Value {
-        match self.table {
-            Some(inc) => {
-                let rv = obj
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                table::table(&self.res, std::slice::from_ref(&obj), inc, &rv)
-            }
-            None => obj,
-        }
+    fn table_json(&self, inc: Include, obj: &Value) -> Vec<u8> {
+        let rv = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        table::table(&self.res, std::slice::from_ref(obj), inc, rv)
+            .to_string()
+            .into_bytes()
     }
-    fn event(&self, ev: WatchEvent) -> Option<Bytes> {
-        match ev {
-            WatchEvent::Added(o) => Some(line("ADDED", self.object(o))),
-            WatchEvent::Modified(o) => Some(line("MODIFIED", self.object(o))),
-            WatchEvent::Deleted(o) => Some(line("DELETED", self.object(o))),
-            WatchEvent::Progress(rev) if self.bookmarks && self.table.is_none() => Some(line(
-                "BOOKMARK",
-                json!({
+
+    /// Appends the line of an event to `out` (nothing for a progress
+    /// notification the client did not ask bookmarks for).
+    fn event(&self, ev: &SharedEvent, out: &mut Vec<u8>) {
+        match (ev, self.table) {
+            (SharedEvent::Progress(rev), None) if self.bookmarks => {
+                let bookmark = json!({
                     "kind": self.res.kind_name(),
-                    "apiVersion": shoal_crds::API_VERSION,
+                    "apiVersion": self.res.kind.api_version(),
                     "metadata": { "resourceVersion": rev.to_string() },
-                }),
-            )),
-            WatchEvent::Progress(_) => None,
+                });
+                push_line(out, "BOOKMARK", bookmark.to_string().as_bytes());
+            }
+            (SharedEvent::Progress(_), _) => {}
+            (ev, table) => {
+                let Some((kind, obj)) = ev.object() else {
+                    return;
+                };
+                match table {
+                    Some(inc) => push_line(out, kind, &self.table_json(inc, obj.value())),
+                    None => push_line(out, kind, obj.json()),
+                }
+            }
         }
     }
 }
 
 struct State {
     pending: VecDeque<Bytes>,
-    stream: Option<WatchStream>,
+    stream: Option<SharedWatchStream>,
     enc: Encoder,
-    deadline: Instant,
+    deadline: Pin<Box<Sleep>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -96,56 +117,47 @@ fn stream_error(e: StoreError) -> Bytes {
     error_line(&err)
 }
 
+/// Appends what a stream item means to `out`; ends the stream on an error
+/// (after its in-stream `ERROR` line) or at its end.
+fn take(st: &mut State, item: Option<Result<SharedEvent, StoreError>>, out: &mut Vec<u8>) {
+    match item {
+        Some(Ok(ev)) => st.enc.event(&ev, out),
+        Some(Err(e)) => {
+            st.stream = None;
+            out.extend_from_slice(&stream_error(e));
+        }
+        None => st.stream = None,
+    }
+}
+
 async fn next(mut st: State) -> Option<(Result<Bytes, std::io::Error>, State)> {
     loop {
         if let Some(b) = st.pending.pop_front() {
             return Some((Ok(b), st));
         }
         let stream = st.stream.as_mut()?;
+        // The end of the watch first: a busy stream must not delay it.
         let item = tokio::select! {
-            item = stream.next() => item,
-            _ = tokio::time::sleep_until(st.deadline) => None,
+            biased;
             _ = st.shutdown.wait_for(|v| *v) => None,
+            () = st.deadline.as_mut() => None,
+            item = stream.next() => item,
         };
-        let first = match item {
-            None => {
-                st.stream = None;
-                return None;
-            }
-            Some(Ok(ev)) => match st.enc.event(ev) {
-                Some(b) => b,
-                None => continue,
-            },
-            Some(Err(e)) => {
-                st.stream = None;
-                return Some((Ok(stream_error(e)), st));
-            }
-        };
-        let mut chunk: Option<Vec<u8>> = None;
-        while chunk.as_ref().map_or(first.len(), Vec::len) < CHUNK_BYTES {
+        let mut chunk = Vec::new();
+        take(&mut st, item, &mut chunk);
+        // Whatever is already waiting goes in the same chunk.
+        while chunk.len() < CHUNK_BYTES {
             let Some(stream) = st.stream.as_mut() else {
                 break;
             };
-            let more = match stream.next().now_or_never() {
-                None => break,
-                Some(Some(Ok(ev))) => st.enc.event(ev),
-                Some(Some(Err(e))) => {
-                    st.stream = None;
-                    Some(stream_error(e))
-                }
-                Some(None) => {
-                    st.stream = None;
-                    None
-                }
+            let Some(item) = stream.next().now_or_never() else {
+                break;
             };
-            if let Some(b) = more {
-                chunk
-                    .get_or_insert_with(|| first.to_vec())
-                    .extend_from_slice(&b);
-            }
+            take(&mut st, item, &mut chunk);
         }
-        let out = chunk.map_or(first, Bytes::from);
-        return Some((Ok(out), st));
+        if !chunk.is_empty() {
+            return Some((Ok(Bytes::from(chunk)), st));
+        }
     }
 }
 
@@ -206,7 +218,7 @@ pub(crate) async fn watch(
         ));
     }
     let stream = match from.filter(|_| !initial_events) {
-        Some(from) => match app.store.watch(t.res.kind, from, &opts).await {
+        Some(from) => match app.store.watch_shared(t.res.kind, from, &opts).await {
             Ok(s) => Some(s),
             Err(StoreError::TooOld { .. }) if from == 0 => None,
             Err(StoreError::TooOld { requested, oldest }) => {
@@ -227,16 +239,16 @@ pub(crate) async fn watch(
                 .await
                 .map_err(|e| ApiError::from_store(&subject, e))?;
             for o in list.items {
-                if let Some(b) = enc.event(WatchEvent::Added(o)) {
-                    pending.push_back(b);
-                }
+                let mut out = Vec::new();
+                enc.event(&SharedEvent::Added(SharedObject::new(o)), &mut out);
+                pending.push_back(Bytes::from(out));
             }
             if initial_events {
                 pending.push_back(line(
                     "BOOKMARK",
-                    json!({
+                    &json!({
                         "kind": t.res.kind_name(),
-                        "apiVersion": shoal_crds::API_VERSION,
+                        "apiVersion": t.res.kind.api_version(),
                         "metadata": {
                             "resourceVersion": list.revision.to_string(),
                             "annotations": { "k8s.io/initial-events-end": "true" },
@@ -244,7 +256,11 @@ pub(crate) async fn watch(
                     }),
                 ));
             }
-            match app.store.watch(t.res.kind, list.revision, &opts).await {
+            match app
+                .store
+                .watch_shared(t.res.kind, list.revision, &opts)
+                .await
+            {
                 Ok(s) => s,
                 Err(StoreError::TooOld { requested, oldest }) => {
                     pending.push_back(error_line(&ApiError::gone(requested, oldest)));
@@ -259,7 +275,7 @@ pub(crate) async fn watch(
 
 fn respond(
     pending: VecDeque<Bytes>,
-    stream: Option<WatchStream>,
+    stream: Option<SharedWatchStream>,
     enc: Encoder,
     timeout: Duration,
     app: &App,
@@ -268,8 +284,130 @@ fn respond(
         pending,
         stream,
         enc,
-        deadline: Instant::now() + timeout,
+        deadline: Box::pin(tokio::time::sleep_until(Instant::now() + timeout)),
         shutdown: app.shutdown.clone(),
     };
     streaming(Body::from_stream(futures::stream::unfold(st, next)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::model::Model;
+    use shoal_store::Kind;
+
+    fn state(events: Vec<Result<SharedEvent, StoreError>>, table: Option<Include>) -> State {
+        let res = Model::from_crds()
+            .unwrap()
+            .by_kind(Kind::Service)
+            .unwrap()
+            .clone();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        std::mem::forget(tx);
+        State {
+            pending: VecDeque::new(),
+            stream: Some(futures::stream::iter(events).boxed()),
+            enc: Encoder {
+                res,
+                table,
+                bookmarks: true,
+            },
+            deadline: Box::pin(tokio::time::sleep(Duration::from_secs(60))),
+            shutdown: rx,
+        }
+    }
+
+    fn service(name: &str, rv: u64) -> Value {
+        json!({
+            "apiVersion": "shoal.dev/v1alpha1",
+            "kind": "Service",
+            "metadata": {
+                "name": name, "namespace": "default", "resourceVersion": rv.to_string(),
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+            },
+            "spec": { "replicas": 1, "template": { "image": "busybox" } },
+        })
+    }
+
+    fn lines(chunk: &[u8]) -> Vec<Value> {
+        chunk
+            .split_inclusive(|b| *b == b'\n')
+            .map(|l| {
+                assert!(l.ends_with(b"\n"));
+                serde_json::from_slice(l).unwrap()
+            })
+            .collect()
+    }
+
+    /// Events already waiting go out as one chunk, in order, one JSON line
+    /// each, a shared object written as itself; a bookmark keeps its place
+    /// and a cut-off ends the stream with the in-stream 410.
+    #[tokio::test]
+    async fn ready_events_are_one_chunk_in_order() {
+        let shared = SharedObject::new(service("b", 3));
+        let events = vec![
+            Ok(SharedEvent::Added(SharedObject::new(service("a", 2)))),
+            Ok(SharedEvent::Modified(shared.clone())),
+            Ok(SharedEvent::Progress(4)),
+            Ok(SharedEvent::Deleted(shared.clone())),
+            Err(StoreError::TooOld {
+                requested: 4,
+                oldest: 9,
+            }),
+        ];
+        let (chunk, st) = next(state(events, None)).await.unwrap();
+        let got = lines(&chunk.unwrap());
+        let types: Vec<&str> = got.iter().map(|l| l["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["ADDED", "MODIFIED", "BOOKMARK", "DELETED", "ERROR"]);
+        assert_eq!(got[0]["object"], service("a", 2));
+        assert_eq!(&got[1]["object"], shared.value());
+        assert_eq!(&got[3]["object"], shared.value());
+        assert_eq!(got[2]["object"]["metadata"]["resourceVersion"], "4");
+        assert_eq!(got[2]["object"]["kind"], "Service");
+        assert_eq!(got[4]["object"]["code"], 410);
+        assert_eq!(got[4]["object"]["reason"], "Expired");
+        assert!(next(st).await.is_none(), "the stream ends after the 410");
+    }
+
+    /// Table watches write one Table per event, with the object's version.
+    #[tokio::test]
+    async fn table_watch_lines() {
+        let events = vec![Ok(SharedEvent::Added(SharedObject::new(service("a", 7))))];
+        let (chunk, _) = next(state(events, Some(Include::Metadata))).await.unwrap();
+        let got = lines(&chunk.unwrap());
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["type"], "ADDED");
+        assert_eq!(got[0]["object"]["kind"], "Table");
+        assert_eq!(got[0]["object"]["metadata"]["resourceVersion"], "7");
+        assert_eq!(got[0]["object"]["rows"][0]["cells"][0], "a");
+    }
+
+    /// More than a chunk's worth of waiting events is split in chunks of
+    /// whole lines, none lost.
+    #[tokio::test]
+    async fn chunks_are_bounded_and_complete() {
+        let events: Vec<_> = (0..300)
+            .map(|i| {
+                let mut o = service(&format!("s{i}"), i);
+                o["metadata"]["annotations"] = json!({ "pad": "x".repeat(1000) });
+                Ok(SharedEvent::Added(SharedObject::new(o)))
+            })
+            .collect();
+        let mut st = state(events, None);
+        let mut names = Vec::new();
+        let mut chunks = 0;
+        while let Some((chunk, next_st)) = next(st).await {
+            let chunk = chunk.unwrap();
+            assert!(chunk.len() < CHUNK_BYTES + 2048);
+            for l in lines(&chunk) {
+                names.push(l["object"]["metadata"]["name"].as_str().unwrap().to_owned());
+            }
+            chunks += 1;
+            st = next_st;
+        }
+        assert!(chunks > 1);
+        let want: Vec<String> = (0..300).map(|i| format!("s{i}")).collect();
+        assert_eq!(names, want);
+    }
 }

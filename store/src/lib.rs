@@ -41,7 +41,7 @@ pub mod selector;
 pub mod state;
 pub mod typed;
 
-pub use hub::WatchConfig;
+pub use hub::{SharedEvent, SharedObject, WatchConfig};
 pub use mem::MemStore;
 pub use raft::{RaftConfig, RaftStore};
 
@@ -206,6 +206,10 @@ pub enum WatchEvent {
 /// watcher fell too far behind (it is cut off rather than blocking writers).
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
 
+/// A [`WatchStream`] whose objects are shared between watchers (see
+/// [`SharedObject`]).
+pub type SharedWatchStream = Pin<Box<dyn Stream<Item = Result<SharedEvent, StoreError>> + Send>>;
+
 /// Store errors, with Kubernetes' meaning.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -290,6 +294,22 @@ pub trait ClusterStore: Send + Sync + 'static {
         from: Revision,
         opts: &ListOptions,
     ) -> Result<WatchStream, StoreError>;
+    /// [`ClusterStore::watch`], with each change's object shared by every
+    /// watcher it goes to (and encoded to JSON once): the API server's watch
+    /// fan-out. By default, the events of `watch`, each shared once.
+    async fn watch_shared(
+        &self,
+        kind: Kind,
+        from: Revision,
+        opts: &ListOptions,
+    ) -> Result<SharedWatchStream, StoreError> {
+        use futures::StreamExt;
+        Ok(self
+            .watch(kind, from, opts)
+            .await?
+            .map(|r| r.map(SharedEvent::from))
+            .boxed())
+    }
     /// The latest applied revision.
     async fn revision(&self) -> Result<Revision, StoreError>;
 }

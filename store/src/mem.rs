@@ -10,7 +10,7 @@ use crate::hub::{Hub, WatchConfig};
 use crate::state::{Command, Outcome, StateMachine};
 use crate::{
     ClusterStore, DeleteOutcome, DeletePreconditions, Kind, ListOptions, ObjectKey, ObjectList,
-    Revision, StoreError, WatchStream,
+    Revision, SharedWatchStream, StoreError, WatchStream,
 };
 
 /// An in-memory store. Watches, history, progress notifications and every
@@ -110,6 +110,15 @@ impl ClusterStore for MemStore {
         opts: &ListOptions,
     ) -> Result<WatchStream, StoreError> {
         self.hub.watch(kind, from, opts)
+    }
+
+    async fn watch_shared(
+        &self,
+        kind: Kind,
+        from: Revision,
+        opts: &ListOptions,
+    ) -> Result<SharedWatchStream, StoreError> {
+        self.hub.watch_shared(kind, from, opts)
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {

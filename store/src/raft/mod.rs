@@ -37,7 +37,7 @@ use crate::mem::delete_outcome;
 use crate::state::{Command, Outcome};
 use crate::{
     ClusterStore, DeleteOutcome, DeletePreconditions, Kind, ListOptions, ObjectKey, ObjectList,
-    Revision, StoreError, WatchStream,
+    Revision, SharedWatchStream, StoreError, WatchStream,
 };
 use node::{Msg, Node};
 use storage::DiskStorage;
@@ -360,6 +360,15 @@ impl ClusterStore for RaftStore {
         opts: &ListOptions,
     ) -> Result<WatchStream, StoreError> {
         self.hub.watch(kind, from, opts)
+    }
+
+    async fn watch_shared(
+        &self,
+        kind: Kind,
+        from: Revision,
+        opts: &ListOptions,
+    ) -> Result<SharedWatchStream, StoreError> {
+        self.hub.watch_shared(kind, from, opts)
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {
