@@ -56,7 +56,7 @@ pub struct Config {
     /// How long a watch without `timeoutSeconds` lasts.
     pub watch_timeout: Duration,
     /// Where task logs come from (`tasks/NAME/log`); without it that
-    /// subresource answers 503.
+    /// subresource answers 501.
     pub logs: Option<Arc<dyn logs::TaskLogs>>,
 }
 

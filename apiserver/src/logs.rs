@@ -7,7 +7,8 @@
 //! lines come from the task's host through a [`TaskLogs`] provider — the
 //! dispatcher in `shoal up` and `shoal server`. A followed stream ends when
 //! the container stops; a reader following a task across restarts asks
-//! again with `sinceTime` set to the last time it saw.
+//! again with `sinceTime` set to the last time it saw. A host that cannot
+//! be reached answers 502, with a message naming it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -54,7 +55,10 @@ pub enum LogError {
     /// its host, or is not placed): 400. Not retryable as such.
     #[error("{0}")]
     BadRequest(String),
-    /// The task's host cannot be reached now: 503. Retryable.
+    /// The task's host cannot be reached now: 502 Bad Gateway (the API is
+    /// the gateway to the host's agent). Not 503: kube-rs retries 503 for
+    /// minutes, and a reader of several tasks wants the others meanwhile.
+    /// Retryable.
     #[error("{0}")]
     Unavailable(String),
 }
@@ -155,8 +159,8 @@ pub(crate) async fn serve(app: &Arc<App>, t: &Target<'_>, q: &Query) -> Result<R
     let req = parse_request(q, SystemTime::now())?;
     let Some(provider) = app.cfg.logs.clone() else {
         return Err(ApiError::new(
-            503,
-            "ServiceUnavailable",
+            501,
+            "NotImplemented",
             "task logs are read through the dispatcher, which this server does not run",
         ));
     };
@@ -172,7 +176,7 @@ pub(crate) async fn serve(app: &Arc<App>, t: &Target<'_>, q: &Query) -> Result<R
     let timestamps = req.timestamps;
     let lines = provider.open(&task, req).await.map_err(|e| match e {
         LogError::BadRequest(m) => ApiError::bad_request(m),
-        LogError::Unavailable(m) => ApiError::new(503, "ServiceUnavailable", m),
+        LogError::Unavailable(m) => ApiError::new(502, "BadGateway", m),
     })?;
     let mut shutdown = app.shutdown.clone();
     let stop = async move {

@@ -3,6 +3,7 @@
 mod client;
 mod cmd;
 mod control_plane;
+mod host_agent;
 mod logging;
 mod output;
 mod task_logs;

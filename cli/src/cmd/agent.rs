@@ -15,18 +15,46 @@ use tracing::Instrument;
 /// Run the host agent: make the local Docker engine run exactly the tasks
 /// assigned to this host, and keep them running
 ///
-/// Until the control-plane session exists, the assigned tasks come from a
-/// YAML file of Task objects (`--assignments`), re-read when it changes.
-/// Task status changes are printed one per line. Containers keep running
-/// when the agent stops; a new agent adopts them. Stops on SIGTERM or Ctrl-C.
+/// With `--dispatcher`, the agent joins a control plane (`shoal up` or
+/// `shoal server` on another host, or on this one): it dials out, registers
+/// this host, runs the tasks placed on it, reports their status and serves
+/// their logs; it reconnects with backoff when the control plane goes away.
+/// Give it the cluster id from the control plane's data directory
+/// (`cat /var/lib/shoal/cluster-id`).
+///
+/// With `--assignments` instead, the tasks come from a YAML file of Task
+/// objects, re-read when it changes, and status changes are printed one per
+/// line (for trying the agent alone).
+///
+/// Containers keep running when the agent stops; a new agent adopts them.
+/// Stops on SIGTERM or Ctrl-C.
+///
+/// Example:
+///   shoal agent --dispatcher http://127.0.0.1:6444 \
+///     --cluster-id "$(cat /var/lib/shoal/cluster-id)" --host-name node-2
 #[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["dispatcher", "assignments"])))]
 pub struct Args {
+    /// The control plane's dispatcher address, e.g. http://127.0.0.1:6444
+    /// (loopback only until mutual TLS exists).
+    #[arg(long, value_name = "URL")]
+    dispatcher: Option<String>,
     /// YAML file of Tasks: the complete set assigned to this host.
     #[arg(long, value_name = "FILE")]
-    assignments: PathBuf,
-    /// Cluster id: the agent touches only containers labelled with it.
+    assignments: Option<PathBuf>,
+    /// Cluster id: the agent touches only containers labelled with it (and,
+    /// with --dispatcher, joins only that cluster's control plane).
     #[arg(long, env = "SHOAL_CLUSTER_ID", default_value = "local")]
     cluster_id: String,
+    /// Name of this host (default: the machine's host name); with
+    /// --dispatcher.
+    #[arg(long, value_name = "NAME")]
+    host_name: Option<String>,
+    /// Label of this host as KEY=VALUE, applied when it first joins
+    /// (repeatable); with --dispatcher.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::host_agent::parse_label)]
+    labels: Vec<(String, String)>,
     /// Docker engine address (unix:///path); default DOCKER_HOST, else the
     /// standard socket.
     #[arg(long, env = "DOCKER_HOST", value_name = "ADDRESS")]
@@ -90,7 +118,52 @@ fn line(u: &StatusUpdate) -> String {
     out
 }
 
+/// The agent in session with a dispatcher.
+async fn joined(args: Args, dispatcher: String) -> anyhow::Result<()> {
+    if args.cluster_id == "local" {
+        anyhow::bail!(
+            "--cluster-id: the control plane's cluster id is needed to join it (it is in the `cluster-id` file of its data directory, and `shoal up` prints it)"
+        );
+    }
+    let host = crate::host_agent::connect_engine(args.docker_host.as_deref()).await?;
+    let shutdown = CancellationToken::new();
+    let mut config = AgentConfig::new(args.cluster_id.clone());
+    config.max_concurrency = args.max_concurrency;
+    config.resync_interval = args.resync_interval;
+    config.pull_timeout = args.pull_timeout;
+    let host_name = args
+        .host_name
+        .clone()
+        .unwrap_or_else(crate::host_agent::machine_host_name);
+    let settings = crate::host_agent::AgentSettings {
+        dispatcher_url: dispatcher.clone(),
+        cluster_id: args.cluster_id.clone(),
+        host_name: host_name.clone(),
+        labels: args.labels.iter().cloned().collect(),
+        config,
+    };
+    tracing::info!(
+        engine = %host.version,
+        address = %host.address,
+        %dispatcher,
+        host = %host_name,
+        "starting the agent"
+    );
+    let tasks = crate::host_agent::start(host, settings, shutdown.child_token())?;
+    let why = crate::control_plane::stop_signal().await?;
+    tracing::info!("{why}: stopping (containers keep running)");
+    shutdown.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
 async fn agent(args: Args) -> anyhow::Result<()> {
+    let Some(assignments) = args.assignments.clone() else {
+        let dispatcher = args.dispatcher.clone().unwrap_or_default();
+        return joined(args, dispatcher).await;
+    };
     let shutdown = CancellationToken::new();
     let engine = DockerEngine::connect(args.docker_host.as_deref())
         .await
@@ -110,13 +183,13 @@ async fn agent(args: Args) -> anyhow::Result<()> {
     );
     let (tx, rx) = watch::channel(None);
     let feeder = feed_file(
-        args.assignments.clone(),
+        assignments.clone(),
         Duration::from_secs(2),
         tx,
         shutdown.child_token(),
     )
     .await
-    .with_context(|| format!("reading {}", args.assignments.display()))?;
+    .with_context(|| format!("reading {}", assignments.display()))?;
 
     let mut config = AgentConfig::new(args.cluster_id);
     config.max_concurrency = args.max_concurrency;

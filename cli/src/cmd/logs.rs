@@ -165,7 +165,7 @@ struct Request {
 /// Why a task's log could not be opened.
 #[derive(Debug)]
 enum OpenError {
-    /// The task's host cannot be reached (503).
+    /// The task's host cannot be reached (502).
     Unreachable(String),
     /// Nothing to read there (no container, not placed: 400/404).
     Nothing(String),
@@ -212,7 +212,7 @@ async fn open(
         .request_stream(http_req)
         .await
         .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 503 => OpenError::Unreachable(s.message),
+            kube::Error::Api(s) if s.code == 502 => OpenError::Unreachable(s.message),
             kube::Error::Api(s) if s.code == 400 || s.code == 404 => OpenError::Nothing(s.message),
             other => OpenError::Api(conn.explain(other)),
         })
@@ -307,11 +307,8 @@ async fn logs(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn note_unreachable(prefixes: &[String], message: &str) {
-    eprintln!(
-        "note: {message}; lines of {} are not shown",
-        prefixes.join(", ")
-    );
+fn note_unreachable(what: &[String], message: &str) {
+    eprintln!("note: {message}; not shown: {}", what.join(", "));
 }
 
 /// Reads every task's lines up to now and prints them sorted by time.
@@ -343,7 +340,11 @@ async fn once(
                     lines.push((time, p.clone(), text.to_vec()));
                 }
             }
-            Err(OpenError::Unreachable(m)) => unreachable.entry(m).or_default().push(prefix_of(t)),
+            Err(OpenError::Unreachable(m)) => unreachable.entry(m).or_default().push(format!(
+                "{} (task {})",
+                prefix_of(t),
+                t.metadata.name.as_deref().unwrap_or("?")
+            )),
             // A task that ended and whose container is gone: nothing to show.
             Err(OpenError::Nothing(m)) if !view::is_live(t) => {
                 tracing::debug!(task = ?t.metadata.name, "{m}");
@@ -628,7 +629,11 @@ async fn follow_slot(
             }
             Err(OpenError::Unreachable(m)) => {
                 if !noted_unreachable {
-                    note_unreachable(std::slice::from_ref(&prefix), &m);
+                    let what = format!(
+                        "{prefix} (task {}) until it answers again",
+                        task.metadata.name.as_deref().unwrap_or("?")
+                    );
+                    note_unreachable(&[what], &m);
                     noted_unreachable = true;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
