@@ -351,5 +351,8 @@ fn logs_merge_follow_restarts_and_survive_a_lost_host() {
     let o = shoal(&kc, &["logs", "nosuch"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("\"nosuch\""));
+    let o = shoal(&kc, &["logs", "ticker.9"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no slot \"9\""));
     drop(extra);
 }

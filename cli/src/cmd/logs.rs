@@ -292,6 +292,14 @@ async fn logs(args: Args) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter(|t| selected(&sel, t))
         .collect();
+    if let Selection::Service {
+        name,
+        slot: Some(slot),
+    } = &sel
+        && tasks.is_empty()
+    {
+        anyhow::bail!("service {name:?} has no slot {slot:?} (see `shoal ps {name}`)");
+    }
     let width = tasks.iter().map(|t| prefix_of(t).len()).max().unwrap_or(0);
     let printer = Arc::new(Printer {
         width,
@@ -321,6 +329,10 @@ async fn once(
     view::sort_tasks(&mut tasks);
     // Tasks that ever had a container; ended ones may have lost it.
     tasks.retain(|t| t.status.as_ref().is_some_and(|s| s.container_id.is_some()));
+    if tasks.is_empty() {
+        eprintln!("No output yet: no task has started a container.");
+        return Ok(ExitCode::SUCCESS);
+    }
     let reads = tasks.iter().map(|t| async move {
         let res = match open(conn, t, req).await {
             Ok(r) => read_all(r).await.map_err(|e| OpenError::Api(e.into())),
