@@ -319,12 +319,18 @@ impl EventRecorder {
         let obj = obj.clone();
         let reason = reason.to_owned();
         let message = message.to_owned();
-        rt.spawn(async move {
-            if let Err(e) = this.record(&obj, type_, &reason, &message).await {
-                tracing::debug!(error = %e, %reason, object = %obj.name, "event not recorded");
-            }
-            drop(permit);
-        });
+        // Short-lived and bounded (MAX_IN_FLIGHT): it ends with its write,
+        // inside the caller's span so it belongs to the caller's tree.
+        let span = tracing::debug_span!("event", %reason, object = %obj.name);
+        rt.spawn(tracing::Instrument::instrument(
+            async move {
+                if let Err(e) = this.record(&obj, type_, &reason, &message).await {
+                    tracing::debug!(error = %e, "event not recorded");
+                }
+                drop(permit);
+            },
+            span,
+        ));
     }
 
     /// [`emit`](Self::emit) of a `Normal` Event.
