@@ -201,6 +201,8 @@ async fn session(
     let mut flush = tokio::time::interval(cfg.status_batch_window.max(Duration::from_millis(1)));
     let session_token = shutdown.child_token();
     let _guard = session_token.clone().drop_guard();
+    // Log requests being served, to cancel on the control plane's word.
+    let mut requests: HashMap<u64, CancellationToken> = HashMap::new();
 
     loop {
         tokio::select! {
@@ -251,8 +253,12 @@ async fn session(
                     }
                     Some(FromPlane::LogsRequest(req)) => {
                         let span = tracing::info_span!("logs", request = req.request_id);
+                        // Finished requests cancel their own token: forget them.
+                        requests.retain(|_, t: &mut CancellationToken| !t.is_cancelled());
+                        let stop = session_token.child_token();
+                        requests.insert(req.request_id, stop.clone());
                         tokio::spawn(
-                            serve_logs(client.clone(), logs.clone(), req, tx.clone(), session_token.clone()).instrument(span),
+                            serve_logs(client.clone(), logs.clone(), req, tx.clone(), stop).instrument(span),
                         );
                     }
                     Some(FromPlane::StatsRequest(req)) => {
@@ -261,7 +267,12 @@ async fn session(
                             message: "stats are not served by this agent yet".into(),
                         })));
                     }
-                    Some(FromPlane::CancelRequest(_)) | None => {}
+                    Some(FromPlane::CancelRequest(c)) => {
+                        if let Some(t) = requests.remove(&c.request_id) {
+                            t.cancel();
+                        }
+                    }
+                    None => {}
                 }
             }
             r = reports.recv() => {
@@ -307,6 +318,9 @@ async fn serve_logs(
     control: mpsc::Sender<AgentMessage>,
     stop: CancellationToken,
 ) {
+    // However this ends, the session then forgets the request, and a pump
+    // still waiting for a line stops.
+    let _done = stop.clone().drop_guard();
     let id = req.request_id;
     let lines = match source.logs(&req).await {
         Ok(l) => l,

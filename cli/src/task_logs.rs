@@ -95,6 +95,8 @@ impl TaskLogs for DispatcherLogs {
                 }
                 Ok(Some(chunk)) => lines_of(chunk),
             };
+            // The answer lives in the stream: dropping the stream (the
+            // reader went away) cancels the request on the agent.
             let rest = futures::stream::unfold(rx, |mut rx| async move {
                 let chunk = rx.recv().await?;
                 Some((futures::stream::iter(lines_of(chunk)), rx))

@@ -44,7 +44,7 @@ use tracing::Instrument;
 pub use config::DispatcherConfig;
 pub use hosts::is_ready;
 pub use liveness::{Entry, Link, LostReason, lost_hosts};
-pub use logs::{DataChunk, LogOptions};
+pub use logs::{Answer, DataChunk, LogOptions};
 pub use status::container_gone;
 
 /// Dispatcher errors.

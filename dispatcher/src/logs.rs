@@ -44,6 +44,30 @@ pub(crate) struct Route {
 /// cancelled.
 const ROUTE_BUFFER: usize = 256;
 
+/// The answer to a log or stats request. Dropping it cancels the request
+/// on the agent at once (a followed log of a quiet container would
+/// otherwise stay open there until the container stops).
+#[derive(Debug)]
+pub struct Answer {
+    rx: mpsc::Receiver<DataChunk>,
+    id: u64,
+    dispatcher: Dispatcher,
+}
+
+impl Answer {
+    /// The next chunk; `None` when the agent is done (or gone).
+    pub async fn recv(&mut self) -> Option<DataChunk> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        // Nothing to do if the agent already finished the request.
+        self.dispatcher.cancel(self.id);
+    }
+}
+
 impl Dispatcher {
     fn open_route(
         &self,
@@ -69,13 +93,9 @@ impl Dispatcher {
         Ok((id, rx, control))
     }
 
-    /// Asks the agent of the task's host for its logs. The receiver yields
+    /// Asks the agent of the task's host for its logs. The answer yields
     /// chunks until the agent is done; dropping it cancels the request.
-    pub async fn logs(
-        &self,
-        task: &Task,
-        opts: LogOptions,
-    ) -> Result<mpsc::Receiver<DataChunk>, DispatchError> {
+    pub async fn logs(&self, task: &Task, opts: LogOptions) -> Result<Answer, DispatchError> {
         let name = task.metadata.name.clone().unwrap_or_default();
         let host = task
             .spec
@@ -101,7 +121,11 @@ impl Dispatcher {
             self.finish_route(id);
             return Err(DispatchError::NotConnected(host));
         }
-        Ok(rx)
+        Ok(Answer {
+            rx,
+            id,
+            dispatcher: self.clone(),
+        })
     }
 
     /// Asks the agent of `host` for stats of these tasks.
@@ -110,7 +134,7 @@ impl Dispatcher {
         host: &str,
         task_uids: Vec<String>,
         stream: bool,
-    ) -> Result<mpsc::Receiver<DataChunk>, DispatchError> {
+    ) -> Result<Answer, DispatchError> {
         let (id, rx, control) = self.open_route(host)?;
         let req = StatsRequest {
             request_id: id,
@@ -127,7 +151,11 @@ impl Dispatcher {
             self.finish_route(id);
             return Err(DispatchError::NotConnected(host.to_string()));
         }
-        Ok(rx)
+        Ok(Answer {
+            rx,
+            id,
+            dispatcher: self.clone(),
+        })
     }
 
     /// Forwards a chunk; false if nobody wants it any more (the request is

@@ -7,10 +7,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
 use shoal_agent::docker::DockerEngine;
-use shoal_agent::session::{EngineLogs, HostInfo, SessionConfig};
+use shoal_agent::session::{EngineLogs, HostInfo, LogSource, SessionConfig};
 use shoal_agent::{AgentConfig, ContainerEngine, Reconciler};
 use shoal_crds::{ContainerTemplate, Host, TASK_FINALIZER, Task, TaskPhase, TaskSpec};
 use shoal_dispatcher::{DataChunk, Dispatcher, DispatcherConfig, LogOptions, is_ready};
@@ -18,6 +22,39 @@ use shoal_store::{ClusterStore, DeletePreconditions, MemStore, typed};
 use shoal_tests::{TEST_IMAGE, eventually, main_docker_host, unique_name};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+/// Engine logs, counting the streams open on the agent.
+struct CountingLogs {
+    inner: EngineLogs,
+    open: Arc<AtomicUsize>,
+}
+
+/// Decrements the count when the stream it rides with is dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl LogSource for CountingLogs {
+    async fn logs(
+        &self,
+        req: &shoal_proto::LogsRequest,
+    ) -> Result<BoxStream<'static, shoal_proto::v1::LogLine>, String> {
+        let lines = self.inner.logs(req).await?;
+        self.open.fetch_add(1, Ordering::SeqCst);
+        let guard = Open(self.open.clone());
+        Ok(lines
+            .map(move |l| {
+                let _ = &guard;
+                l
+            })
+            .boxed())
+    }
+}
 
 fn task(name: &str, host: &str) -> Task {
     let mut t = Task::new(
@@ -91,10 +128,14 @@ async fn a_bound_task_runs_on_its_host_and_goes_away_with_its_container() {
         arch: std::env::consts::ARCH.into(),
         ..Default::default()
     };
-    let logs = Arc::new(EngineLogs {
-        engine: engine.clone(),
-        cluster_id: cluster.clone(),
+    let logs = Arc::new(CountingLogs {
+        inner: EngineLogs {
+            engine: engine.clone(),
+            cluster_id: cluster.clone(),
+        },
+        open: Arc::new(AtomicUsize::new(0)),
     });
+    let open_streams = logs.open.clone();
     tokio::spawn(shoal_agent::session::run(
         SessionConfig::new(endpoint, cluster.clone(), info),
         assigned_tx,
@@ -170,6 +211,46 @@ async fn a_bound_task_runs_on_its_host_and_goes_away_with_its_container() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(text.contains("hello from"), "{text:?}");
+
+    // A followed log of the quiet container: its first line comes; once the
+    // reader drops the answer, the agent stops reading the engine's stream
+    // (it would otherwise stay open until the container stops).
+    eventually("finished reads to close", 10, || {
+        let n = open_streams.load(Ordering::SeqCst);
+        async move { n == 0 }
+    })
+    .await;
+    let mut answer = d
+        .logs(
+            &t,
+            LogOptions {
+                follow: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut followed = String::new();
+    while !followed.contains("hello from") {
+        match tokio::time::timeout(Duration::from_secs(10), answer.recv())
+            .await
+            .unwrap()
+        {
+            Some(DataChunk::Logs(c)) => {
+                for l in c.lines {
+                    followed.push_str(&String::from_utf8_lossy(&l.data));
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(open_streams.load(Ordering::SeqCst), 1, "the follow is open");
+    drop(answer);
+    eventually("the agent to stop following", 10, || {
+        let n = open_streams.load(Ordering::SeqCst);
+        async move { n == 0 }
+    })
+    .await;
 
     // Delete: the container is stopped and removed, then the Task goes.
     store
