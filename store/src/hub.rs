@@ -9,14 +9,6 @@
 //! as with Kubernetes' 410). Progress notifications ([`WatchEvent::Progress`])
 //! go through the same channels, so one never overtakes an event.
 //!
-//! [`Core::apply`] only queues a change's events; [`Core::deliver`] hands
-//! them to the watchers' channels (waking their tasks). The Raft node
-//! delivers right after answering the writers of the same batch, so a writer
-//! is not queued behind the watchers it wakes; [`Hub::apply`] (the in-memory
-//! store) delivers at once. Queued events are delivered before anything else
-//! reaches a watcher (progress, a cut-off, the end of the stream), and at the
-//! latest by the next progress tick.
-//!
 //! A change goes to its watchers as one [`SharedObject`] behind an `Arc`: the
 //! writer clones the object once per change, not once per watcher, and its
 //! JSON encoding is computed once, by the first consumer that asks for it
@@ -148,11 +140,8 @@ struct Watcher {
     sel: Selector,
     tx: mpsc::Sender<SharedEvent>,
     cut: CutSlot,
-    /// The last revision put in this watcher's channel.
+    /// The last revision queued for this watcher.
     last: Revision,
-    /// Events not yet in the channel (see [`Core::deliver`]), oldest first,
-    /// with their revisions.
-    queued: Vec<(Revision, SharedEvent)>,
 }
 
 /// The state machine and the watchers, always locked together so that a watch
@@ -161,11 +150,6 @@ struct Watcher {
 pub struct Core {
     sm: StateMachine,
     watchers: Vec<Watcher>,
-    /// Whether some watcher has queued events.
-    undelivered: bool,
-    /// The most events one watcher may have queued: the channel's capacity
-    /// (more would cut it off anyway).
-    queue_cap: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -214,8 +198,7 @@ impl Core {
         &self.sm
     }
 
-    /// Applies a command and queues its change's events for the watchers:
-    /// call [`Core::deliver`] once the writers are answered.
+    /// Applies a command and sends its change to the watchers.
     pub fn apply(&mut self, cmd: &Command) -> Result<Applied, StoreError> {
         let applied = self.sm.apply(cmd)?;
         if let Some(change) = &applied.change {
@@ -224,64 +207,34 @@ impl Core {
         Ok(applied)
     }
 
+    /// Queues a change's events: one shared object for every watcher it
+    /// goes to.
     fn publish(&mut self, change: &Change) {
-        let mut obj = None;
-        let mut full = false;
-        for w in &mut self.watchers {
-            if let Some(ev) = shared_event_for(&w.sel, change, &mut obj) {
-                w.queued.push((change.revision, ev));
-                self.undelivered = true;
-                full |= w.queued.len() >= self.queue_cap;
-            }
-        }
-        if full {
-            self.deliver();
-        }
-    }
-
-    /// Hands the queued events to the watchers' channels, cutting off those
-    /// whose channel is full and dropping those whose stream is gone.
-    pub fn deliver(&mut self) {
-        if !self.undelivered {
-            self.watchers.retain(|w| !w.tx.is_closed());
-            return;
-        }
-        self.undelivered = false;
         let oldest = self.sm.oldest_watchable();
-        self.watchers.retain_mut(|w| {
-            if w.queued.is_empty() {
-                return !w.tx.is_closed();
-            }
-            let mut queued = std::mem::take(&mut w.queued).into_iter();
-            let ok = queued.all(|(rev, ev)| {
-                let ok = offer(w, ev, oldest);
-                if ok {
-                    w.last = rev;
+        let mut obj = None;
+        self.watchers
+            .retain_mut(|w| match shared_event_for(&w.sel, change, &mut obj) {
+                None => !w.tx.is_closed(),
+                Some(ev) => {
+                    let ok = offer(w, ev, oldest);
+                    if ok {
+                        w.last = change.revision;
+                    }
+                    ok
                 }
-                ok
             });
-            if ok {
-                // Keep the (now empty) allocation for the next events.
-                w.queued = queued.collect();
-            }
-            ok
-        });
     }
 
-    /// Sends every watcher a progress notification at the current revision
-    /// (after its queued events).
+    /// Sends every watcher a progress notification at the current revision.
     pub fn progress(&mut self) {
-        self.deliver();
         let (rev, oldest) = (self.sm.revision(), self.sm.oldest_watchable());
         self.watchers
             .retain_mut(|w| offer(w, SharedEvent::Progress(rev), oldest));
     }
 
     /// Replaces the whole state (a Raft snapshot was installed). Every watcher
-    /// is cut off with `TooOld` (after its queued events): what changed in
-    /// between is unknown.
+    /// is cut off with `TooOld`: what changed in between is unknown.
     pub fn replace_state(&mut self, sm: StateMachine) {
-        self.deliver();
         self.sm = sm;
         let oldest = self.sm.oldest_watchable();
         for w in self.watchers.drain(..) {
@@ -292,10 +245,8 @@ impl Core {
         }
     }
 
-    /// Ends every watch stream (the store is shutting down), after the
-    /// events queued for it.
+    /// Ends every watch stream (the store is shutting down).
     pub fn close_watchers(&mut self) {
-        self.deliver();
         self.watchers.clear();
     }
 
@@ -305,8 +256,8 @@ impl Core {
     }
 }
 
-/// Puts an event in a watcher's channel; on a full channel the watcher is cut
-/// off. Returns whether the watcher stays.
+/// Queues an event for a watcher; on a full channel the watcher is cut off.
+/// Returns whether the watcher stays.
 fn offer(w: &mut Watcher, ev: SharedEvent, oldest: Revision) -> bool {
     match w.tx.try_send(ev) {
         Ok(()) => true,
@@ -344,8 +295,6 @@ impl Hub {
             core: Mutex::new(Core {
                 sm,
                 watchers: Vec::new(),
-                undelivered: false,
-                queue_cap: config.watch_buffer.max(1),
             }),
             config,
             ticker: Mutex::new(false),
@@ -385,17 +334,9 @@ impl Hub {
         self.lock().sm.revision()
     }
 
-    /// Applies a command now, and delivers its events.
+    /// Applies a command now.
     pub fn apply(&self, cmd: &Command) -> Result<Applied, StoreError> {
-        let mut core = self.lock();
-        let applied = core.apply(cmd);
-        core.deliver();
-        applied
-    }
-
-    /// Delivers the events queued by [`Core::apply`] (see [`Core::deliver`]).
-    pub fn deliver(&self) {
-        self.lock().deliver();
+        self.lock().apply(cmd)
     }
 
     /// Starts a watch: the recorded changes after `from`, then live ones.
@@ -440,7 +381,6 @@ impl Hub {
                 tx,
                 cut: cut.clone(),
                 last,
-                queued: Vec::new(),
             });
             backlog
         };
@@ -606,33 +546,6 @@ mod tests {
         assert_eq!(plain_names, names);
     }
 
-    /// `Core::apply` queues; the watchers see the events once delivered, and
-    /// a progress notification never overtakes a queued event. A watch
-    /// started between the apply and the delivery gets the change once.
-    #[tokio::test]
-    async fn events_wait_for_delivery_and_precede_progress() {
-        let hub = hub(64);
-        let mut early = hub.watch_shared(Kind::Service, 0, &all()).unwrap();
-        hub.lock()
-            .apply(&Command::create(service("s0", "web")))
-            .unwrap();
-        assert!(next(&mut early).is_none(), "not delivered yet");
-        let mut late = hub.watch_shared(Kind::Service, 0, &all()).unwrap();
-        hub.lock().progress();
-        for w in [&mut early, &mut late] {
-            assert!(matches!(next(w), Some(Ok(SharedEvent::Added(_)))));
-            assert!(matches!(next(w), Some(Ok(SharedEvent::Progress(1)))));
-            assert!(next(w).is_none());
-        }
-        hub.lock()
-            .apply(&Command::create(service("s1", "web")))
-            .unwrap();
-        hub.deliver();
-        for w in [&mut early, &mut late] {
-            assert!(matches!(next(w), Some(Ok(SharedEvent::Added(_)))));
-        }
-    }
-
     /// A watcher that does not read is cut off with `TooOld` once its buffer
     /// is full (after the events it holds); the writer never waits, and a
     /// watcher that reads gets every event.
@@ -666,24 +579,6 @@ mod tests {
             "{err:?}"
         );
         assert!(slow.next().await.is_none());
-    }
-
-    /// Without delivery, queued events are bounded: at the channel's
-    /// capacity they are delivered (and a full watcher cut off).
-    #[tokio::test]
-    async fn undelivered_events_are_bounded() {
-        let hub = hub(4);
-        let mut w = hub.watch_shared(Kind::Service, 0, &all()).unwrap();
-        for i in 0..4 {
-            hub.lock()
-                .apply(&Command::create(service(&format!("s{i}"), "web")))
-                .unwrap();
-        }
-        let mut got = 0;
-        while let Some(Ok(SharedEvent::Added(_))) = next(&mut w) {
-            got += 1;
-        }
-        assert_eq!(got, 4);
     }
 
     /// A change that moves an object out of a label selection is a DELETED

@@ -375,8 +375,6 @@ impl Node {
         let answers = self.apply(light.take_committed_entries())?;
         answered += answers.len();
         answer(answers);
-        // Wake the watchers only now: the writers answered above go first.
-        self.hub.deliver();
         self.answered_last = answered as u64;
         self.raw.advance_apply();
         Ok(())
