@@ -88,6 +88,7 @@ pub struct Reconciler {
     wake_at: Option<SystemTime>,
     status_tx: mpsc::UnboundedSender<StatusUpdate>,
     semaphore: Arc<Semaphore>,
+    engine_state: watch::Sender<Option<String>>,
 }
 
 type Done = (Action, ActionResult);
@@ -120,7 +121,27 @@ impl Reconciler {
             wake_at: None,
             status_tx,
             semaphore,
+            engine_state: watch::Sender::new(None),
         }
+    }
+
+    /// Whether the engine answers: `None` while it does, else why not. The
+    /// session reports it to the control plane, which replaces the host's
+    /// tasks elsewhere when the engine stays away.
+    pub fn engine_state(&self) -> watch::Receiver<Option<String>> {
+        self.engine_state.subscribe()
+    }
+
+    fn engine_down(&self, why: &EngineError) {
+        let why = why.to_string();
+        self.engine_state.send_if_modified(|cur| {
+            if cur.is_none() {
+                *cur = Some(why);
+                true
+            } else {
+                false
+            }
+        });
     }
 
     fn cluster_filter(&self) -> Vec<(String, String)> {
@@ -152,6 +173,7 @@ impl Reconciler {
                 Ok(v) => info!(version = %v.version, api = %v.api_version, "engine reachable"),
                 Err(e) => {
                     debug!(error = %e, "engine not reachable");
+                    self.engine_down(&e);
                     self.lost_at.get_or_insert_with(SystemTime::now);
                     continue;
                 }
@@ -182,10 +204,13 @@ impl Reconciler {
             );
             if let Err(e) = self.resync().await {
                 warn!(error = %e, "resync failed; reconnecting");
+                self.engine_down(&e);
                 self.lost_at.get_or_insert_with(SystemTime::now);
                 stream_token.cancel();
                 continue;
             }
+            self.engine_state
+                .send_if_modified(|cur| cur.take().is_some());
             backoff = Duration::ZERO;
             if let Some(lost) = self.lost_at.take() {
                 let now = SystemTime::now();
@@ -217,10 +242,12 @@ impl Reconciler {
                         }
                         Some(Err(e)) => {
                             warn!(error = %e, "engine event stream lost; reconnecting");
+                            self.engine_down(&e);
                             self.lost_at = Some(SystemTime::now());
                             break;
                         }
                         None => {
+                            self.engine_down(&EngineError::Unavailable("event stream ended".into()));
                             self.lost_at = Some(SystemTime::now());
                             break;
                         }
@@ -247,6 +274,7 @@ impl Reconciler {
                     _ = resync.tick() => {
                         if let Err(e) = self.resync().await {
                             warn!(error = %e, "periodic resync failed; reconnecting");
+                            self.engine_down(&e);
                             self.lost_at = Some(SystemTime::now());
                             break;
                         }

@@ -66,6 +66,10 @@ pub struct SessionConfig {
     pub max_backoff: Duration,
     /// Longest time status reports wait to be sent together.
     pub status_batch_window: Duration,
+    /// The engine's state from [`crate::Reconciler::engine_state`]: `None`
+    /// while it answers, else why not; sent with every heartbeat (and at
+    /// once when it changes). Without it the engine is taken as up.
+    pub engine_state: Option<watch::Receiver<Option<String>>>,
 }
 
 impl SessionConfig {
@@ -77,6 +81,7 @@ impl SessionConfig {
             host,
             max_backoff: Duration::from_secs(5),
             status_batch_window: Duration::from_millis(10),
+            engine_state: None,
         }
     }
 }
@@ -203,6 +208,11 @@ async fn session(
     let _guard = session_token.clone().drop_guard();
     // Log requests being served, to cancel on the control plane's word.
     let mut requests: HashMap<u64, CancellationToken> = HashMap::new();
+    // The engine's state; a fixed "up" without a reconciler to say.
+    let (_up, fixed) = watch::channel(None::<String>);
+    let mut engine_state = cfg.engine_state.clone().unwrap_or(fixed);
+    engine_state.mark_changed();
+    let mut engine_reported: Option<String> = None;
 
     loop {
         tokio::select! {
@@ -287,7 +297,25 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                let hb = Heartbeat { agent_time: None, last_applied_sequence: sequence };
+                let hb = Heartbeat {
+                    agent_time: None,
+                    last_applied_sequence: sequence,
+                    engine_unavailable: engine_state.borrow().clone(),
+                };
+                if tx.try_send(send(ToPlane::Heartbeat(hb))).is_err() {
+                    return Err(SessionError::Protocol("outbound queue full".into()));
+                }
+            }
+            // The engine went away or came back: say so at once.
+            Ok(()) = engine_state.changed() => {
+                let down = engine_state.borrow_and_update().clone();
+                match (&down, &engine_reported) {
+                    (Some(why), None) => tracing::warn!(%why, "engine unavailable; telling the control plane"),
+                    (None, Some(_)) => tracing::info!("engine available again"),
+                    _ => {}
+                }
+                engine_reported.clone_from(&down);
+                let hb = Heartbeat { agent_time: None, last_applied_sequence: sequence, engine_unavailable: down };
                 if tx.try_send(send(ToPlane::Heartbeat(hb))).is_err() {
                     return Err(SessionError::Protocol("outbound queue full".into()));
                 }

@@ -161,6 +161,7 @@ pub fn start(
     let (assigned_tx, assigned_rx) = watch::channel(None);
     let (status_tx, status_rx) = mpsc::unbounded_channel();
     let reconciler = Reconciler::new(engine.clone(), settings.config, status_tx);
+    let engine_state = reconciler.engine_state();
     let host_name = settings.host_name;
     let reconciler_task = tokio::spawn(
         reconciler
@@ -173,7 +174,10 @@ pub fn start(
     });
     let session_task = tokio::spawn(
         shoal_agent::session::run(
-            SessionConfig::new(settings.dispatcher_url, settings.cluster_id, info),
+            SessionConfig {
+                engine_state: Some(engine_state),
+                ..SessionConfig::new(settings.dispatcher_url, settings.cluster_id, info)
+            },
             assigned_tx,
             status_rx,
             logs,

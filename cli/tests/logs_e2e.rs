@@ -9,58 +9,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use shoal_tests::{Engine, Host, RemoveClusterOnDrop, main_docker_host};
+use common::{Killed, TwoHosts, eventually, ok, shoal, task_hosts};
 
 const MAIN_HOST: &str = "logs-main";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn shoal(kc: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(args)
-        .env("KUBECONFIG", kc)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn ok(kc: &Path, args: &[&str]) -> String {
-    let o = shoal(kc, args);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "shoal {args:?}: {:?}\n{out}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
-}
-
-fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
 
 const SERVICE: &str = r#"
 apiVersion: shoal.dev/v1alpha1
@@ -95,96 +54,16 @@ fn parse(line: &str) -> (String, String, String) {
     )
 }
 
-/// Host of each task of the service, from `shoal get tasks -o json`.
-fn task_hosts(kc: &Path) -> Vec<(String, String, String)> {
-    let v: serde_json::Value = serde_json::from_str(&ok(
-        kc,
-        &[
-            "get",
-            "tasks",
-            "-l",
-            "shoal.dev/service=ticker",
-            "-o",
-            "json",
-        ],
-    ))
-    .unwrap();
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                t["spec"]["hostName"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                t["status"]["phase"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn logs_merge_follow_restarts_and_survive_a_lost_host() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(Engine::main()).unwrap();
-    let extra = rt.block_on(Host::start("logs")).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let log = std::fs::File::create(tmp.path().join("up.log")).unwrap();
-    let out_path = tmp.path().join("up.out");
-    let _up = Killed(
-        Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["up", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--dispatcher-listen",
-                "127.0.0.1:0",
-                "--host-name",
-                MAIN_HOST,
-            ])
-            .env("DOCKER_HOST", main_docker_host())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_path).unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let kc = data.join("kubeconfig");
-    let mut dispatcher = String::new();
-    eventually("shoal up to print the dispatcher", 30, || {
-        let out = std::fs::read_to_string(&out_path).unwrap_or_default();
-        match out
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("dispatcher:"))
-        {
-            Some(rest) => {
-                dispatcher = rest.split_whitespace().next().unwrap().to_string();
-                true
-            }
-            None => false,
-        }
-    });
-    let cluster = std::fs::read_to_string(data.join("cluster-id"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let _cleanup = RemoveClusterOnDrop(Some(cluster.clone()));
+    let hosts = TwoHosts::start(MAIN_HOST, "logs");
+    let (kc, extra, dispatcher) = (&hosts.kc, &hosts.extra, &hosts.dispatcher);
+    let tmp = &hosts.tmp;
 
     eprintln!("step: An agent without the cluster id");
     // An agent without the cluster id is refused with a clear error.
     let o = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["agent", "--dispatcher", &dispatcher])
+        .args(["agent", "--dispatcher", dispatcher])
         .env("DOCKER_HOST", &extra.docker_host)
         .env_remove("SHOAL_CLUSTER_ID")
         .output()
@@ -196,49 +75,27 @@ fn logs_merge_follow_restarts_and_survive_a_lost_host() {
         String::from_utf8_lossy(&o.stderr)
     );
 
-    let agent_log = std::fs::File::create(tmp.path().join("agent.log")).unwrap();
-    let mut agent = Killed(
-        Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args([
-                "agent",
-                "--dispatcher",
-                &dispatcher,
-                "--cluster-id",
-                &cluster,
-            ])
-            .args(["--host-name", &extra.name])
-            .env("DOCKER_HOST", &extra.docker_host)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(agent_log)
-            .spawn()
-            .unwrap(),
-    );
-    eventually("both hosts to join", 30, || {
-        let o = shoal(&kc, &["host", "ls"]);
-        let out = String::from_utf8_lossy(&o.stdout);
-        o.status.success() && out.contains(MAIN_HOST) && out.contains(&extra.name)
-    });
+    let mut agent = hosts.start_agent();
 
     eprintln!("step: apply the service");
     let manifest = tmp.path().join("ticker.yaml");
     std::fs::write(&manifest, SERVICE).unwrap();
-    ok(&kc, &["apply", "-f", manifest.to_str().unwrap()]);
+    ok(kc, &["apply", "-f", manifest.to_str().unwrap()]);
     eventually("tasks running on both hosts", 60, || {
-        let t = task_hosts(&kc);
+        let t = task_hosts(kc, "ticker");
         let on = |h: &str| t.iter().any(|(_, host, _)| host == h);
         t.len() >= 4 && on(MAIN_HOST) && on(&extra.name)
     });
     // Every slot has printed its first lines, and one has exited.
     eventually("lines of all four slots and an exit", 30, || {
-        let out = ok(&kc, &["logs", "ticker", "--timestamps"]);
+        let out = ok(kc, &["logs", "ticker", "--timestamps"]);
         let slots: HashSet<String> = out.lines().map(|l| parse(l).0).collect();
         slots.len() == 4 && out.contains(" bye")
     });
 
     eprintln!("step: Merged, sorted by time");
     // Merged, sorted by time, every line prefixed.
-    let out = ok(&kc, &["logs", "ticker", "--timestamps"]);
+    let out = ok(kc, &["logs", "ticker", "--timestamps"]);
     let lines: Vec<_> = out.lines().map(parse).collect();
     let times: Vec<jiff::Timestamp> = lines.iter().map(|l| l.1.parse().unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "not sorted:\n{out}");
@@ -249,10 +106,10 @@ fn logs_merge_follow_restarts_and_survive_a_lost_host() {
 
     eprintln!("step: One slot, the last line only.");
     // One slot, the last line only.
-    let out = ok(&kc, &["logs", "ticker.1", "--tail", "1"]);
+    let out = ok(kc, &["logs", "ticker.1", "--tail", "1"]);
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.starts_with("ticker.1 | "), "{out}");
-    let out = ok(&kc, &["logs", "ticker", "--no-prefix", "--tail", "1"]);
+    let out = ok(kc, &["logs", "ticker", "--no-prefix", "--tail", "1"]);
     assert!(out.lines().all(|l| !l.contains(" | ")), "{out}");
 
     eprintln!("step: Follow: every slot");
@@ -260,7 +117,7 @@ fn logs_merge_follow_restarts_and_survive_a_lost_host() {
     let mut follower = Killed(
         Command::new(env!("CARGO_BIN_EXE_shoal"))
             .args(["logs", "ticker", "-f", "--timestamps", "--tail", "0"])
-            .env("KUBECONFIG", &kc)
+            .env("KUBECONFIG", kc)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -314,7 +171,7 @@ fn logs_merge_follow_restarts_and_survive_a_lost_host() {
     let _ = agent.0.kill();
     let _ = agent.0.wait();
     eventually("the lost host's tasks orphaned and replaced", 30, || {
-        let t = task_hosts(&kc);
+        let t = task_hosts(kc, "ticker");
         let orphaned = t
             .iter()
             .filter(|(_, h, p)| h == &extra.name && p == "Orphaned")
@@ -327,7 +184,7 @@ fn logs_merge_follow_restarts_and_survive_a_lost_host() {
     });
     let note = format!("host {} cannot be reached", extra.name);
     let read = || {
-        let o = shoal(&kc, &["logs", "ticker"]);
+        let o = shoal(kc, &["logs", "ticker"]);
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         let slots: HashSet<String> = out
@@ -348,11 +205,10 @@ fn logs_merge_follow_restarts_and_survive_a_lost_host() {
     assert!(err.contains("not shown: ticker."), "{err}");
 
     // Unknown names are refused, naming them.
-    let o = shoal(&kc, &["logs", "nosuch"]);
+    let o = shoal(kc, &["logs", "nosuch"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("\"nosuch\""));
-    let o = shoal(&kc, &["logs", "ticker.9"]);
+    let o = shoal(kc, &["logs", "ticker.9"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no slot \"9\""));
-    drop(extra);
 }

@@ -19,6 +19,36 @@ pub enum Link {
         /// When the link was lost (or the dispatcher started).
         since: Instant,
     },
+    /// A session is open, but the agent reports that its container engine
+    /// has not answered since `since`.
+    EngineDown {
+        /// Last heartbeat (or any message).
+        last_seen: Instant,
+        /// When the agent first reported the engine unavailable.
+        since: Instant,
+    },
+}
+
+impl Link {
+    /// A message arrived now.
+    pub fn seen(&mut self, now: Instant) {
+        match self {
+            Link::Connected { last_seen } | Link::EngineDown { last_seen, .. } => *last_seen = now,
+            Link::Disconnected { .. } => {}
+        }
+    }
+
+    /// The agent says whether its engine answers (a connected link only).
+    pub fn engine(&mut self, available: bool, now: Instant) {
+        *self = match *self {
+            Link::Connected { last_seen } if !available => Link::EngineDown {
+                last_seen,
+                since: now,
+            },
+            Link::EngineDown { last_seen, .. } if available => Link::Connected { last_seen },
+            other => other,
+        };
+    }
 }
 
 /// A host's liveness entry.
@@ -37,6 +67,8 @@ pub enum LostReason {
     HeartbeatsMissed,
     /// A host's stream closed and it did not come back within the grace.
     Disconnected,
+    /// A host's container engine stayed unavailable past the grace.
+    EngineUnavailable,
 }
 
 impl LostReason {
@@ -45,12 +77,14 @@ impl LostReason {
         match self {
             LostReason::HeartbeatsMissed => "HeartbeatsMissed",
             LostReason::Disconnected => "AgentDisconnected",
+            LostReason::EngineUnavailable => "EngineUnavailable",
         }
     }
 }
 
 /// Hosts that must be declared lost now: Ready in the store, and silent for
-/// longer than the heartbeat timeout (connected) or the grace (disconnected).
+/// longer than the heartbeat timeout (connected), or disconnected or
+/// without an engine for longer than the grace.
 pub fn lost_hosts(
     now: Instant,
     hosts: &BTreeMap<String, Entry>,
@@ -68,6 +102,14 @@ pub fn lost_hosts(
             }
             Link::Disconnected { since } if now.saturating_duration_since(since) > grace => {
                 Some((name.clone(), LostReason::Disconnected))
+            }
+            Link::EngineDown { last_seen, .. }
+                if now.saturating_duration_since(last_seen) > heartbeat_timeout =>
+            {
+                Some((name.clone(), LostReason::HeartbeatsMissed))
+            }
+            Link::EngineDown { since, .. } if now.saturating_duration_since(since) > grace => {
+                Some((name.clone(), LostReason::EngineUnavailable))
             }
             _ => None,
         })
@@ -130,6 +172,42 @@ mod tests {
                 Some(LostReason::Disconnected),
             ),
             (
+                "engine down within grace",
+                Entry {
+                    link: Link::EngineDown {
+                        last_seen: t0 + ms(800),
+                        since: t0,
+                    },
+                    ready: true,
+                },
+                ms(900),
+                None,
+            ),
+            (
+                "engine down past grace",
+                Entry {
+                    link: Link::EngineDown {
+                        last_seen: t0 + ms(1000),
+                        since: t0,
+                    },
+                    ready: true,
+                },
+                ms(1001),
+                Some(LostReason::EngineUnavailable),
+            ),
+            (
+                "engine down and silent",
+                Entry {
+                    link: Link::EngineDown {
+                        last_seen: t0,
+                        since: t0,
+                    },
+                    ready: true,
+                },
+                ms(2001),
+                Some(LostReason::HeartbeatsMissed),
+            ),
+            (
                 "already not ready",
                 Entry {
                     link: Link::Disconnected { since: t0 },
@@ -148,6 +226,37 @@ mod tests {
                 None,
             ),
         ];
+        // The link follows what the agent says of its engine.
+        let mut l = Link::Connected { last_seen: t0 };
+        l.engine(false, t0 + ms(5));
+        assert_eq!(
+            l,
+            Link::EngineDown {
+                last_seen: t0,
+                since: t0 + ms(5)
+            }
+        );
+        l.engine(false, t0 + ms(9));
+        l.seen(t0 + ms(10));
+        assert_eq!(
+            l,
+            Link::EngineDown {
+                last_seen: t0 + ms(10),
+                since: t0 + ms(5)
+            },
+            "a repeat keeps the first time"
+        );
+        l.engine(true, t0 + ms(20));
+        assert_eq!(
+            l,
+            Link::Connected {
+                last_seen: t0 + ms(10)
+            }
+        );
+        let mut d = Link::Disconnected { since: t0 };
+        d.engine(false, t0 + ms(1));
+        d.seen(t0 + ms(1));
+        assert_eq!(d, Link::Disconnected { since: t0 });
         for (name, entry, after, want) in cases {
             let hosts = BTreeMap::from([("h".to_string(), entry)]);
             let got = lost_hosts(t0 + after, &hosts, timeout, grace);

@@ -288,13 +288,40 @@ async fn assignments(d: &Dispatcher, host: &str, tx: &Tx) -> Result<(), StoreErr
 
 impl Dispatcher {
     fn on_agent_message(&self, host: &str, m: AgentMessage) {
-        if let Some(state) = self.shared().hosts.get_mut(host)
-            && let Link::Connected { last_seen } = &mut state.entry.link
-        {
-            *last_seen = Instant::now();
+        let now = Instant::now();
+        if let Some(state) = self.shared().hosts.get_mut(host) {
+            state.entry.link.seen(now);
         }
         match m.message {
-            Some(FromAgent::Heartbeat(_)) | None => {}
+            Some(FromAgent::Heartbeat(hb)) => {
+                let mut sh = self.shared();
+                let Some(state) = sh.hosts.get_mut(host) else {
+                    return;
+                };
+                if let Some(why) = &hb.engine_unavailable
+                    && matches!(state.entry.link, Link::Connected { .. })
+                {
+                    tracing::warn!(%why, "the host's engine is unavailable");
+                }
+                state
+                    .entry
+                    .link
+                    .engine(hb.engine_unavailable.is_none(), now);
+                // A host declared lost (its engine stayed away, or its
+                // heartbeats stopped) that is whole again on the same
+                // session rejoins: a fresh Hello makes it Ready and sends it
+                // the complete set.
+                if !state.entry.ready
+                    && matches!(state.entry.link, Link::Connected { .. })
+                    && let Some(s) = &state.session
+                {
+                    tracing::info!("the lost host is back; asking its agent to rejoin");
+                    let _ = s.tx.try_send(Err(Status::unavailable(
+                        "this host was declared lost; rejoin",
+                    )));
+                }
+            }
+            None => {}
             Some(FromAgent::TaskStatus(batch)) => {
                 for u in batch.updates {
                     let Some(status) = u.status else { continue };

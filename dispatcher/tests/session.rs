@@ -303,6 +303,7 @@ async fn a_closed_stream_loses_the_host_after_the_grace_and_orphans_its_tasks() 
             .send(FromAgent::Heartbeat(Heartbeat {
                 agent_time: None,
                 last_applied_sequence: Some(1),
+                engine_unavailable: None,
             }))
             .await;
         assert!(
@@ -339,6 +340,7 @@ async fn a_silent_agent_is_lost_after_missed_heartbeats() {
             .send(FromAgent::Heartbeat(Heartbeat {
                 agent_time: None,
                 last_applied_sequence: Some(1),
+                engine_unavailable: None,
             }))
             .await;
     }
@@ -356,6 +358,77 @@ async fn a_silent_agent_is_lost_after_missed_heartbeats() {
     let cond = host(store, "h9").await.status.unwrap().conditions.unwrap();
     assert_eq!(cond[0].reason.as_deref(), Some("HeartbeatsMissed"));
     drop(agent);
+}
+
+#[tokio::test]
+async fn a_host_whose_engine_stays_away_is_lost_and_rejoins_when_it_is_back() {
+    let p = plane().await;
+    let store = p.store.as_ref();
+    typed::create(store, &task("web-0-eeeee", "h7"))
+        .await
+        .unwrap();
+    let mut agent = Agent::connect(&p.addr, "h7").await;
+    agent.next().await;
+    agent.next().await;
+    let hb = |down: Option<&str>| {
+        FromAgent::Heartbeat(Heartbeat {
+            agent_time: None,
+            last_applied_sequence: Some(1),
+            engine_unavailable: down.map(str::to_owned),
+        })
+    };
+    // The engine goes away while the agent keeps heartbeating: Ready within
+    // the grace (400 ms; a dockerd restart fits), lost after it.
+    let down = tokio::time::Instant::now();
+    while down.elapsed() < Duration::from_millis(250) {
+        agent
+            .send(hb(Some("engine unavailable: connection refused")))
+            .await;
+        assert!(is_ready(&host(store, "h7").await), "lost within the grace");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    loop {
+        agent
+            .send(hb(Some("engine unavailable: connection refused")))
+            .await;
+        if !is_ready(&host(store, "h7").await) {
+            break;
+        }
+        assert!(down.elapsed() < Duration::from_secs(5), "never lost");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cond = host(store, "h7").await.status.unwrap().conditions.unwrap();
+    assert_eq!(cond[0].reason.as_deref(), Some("EngineUnavailable"));
+    eventually("the task Orphaned", || async {
+        get_task(store, "web-0-eeeee")
+            .await
+            .and_then(|t| t.status)
+            .is_some_and(|s| s.phase == Some(TaskPhase::Orphaned))
+    })
+    .await;
+    // The engine is back: the session is ended so the agent rejoins (a
+    // fresh Hello makes the host Ready again).
+    agent.send(hb(None)).await;
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match agent.rx.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the session did not end");
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    assert!(status.message().contains("rejoin"), "{status}");
+    drop(agent);
+    let mut again = Agent::connect(&p.addr, "h7").await;
+    again.next().await;
+    eventually("host Ready again", || async {
+        is_ready(&host(store, "h7").await)
+    })
+    .await;
 }
 
 #[tokio::test]
