@@ -37,115 +37,29 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use bollard::Docker;
-use bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+use shoal_bench::{
+    SLEEP_SHELL, ShoalUp, clear, finish, list_ms, loadavg, logs_dir, median, ms, run_logged,
+    runs_from_env, shoal_bin, sleep_service_yaml, spawn_logged, wait_running,
 };
-use shoal_tests::{Host, TEST_IMAGE, repo_root};
+use shoal_tests::{Host, TEST_IMAGE};
 
 const REPLICAS: usize = 50;
 const POLL: Duration = Duration::from_millis(50);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(180);
-const SHELL: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
 const SHOAL_HOST_NAME: &str = "conv-bench";
 const SWARM_SERVICE: &str = "conv";
 const COMPOSE_PROJECT: &str = "convbench";
 
-/// The one polling function every system is measured with: list the engine's running
-/// containers carrying `label` every 50 ms; the time since `t0` when there are `n`.
-async fn wait_running(docker: &Docker, label: &str, n: usize, t0: Instant) -> Result<Duration> {
-    let filters = HashMap::from([
-        ("label", vec![label.to_string()]),
-        ("status", vec!["running".to_string()]),
-    ]);
-    let opts = ListContainersOptionsBuilder::default()
-        .all(false)
-        .filters(&filters)
-        .build();
-    loop {
-        let count = docker
-            .list_containers(Some(opts.clone()))
-            .await
-            .context("listing containers")?
-            .len();
-        if count >= n {
-            return Ok(t0.elapsed());
-        }
-        if t0.elapsed() > CONVERGE_TIMEOUT {
-            bail!(
-                "only {count}/{n} containers with {label} running after {} s",
-                CONVERGE_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Containers (running or not) carrying `label`.
-async fn count_all(docker: &Docker, label: &str) -> Result<Vec<String>> {
-    let filters = HashMap::from([("label", vec![label.to_string()])]);
-    let opts = ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    Ok(docker
-        .list_containers(Some(opts))
-        .await
-        .context("listing containers")?
-        .into_iter()
-        .filter_map(|c| c.id)
-        .collect())
-}
-
-/// Wait up to `secs` for every container with `label` to be gone; then force-remove what is
-/// left (and its networks when `networks`), and insist on zero.
-async fn clear(docker: &Docker, label: &str, secs: u64, networks: bool) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline && !count_all(docker, label).await?.is_empty() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let left = count_all(docker, label).await?;
-    if !left.is_empty() {
-        eprintln!("  force-removing {} containers with {label}", left.len());
-        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
-        let removals = left.iter().map(|id| {
-            let opts = opts.clone();
-            async move { docker.remove_container(id, Some(opts)).await }
-        });
-        for r in futures::future::join_all(removals).await {
-            if let Err(e) = r {
-                eprintln!("  removing a container: {e}");
-            }
-        }
-    }
-    if networks {
-        let filters = HashMap::from([("label", vec![label.to_string()])]);
-        let opts = ListNetworksOptionsBuilder::default()
-            .filters(&filters)
-            .build();
-        for n in docker
-            .list_networks(Some(opts))
-            .await
-            .context("listing networks")?
-        {
-            if let Some(id) = n.id
-                && let Err(e) = docker.remove_network(&id).await
-            {
-                eprintln!("  removing network {id}: {e}");
-            }
-        }
-    }
-    let left = count_all(docker, label).await?;
-    ensure!(
-        left.is_empty(),
-        "{} containers with {label} remain",
-        left.len()
-    );
-    Ok(())
+/// The time since `t0` until the engine runs 50 containers with `label`: the one polling
+/// function every system is measured with (every 50 ms).
+async fn converged(docker: &Docker, label: &str, t0: Instant) -> Result<Duration> {
+    let labels = [label.to_string()];
+    wait_running(docker, &labels, REPLICAS, t0, POLL, CONVERGE_TIMEOUT).await
 }
 
 /// CPU time (utime + stime, clock ticks of 10 ms) of process `root` and all its
@@ -209,14 +123,6 @@ impl CpuMeter {
             None => format!("engine CPU {e:.1} s"),
         }
     }
-}
-
-/// The 1-minute load average (other work on the machine skews every figure).
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_default()
 }
 
 fn engine_pid(host: &Host) -> u32 {
@@ -308,62 +214,6 @@ impl Timeline {
     }
 }
 
-/// Spawn `cmd` with stdin closed and both outputs to `log` (never this process's pipes).
-fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
-    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let err = out.try_clone()?;
-    cmd.stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .with_context(|| format!("spawning {cmd:?}"))
-}
-
-fn tail(log: &Path) -> String {
-    let s = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
-}
-
-/// Wait for a spawned command (already running or done) and insist on success.
-async fn finish(mut child: Child, what: &str, log: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(st) = child.try_wait()? {
-            ensure!(st.success(), "{what} failed ({st}):\n{}", tail(log));
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{what} did not finish within 120 s:\n{}", tail(log));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Run a command to completion, output to `log`.
-async fn run_logged(cmd: &mut Command, what: &str, log: &Path) -> Result<()> {
-    let child = spawn_logged(cmd, log)?;
-    finish(child, what, log).await
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n.is_multiple_of(2) {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    } else {
-        v[n / 2]
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 /// The Debian docker client when present (it matches the engine), else `docker`.
 fn docker_cli() -> PathBuf {
     let debian = PathBuf::from("/usr/bin/docker");
@@ -372,37 +222,6 @@ fn docker_cli() -> PathBuf {
     } else {
         PathBuf::from("docker")
     }
-}
-
-/// The `shoal` binary: `SHOAL_BIN`, else built now beside this executable.
-fn shoal_bin(logs: &Path) -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SHOAL_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let dir = exe.parent().context("executable has no directory")?;
-    eprintln!("building shoal (cargo build --release -p shoal-cli)");
-    let log = logs.join("cargo-build.log");
-    let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--release", "--quiet", "-p", "shoal-cli"])
-        .current_dir(repo_root())
-        .stdin(Stdio::null())
-        .stdout(File::create(&log)?)
-        .stderr(File::create(logs.join("cargo-build.err"))?)
-        .status()
-        .context("running cargo (set SHOAL_BIN to a built shoal binary instead)")?;
-    ensure!(
-        st.success(),
-        "cargo build --release -p shoal-cli failed ({st}):\n{}",
-        tail(&logs.join("cargo-build.err"))
-    );
-    let bin = dir.join("shoal");
-    ensure!(
-        bin.exists(),
-        "{} is missing after cargo build --release -p shoal-cli (CARGO_TARGET_DIR differs?); set SHOAL_BIN",
-        bin.display()
-    );
-    Ok(bin)
 }
 
 /// `docker-compose` if it runs, installing Debian's package when missing; `None` if that fails.
@@ -451,41 +270,6 @@ fn ensure_compose(logs: &Path) -> Option<PathBuf> {
     works().then(|| "docker-compose".into())
 }
 
-/// A `shoal up` process: SIGKILLed when dropped unless stopped.
-struct ShoalUp(Option<Child>);
-
-impl ShoalUp {
-    /// SIGTERM, wait up to 15 s, then SIGKILL.
-    fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.0.take() else {
-            return Ok(());
-        };
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .context("kill -TERM")?;
-        for _ in 0..150 {
-            if child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("  shoal up did not stop within 15 s of SIGTERM; killing it");
-        let _ = child.kill();
-        let _ = child.wait();
-        Ok(())
-    }
-}
-
-impl Drop for ShoalUp {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn kubectl(kubeconfig: &Path, cache: &Path) -> Command {
     let mut c = Command::new("kubectl");
     c.arg("--kubeconfig")
@@ -493,24 +277,6 @@ fn kubectl(kubeconfig: &Path, cache: &Path) -> Command {
         .arg("--cache-dir")
         .arg(cache);
     c
-}
-
-fn service_yaml() -> String {
-    let cmd = serde_json::to_string(&["sh", "-c", SHELL]).unwrap_or_default();
-    format!(
-        "apiVersion: shoal.dev/v1alpha1
-kind: Service
-metadata:
-  name: conv
-  namespace: default
-spec:
-  replicas: {REPLICAS}
-  template:
-    image: {TEST_IMAGE}
-    command: {cmd}
-    stopGracePeriod: 1s
-"
-    )
 }
 
 /// One Shoal run: the time from `kubectl apply` to 50 running containers.
@@ -527,53 +293,19 @@ async fn shoal_run(
     let out_path = logs.join(format!("shoal-up-{run}.out"));
     let log_path = logs.join(format!("shoal-up-{run}.log"));
     let started = Instant::now();
-    let child = Command::new(bin)
-        .arg("up")
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--dispatcher-listen",
-            "127.0.0.1:0",
-            "--host-name",
-            SHOAL_HOST_NAME,
-        ])
-        .env("DOCKER_HOST", &host.docker_host)
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path)?)
-        .stderr(File::create(&log_path)?)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let mut up = ShoalUp(Some(child));
-
-    // Ready: "Shoal is up" on stdout.
-    loop {
-        if std::fs::read_to_string(&out_path).is_ok_and(|s| s.contains("Shoal is up")) {
-            break;
-        }
-        if let Some(c) = up.0.as_mut()
-            && let Some(st) = c.try_wait()?
-        {
-            bail!(
-                "shoal up exited ({st}) before it was up:\n{}",
-                tail(&log_path)
-            );
-        }
-        ensure!(
-            started.elapsed() < Duration::from_secs(60),
-            "shoal up did not report ready within 60 s:\n{}",
-            tail(&log_path)
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    let mut up = ShoalUp::start(
+        bin,
+        &data,
+        SHOAL_HOST_NAME,
+        &host.docker_host,
+        &out_path,
+        &log_path,
+    )
+    .await?;
     let up_at = started.elapsed();
-    let cluster = std::fs::read_to_string(data.join("cluster-id"))
-        .context("reading the cluster id")?
-        .trim()
-        .to_string();
+    let cluster = up.cluster_id()?;
     let label = format!("shoal.dev/cluster={cluster}");
-    let kubeconfig = data.join("kubeconfig");
+    let kubeconfig = up.kubeconfig();
 
     let measured = async {
         // Its Host Ready (and kubectl's discovery cache warm) before the clock starts.
@@ -601,14 +333,14 @@ async fn shoal_run(
         }
         let ready_at = started.elapsed();
         let file = tmp.path().join("conv.yaml");
-        std::fs::write(&file, service_yaml())?;
+        std::fs::write(&file, sleep_service_yaml("conv", REPLICAS))?;
         let apply_log = logs.join(format!("shoal-apply-{run}.log"));
         let mut timeline = Timeline::start(docker, &label).await;
-        let cpu = CpuMeter::start(engine_pid(host), up.0.as_ref().map(Child::id));
+        let cpu = CpuMeter::start(engine_pid(host), up.id());
         timeline.mark();
         let t0 = Instant::now();
         let apply = spawn_logged(kubectl(&kubeconfig, &cache).arg("apply").arg("-f").arg(&file), &apply_log)?;
-        let d = wait_running(docker, &label, REPLICAS, t0).await;
+        let d = converged(docker, &label, t0).await;
         finish(apply, "kubectl apply", &apply_log).await?;
         let d = d?;
         eprintln!(
@@ -673,11 +405,11 @@ async fn swarm_run(host: &Host, docker: &Docker, logs: &Path, run: usize) -> Res
                 TEST_IMAGE,
                 "sh",
                 "-c",
-                SHELL,
+                SLEEP_SHELL,
             ]),
             &create_log,
         )?;
-        let d = wait_running(docker, &label, REPLICAS, t0).await;
+        let d = converged(docker, &label, t0).await;
         finish(create, "docker service create", &create_log).await?;
         let d = d?;
         eprintln!(
@@ -719,7 +451,7 @@ async fn compose_run(
     run: usize,
 ) -> Result<Duration> {
     let file = dir.join("docker-compose.yml");
-    let cmd = serde_json::to_string(&["sh", "-c", SHELL])?;
+    let cmd = serde_json::to_string(&["sh", "-c", SLEEP_SHELL])?;
     std::fs::write(
         &file,
         format!(
@@ -748,7 +480,7 @@ async fn compose_run(
             dc().args(["up", "-d", "--scale", &format!("conv={REPLICAS}")]),
             &up_log,
         )?;
-        let d = wait_running(docker, &label, REPLICAS, t0).await;
+        let d = converged(docker, &label, t0).await;
         finish(up, "docker-compose up", &up_log).await?;
         let d = d?;
         eprintln!(
@@ -780,17 +512,8 @@ async fn compose_run(
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let runs: usize = match std::env::var("SHOAL_BENCH_RUNS") {
-        Ok(v) => v.parse().context("SHOAL_BENCH_RUNS")?,
-        Err(_) => 3,
-    };
-    ensure!(runs >= 1, "SHOAL_BENCH_RUNS must be at least 1");
-    let exe = std::env::current_exe()?;
-    let logs = exe
-        .parent()
-        .context("executable has no directory")?
-        .join("converge-logs");
-    std::fs::create_dir_all(&logs)?;
+    let runs = runs_from_env(3)?;
+    let logs = logs_dir("converge-logs")?;
     eprintln!("logs in {}", logs.display());
 
     let bin = shoal_bin(&logs)?;
@@ -856,15 +579,9 @@ async fn main() -> Result<()> {
         return Err(e);
     }
 
-    let list = |v: &[f64]| {
-        v.iter()
-            .map(|x| format!("{x:.0}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    eprintln!("shoal runs (ms):   {}", list(&shoal));
-    eprintln!("swarm runs (ms):   {}", list(&swarm));
-    eprintln!("compose runs (ms): {}", list(&comp));
+    eprintln!("shoal runs (ms):   {}", list_ms(&shoal));
+    eprintln!("swarm runs (ms):   {}", list_ms(&swarm));
+    eprintln!("compose runs (ms): {}", list_ms(&comp));
     let (s, w) = (median(shoal), median(swarm));
     println!("converge_runs: {runs}");
     println!("swarm_converge_50_ms: {w:.0}");
