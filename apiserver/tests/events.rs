@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -215,55 +214,10 @@ async fn created_events_are_validated_naming_the_field() {
     server.shutdown().await.unwrap();
 }
 
-struct Kubectl {
-    kubeconfig: std::path::PathBuf,
-    cache: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Kubectl {
-    fn new(url: &str) -> Kubectl {
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        shoal_apiserver::kubeconfig::write(&kubeconfig, url).unwrap();
-        let cache = dir.path().join("cache");
-        Kubectl {
-            kubeconfig,
-            cache,
-            _dir: dir,
-        }
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::process::Command::new("kubectl")
-                .arg("--kubeconfig")
-                .arg(&self.kubeconfig)
-                .arg("--cache-dir")
-                .arg(&self.cache)
-                .args(args)
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("kubectl {args:?} took more than 60 s"))
-        .unwrap_or_else(|e| panic!("kubectl could not run ({e}): it must be installed"));
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_gets_and_describes_events() {
     let (server, store) = common::start().await;
-    let k = Kubectl::new(&server.url());
+    let k = common::Kubectl::new(&server.url());
     let services: Api<Service> = Api::namespaced(common::client(&server.url()), "default");
     let web = services
         .create(&PostParams::default(), &common::typed_service("web", 1))

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -13,62 +13,6 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use shoal_crds::Service;
 use tokio::io::AsyncBufReadExt;
-
-struct Kubectl {
-    kubeconfig: PathBuf,
-    cache: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Kubectl {
-    fn new(url: &str) -> Kubectl {
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        shoal_apiserver::kubeconfig::write(&kubeconfig, url).unwrap();
-        let cache = dir.path().join("cache");
-        Kubectl {
-            kubeconfig,
-            cache,
-            _dir: dir,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new("kubectl");
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.cache)
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        c
-    }
-
-    async fn run(&self, args: &[&str]) -> Out {
-        let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
-            .await
-            .unwrap_or_else(|_| panic!("kubectl {args:?} took more than 60 s"))
-            .unwrap_or_else(|e| panic!("kubectl could not run ({e}): it must be installed"));
-        Out {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args).await;
-        assert!(o.ok, "kubectl {args:?} failed:\n{}\n{}", o.stdout, o.stderr);
-        o.stdout
-    }
-}
 
 const WEB: &str = "apiVersion: shoal.dev/v1alpha1
 kind: Service
@@ -100,7 +44,7 @@ fn write(dir: &Path, name: &str, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_reapply_get_scale_explain_delete() {
     let (server, _store) = common::start().await;
-    let k = Kubectl::new(&server.url());
+    let k = common::Kubectl::new(&server.url());
     let manifests = tempfile::tempdir().unwrap();
     write(manifests.path(), "web.yaml", WEB);
     write(manifests.path(), "api.yaml", API);
@@ -193,7 +137,7 @@ async fn apply_reapply_get_scale_explain_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_manifests_are_rejected_with_the_field_path() {
     let (server, _store) = common::start().await;
-    let k = Kubectl::new(&server.url());
+    let k = common::Kubectl::new(&server.url());
     let manifests = tempfile::tempdir().unwrap();
     let bad = WEB.replace("replicas: 3", "replicas: -2");
     write(manifests.path(), "bad.yaml", &bad);
@@ -252,7 +196,7 @@ async fn invalid_manifests_are_rejected_with_the_field_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_watch_prints_changes_as_they_happen() {
     let (server, _store) = common::start().await;
-    let k = Kubectl::new(&server.url());
+    let k = common::Kubectl::new(&server.url());
     let api: Api<Service> = Api::namespaced(common::client(&server.url()), "default");
     api.create(&PostParams::default(), &common::typed_service("web", 1))
         .await
