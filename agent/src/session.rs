@@ -415,20 +415,6 @@ pub struct EngineLogs {
     pub cluster_id: String,
 }
 
-fn timestamp_to_time(t: &prost_types::Timestamp) -> Option<std::time::SystemTime> {
-    let secs = u64::try_from(t.seconds).ok()?;
-    let nanos = u32::try_from(t.nanos).ok()?;
-    Some(std::time::UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
-fn time_to_timestamp(t: std::time::SystemTime) -> Option<prost_types::Timestamp> {
-    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
-    Some(prost_types::Timestamp {
-        seconds: i64::try_from(d.as_secs()).ok()?,
-        nanos: i32::try_from(d.subsec_nanos()).ok()?,
-    })
-}
-
 #[async_trait::async_trait]
 impl LogSource for EngineLogs {
     async fn logs(&self, req: &LogsRequest) -> Result<BoxStream<'static, LogLine>, String> {
@@ -446,7 +432,11 @@ impl LogSource for EngineLogs {
         let opts = crate::engine::LogStreamOptions {
             follow: req.follow,
             tail: req.tail_lines.map(|n| n as usize),
-            since: req.since.as_ref().and_then(timestamp_to_time),
+            since: req
+                .since
+                .as_ref()
+                .and_then(|t| shoal_proto::convert::timestamp_to_jiff(t, "since").ok())
+                .map(std::time::SystemTime::from),
         };
         let with_time = req.timestamps;
         let lines = self
@@ -458,7 +448,9 @@ impl LogSource for EngineLogs {
             .filter_map(move |r| {
                 futures::future::ready(r.ok().map(|e| LogLine {
                     time: if with_time {
-                        e.time.and_then(time_to_timestamp)
+                        e.time
+                            .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
+                            .map(shoal_proto::convert::timestamp_from_jiff)
                     } else {
                         None
                     },

@@ -1,7 +1,7 @@
 //! Task logs for the API server, read through the dispatcher: the bridge
 //! between the API's `tasks/NAME/log` and the agents' log streams.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -9,6 +9,7 @@ use futures::stream::BoxStream;
 use shoal_apiserver::logs::{LogError, LogLine, LogRequest, TaskLogs};
 use shoal_crds::Task;
 use shoal_dispatcher::{DataChunk, DispatchError, Dispatcher, LogOptions};
+use shoal_proto::convert::{timestamp_from_jiff, timestamp_to_jiff};
 
 /// How long the task's agent may take to start answering.
 const FIRST_ANSWER: Duration = Duration::from_secs(10);
@@ -17,27 +18,17 @@ const FIRST_ANSWER: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct DispatcherLogs(pub Dispatcher);
 
-fn to_timestamp(t: SystemTime) -> Option<prost_types::Timestamp> {
-    let d = t.duration_since(UNIX_EPOCH).ok()?;
-    Some(prost_types::Timestamp {
-        seconds: i64::try_from(d.as_secs()).ok()?,
-        nanos: i32::try_from(d.subsec_nanos()).ok()?,
-    })
-}
-
-fn from_timestamp(t: &prost_types::Timestamp) -> Option<SystemTime> {
-    let secs = u64::try_from(t.seconds).ok()?;
-    let nanos = u32::try_from(t.nanos).ok()?;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
-}
-
 fn lines_of(chunk: DataChunk) -> Vec<LogLine> {
     match chunk {
         DataChunk::Logs(c) => c
             .lines
             .into_iter()
             .map(|l| LogLine {
-                time: l.time.as_ref().and_then(from_timestamp),
+                time: l
+                    .time
+                    .as_ref()
+                    .and_then(|t| timestamp_to_jiff(t, "time").ok())
+                    .map(SystemTime::from),
                 data: l.data,
             })
             .collect(),
@@ -60,7 +51,10 @@ impl TaskLogs for DispatcherLogs {
             let opts = LogOptions {
                 follow: req.follow,
                 tail_lines: req.tail_lines,
-                since: req.since.and_then(to_timestamp),
+                since: req
+                    .since
+                    .and_then(|t| jiff::Timestamp::try_from(t).ok())
+                    .map(timestamp_from_jiff),
                 // Always: the API adds them when asked.
                 timestamps: true,
             };

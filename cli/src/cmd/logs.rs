@@ -218,15 +218,10 @@ async fn open(
         })
 }
 
-/// One line read: its time, and its text without the timestamp.
+/// One line read: its time, and its text without the timestamp (the API's
+/// `timestamps` format is the engine's).
 fn split_line(raw: &[u8]) -> (Option<SystemTime>, &[u8]) {
-    if let Some(sp) = raw.iter().take(40).position(|b| *b == b' ')
-        && let Ok(s) = std::str::from_utf8(&raw[..sp])
-        && let Ok(ts) = s.parse::<jiff::Timestamp>()
-    {
-        return (Some(SystemTime::from(ts)), &raw[sp + 1..]);
-    }
-    (None, raw)
+    shoal_agent::engine::split_log_frame(raw)
 }
 
 /// Prints lines with prefixes and colours; shared by the followers.
