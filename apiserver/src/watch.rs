@@ -102,11 +102,21 @@ struct State {
     enc: Encoder,
     deadline: Pin<Box<Sleep>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// When the last chunk of changes went out (see [`COALESCE`]).
+    last_flush: Option<Instant>,
 }
 
 /// Chunks are filled with the events already waiting, up to this size: a
 /// fast writer then costs a watcher one write per chunk, not per event.
 const CHUNK_BYTES: usize = 64 * 1024;
+
+/// A watcher whose last chunk went out less than this long ago waits out the
+/// rest of it before the next one, so that the changes of a busy stream
+/// share writes (like interrupt coalescing). A change on a quiet stream goes
+/// out at once; under a steady stream of changes each one waits at most this
+/// long, and every watcher costs one socket write per period instead of one
+/// per change.
+const COALESCE: Duration = Duration::from_millis(2);
 
 fn stream_error(e: StoreError) -> Bytes {
     // Cut off (too old) or failed: tell the client in-stream, then end.
@@ -130,6 +140,19 @@ fn take(st: &mut State, item: Option<Result<SharedEvent, StoreError>>, out: &mut
     }
 }
 
+/// Appends the events already waiting, up to [`CHUNK_BYTES`].
+fn fill(st: &mut State, chunk: &mut Vec<u8>) {
+    while chunk.len() < CHUNK_BYTES {
+        let Some(stream) = st.stream.as_mut() else {
+            break;
+        };
+        let Some(item) = stream.next().now_or_never() else {
+            break;
+        };
+        take(st, item, chunk);
+    }
+}
+
 async fn next(mut st: State) -> Option<(Result<Bytes, std::io::Error>, State)> {
     loop {
         if let Some(b) = st.pending.pop_front() {
@@ -146,18 +169,25 @@ async fn next(mut st: State) -> Option<(Result<Bytes, std::io::Error>, State)> {
         let mut chunk = Vec::new();
         take(&mut st, item, &mut chunk);
         // Whatever is already waiting goes in the same chunk.
-        while chunk.len() < CHUNK_BYTES {
-            let Some(stream) = st.stream.as_mut() else {
-                break;
-            };
-            let Some(item) = stream.next().now_or_never() else {
-                break;
-            };
-            take(&mut st, item, &mut chunk);
+        fill(&mut st, &mut chunk);
+        if chunk.is_empty() {
+            continue;
         }
-        if !chunk.is_empty() {
-            return Some((Ok(Bytes::from(chunk)), st));
+        if let Some(at) = st.last_flush.map(|t| t + COALESCE)
+            && chunk.len() < CHUNK_BYTES
+            && st.stream.is_some()
+            && at > Instant::now()
+        {
+            tokio::select! {
+                biased;
+                _ = st.shutdown.wait_for(|v| *v) => {}
+                () = st.deadline.as_mut() => {}
+                () = tokio::time::sleep_until(at) => {}
+            }
+            fill(&mut st, &mut chunk);
         }
+        st.last_flush = Some(Instant::now());
+        return Some((Ok(Bytes::from(chunk)), st));
     }
 }
 
@@ -286,6 +316,7 @@ fn respond(
         enc,
         deadline: Box::pin(tokio::time::sleep_until(Instant::now() + timeout)),
         shutdown: app.shutdown.clone(),
+        last_flush: None,
     };
     streaming(Body::from_stream(futures::stream::unfold(st, next)))
 }
@@ -315,6 +346,7 @@ mod tests {
             },
             deadline: Box::pin(tokio::time::sleep(Duration::from_secs(60))),
             shutdown: rx,
+            last_flush: None,
         }
     }
 
@@ -368,6 +400,47 @@ mod tests {
         assert_eq!(got[4]["object"]["code"], 410);
         assert_eq!(got[4]["object"]["reason"], "Expired");
         assert!(next(st).await.is_none(), "the stream ends after the 410");
+    }
+
+    fn names(chunk: &[u8]) -> Vec<String> {
+        lines(chunk)
+            .iter()
+            .map(|l| l["object"]["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// A change on a quiet watch goes out at once; changes that follow
+    /// within [`COALESCE`] of the last chunk wait out the rest of it and
+    /// share one chunk.
+    #[tokio::test(start_paused = true)]
+    async fn busy_streams_share_chunks() {
+        let added = |n: &str| Ok(SharedEvent::Added(SharedObject::new(service(n, 1))));
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let mut st = state(vec![], None);
+        st.stream = Some(rx.boxed());
+
+        tx.unbounded_send(added("a")).unwrap();
+        let t0 = Instant::now();
+        let (chunk, st) = next(st).await.unwrap();
+        assert_eq!(names(&chunk.unwrap()), ["a"]);
+        assert_eq!(Instant::now(), t0, "a quiet watch does not wait");
+
+        tx.unbounded_send(added("b")).unwrap();
+        let later = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            later.unbounded_send(added("c")).unwrap();
+        });
+        let (chunk, st) = next(st).await.unwrap();
+        assert_eq!(names(&chunk.unwrap()), ["b", "c"]);
+        assert_eq!(Instant::now(), t0 + COALESCE);
+
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.unbounded_send(added("d")).unwrap();
+        let t1 = Instant::now();
+        let (chunk, _) = next(st).await.unwrap();
+        assert_eq!(names(&chunk.unwrap()), ["d"]);
+        assert_eq!(Instant::now(), t1, "quiet again: no wait");
     }
 
     /// Table watches write one Table per event, with the object's version.
