@@ -20,6 +20,7 @@ mod logger;
 mod node;
 mod storage;
 mod transport;
+mod wal;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -9,18 +9,23 @@
 //! their next writes so they do not alternate between two fsyncs; tick if
 //! due; then handle the `Ready`:
 //! 1. send its messages (a leader may send appends before persisting);
-//! 2. one transaction, fsync'd when raft says the Ready must be synced (new
-//!    entries, term or vote, snapshot): install its snapshot; apply its
-//!    committed entries; write every object changed by applies since the
-//!    last transaction together with the applied index, revision, commit
-//!    index and membership; compact the log when due; append its entries;
-//!    save its hard state;
+//! 2. apply its committed entries; when raft says the Ready must be synced
+//!    (new entries, term or vote), append its entries and hard state to the
+//!    write-ahead log (one write, one fdatasync). A Ready with a snapshot is
+//!    a checkpoint instead (below), installing the snapshot;
 //! 3. answer the clients whose entries were applied; send the persisted
 //!    messages; `advance`;
 //! 4. the `LightReady`: send its messages; note the commit index; apply its
 //!    committed entries and answer their clients — they are durable in the
-//!    log, so their objects are written with the next transaction (at the
-//!    latest one tick later); `advance_apply`.
+//!    log, so their objects are written with the next checkpoint;
+//!    `advance_apply`.
+//!
+//! A checkpoint — every tick when anything is pending, when the write-ahead
+//! log passes its size limit, and at shutdown — is one durable redb
+//! transaction with the entries and hard state only the write-ahead log
+//! holds, every object changed by applies since the last one together with
+//! the applied index, revision, commit index and membership, and a log
+//! compaction when due; the write-ahead log then starts over.
 //!
 //! A proposal's entry carries `(node id, proposal id)` in its context and the
 //! command in its data; when the entry is applied on the node that proposed
@@ -198,9 +203,9 @@ impl Node {
                 next_tick = now + tick;
                 self.pending.retain(|_, p| !p.reply.is_closed());
                 self.pending_conf.retain(|_, r| !r.is_closed());
-                // Applies answered since the last transaction reach redb at
-                // the latest one tick later (a restart replays fewer entries).
-                if let Err(e) = self.flush(false) {
+                // What the write-ahead log holds reaches redb at the latest
+                // one tick later (a restart replays fewer entries).
+                if let Err(e) = self.checkpoint() {
                     tracing::error!(error = %e, "raft storage failed: stopping this node");
                     self.fail_pending(&e);
                     self.publish_status(true);
@@ -222,8 +227,8 @@ impl Node {
                 let _ = done.send(());
             }
         }
-        // Make the last applies durable, so a restart need not replay them.
-        if let Err(e) = self.flush(true) {
+        // Checkpoint the last applies, so a restart need not replay them.
+        if let Err(e) = self.checkpoint() {
             tracing::warn!(error = %e, "final sync failed");
         }
         self.fail_pending(&StoreError::Unavailable(
@@ -326,36 +331,45 @@ impl Node {
         self.send(ready.take_messages());
 
         let has_snapshot = !ready.snapshot().is_empty();
-        let sync = ready.must_sync() || has_snapshot;
-        let answers = if sync {
+        let answers = if has_snapshot {
+            // A checkpoint with the snapshot, its entries and hard state.
             self.syncs += 1;
             let txn = self.raw.store().begin(true)?;
-            if has_snapshot {
-                let history = self.hub.config().history;
-                let sm = self
-                    .raw
-                    .mut_store()
-                    .apply_snapshot(&txn, ready.snapshot(), history)?;
-                tracing::info!(
-                    index = ready.snapshot().get_metadata().index,
-                    "installed a snapshot"
-                );
-                self.hub.lock().replace_state(sm);
-                self.dirty.clear();
-                self.snapshots_installed += 1;
-            }
+            let history = self.hub.config().history;
+            let sm = self
+                .raw
+                .mut_store()
+                .apply_snapshot(&txn, ready.snapshot(), history)?;
+            tracing::info!(
+                index = ready.snapshot().get_metadata().index,
+                "installed a snapshot"
+            );
+            self.hub.lock().replace_state(sm);
+            self.dirty.clear();
+            self.snapshots_installed += 1;
             let answers = self.apply(ready.take_committed_entries())?;
-            self.write_applied(&txn)?;
             self.raw.mut_store().append(&txn, ready.entries())?;
             if let Some(hs) = ready.hs() {
                 self.raw.mut_store().set_hard_state(&txn, hs.clone())?;
             }
+            self.raw.mut_store().write_checkpoint(&txn)?;
+            self.write_applied(&txn)?;
             txn.commit().map_err(|e| db_err("commit", e))?;
+            self.raw.mut_store().checkpointed()?;
+            answers
+        } else if ready.must_sync() {
+            // New entries, term or vote: one write-ahead log record.
+            self.syncs += 1;
+            let answers = self.apply(ready.take_committed_entries())?;
+            self.raw.mut_store().persist(ready.entries(), ready.hs())?;
+            if self.raw.store().checkpoint_due() {
+                self.checkpoint()?;
+            }
             answers
         } else {
             // Nothing to persist now (no entries, snapshot, term or vote):
             // committed entries are already durable in the log; their
-            // objects and the commit index go with the next transaction.
+            // objects and the commit index go with the next checkpoint.
             if let Some(hs) = ready.hs() {
                 self.raw.mut_store().set_commit(hs.commit);
             }
@@ -395,14 +409,18 @@ impl Node {
         self.maybe_compact(txn)
     }
 
-    /// Writes pending applies in a transaction of their own (when idle).
-    fn flush(&mut self, durable: bool) -> Result<(), StoreError> {
-        if !durable && !self.raw.store().has_unwritten() && self.dirty.is_empty() {
+    /// Writes to redb, in one durable transaction, what only the write-ahead
+    /// log and memory hold (entries, hard state, applied objects), then
+    /// starts the write-ahead log over.
+    fn checkpoint(&mut self) -> Result<(), StoreError> {
+        if !self.raw.store().needs_checkpoint() && self.dirty.is_empty() {
             return Ok(());
         }
-        let txn = self.raw.store().begin(durable)?;
+        let txn = self.raw.store().begin(true)?;
+        self.raw.mut_store().write_checkpoint(&txn)?;
         self.write_applied(&txn)?;
-        txn.commit().map_err(|e| db_err("commit", e))
+        txn.commit().map_err(|e| db_err("commit", e))?;
+        self.raw.mut_store().checkpointed()
     }
 
     /// Applies committed entries to the state machine, noting what changed.

@@ -1,19 +1,21 @@
 //! Raft's storage on redb: the log, hard state, conf state, the compaction
 //! point and the state machine (objects, revision, applied index), all in one
-//! database file.
+//! database file, plus the write-ahead log next to it (`store.wal`, see
+//! `wal.rs`) for what came after the last checkpoint.
 //!
 //! Reads (raft's [`Storage`] trait) are served from memory: the entries since
-//! the last compaction, the hard and conf states. Every change goes to redb in
-//! a write transaction that the node loop opens and commits, one per `Ready`
-//! (fsync'd when raft says it must be; see the node loop). Whatever is written
-//! together is committed together: a snapshot with the entries and hard state
-//! of its `Ready`; the objects changed by applies with the applied index, the
-//! revision, the commit index and the membership. A transaction that skips the
-//! fsync is made durable by the next one that does not. If the process dies
-//! with applies not yet durable, the state goes back to an older applied
-//! index whose entries are still in the durable log, and they are applied
-//! again on open — the state machine is deterministic, so the same revisions
-//! come out. The log is only compacted up to what is written.
+//! the last compaction, the hard and conf states. A `Ready`'s new entries and
+//! hard state are made durable by one record appended to the write-ahead log
+//! ([`DiskStorage::persist`]); everything else reaches redb in checkpoints,
+//! durable transactions the node loop commits once per tick (or when the
+//! write-ahead log grows large, or with a snapshot): the log entries and hard
+//! state since the last one, the objects changed by applies with the applied
+//! index, the revision, the commit index and the membership, and the
+//! write-ahead log's next generation. If the process dies with applies not
+//! yet checkpointed, the state goes back to an older applied index whose
+//! entries are still in redb's log or the write-ahead log, and they are
+//! applied again on open — the state machine is deterministic, so the same
+//! revisions come out. The log is only compacted up to what is written.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
@@ -25,6 +27,7 @@ use raft::{GetEntriesContext, RaftState, Storage};
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde_json::Value;
 
+use super::wal::{self, Wal};
 use crate::hub::Hub;
 use crate::state::{SnapshotData, StateMachine, key_of};
 use crate::{ObjectKey, Revision, StoreError};
@@ -40,6 +43,8 @@ const CONF_STATE: &str = "conf_state";
 const COMPACTED: &str = "compacted";
 const APPLIED: &str = "applied";
 const REVISION: &str = "revision";
+/// The write-ahead log generation not yet checkpointed (see `wal.rs`).
+const WAL_GENERATION: &str = "wal_generation";
 
 pub(crate) fn db_err(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("{what}: {e}"))
@@ -88,6 +93,10 @@ pub(crate) struct DiskStorage {
     applied_on_disk: u64,
     /// The hard state or conf state changed since last written.
     unwritten_states: bool,
+    /// Entries from this index on may differ from redb's log (they are in
+    /// the write-ahead log only).
+    log_unwritten_from: Option<u64>,
+    wal: Wal,
     hub: Option<Arc<Hub>>,
 }
 
@@ -187,7 +196,9 @@ impl DiskStorage {
                 first.index
             )));
         }
-        let storage = DiskStorage {
+        let generation = meta_vals.get(WAL_GENERATION).map_or(0, |b| u64_of(b));
+        let (wal, records) = Wal::open(&path.with_extension("wal"), generation)?;
+        let mut storage = DiskStorage {
             db,
             hard_state,
             conf_state,
@@ -197,8 +208,27 @@ impl DiskStorage {
             applied,
             applied_on_disk: applied,
             unwritten_states: false,
+            log_unwritten_from: None,
+            wal,
             hub: None,
         };
+        // What was made durable after the last checkpoint; the next
+        // checkpoint writes it to redb.
+        let replayed = records.len();
+        for rec in records {
+            storage.append_in_memory(&rec.entries)?;
+            if let Some(hs) = rec.hard_state {
+                storage.hard_state = hs;
+                storage.unwritten_states = true;
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                last = storage.last(),
+                "replayed the write-ahead log"
+            );
+        }
         Ok(Loaded {
             storage,
             state: StateMachine::restore(objects, revision, history),
@@ -248,19 +278,91 @@ impl DiskStorage {
         Ok(())
     }
 
-    /// Appends entries, replacing any conflicting suffix.
-    pub fn append(&mut self, txn: &WriteTransaction, ents: &[Entry]) -> Result<(), StoreError> {
+    fn check_append(&self, ents: &[Entry]) -> Result<(), StoreError> {
+        match ents.first() {
+            Some(first) if first.index <= self.compacted_index || first.index > self.last() + 1 => {
+                Err(StoreError::Internal(format!(
+                    "append at {} to a log holding {}..={}",
+                    first.index,
+                    self.compacted_index + 1,
+                    self.last()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends entries in memory only, replacing any conflicting suffix; the
+    /// next checkpoint writes them to redb.
+    fn append_in_memory(&mut self, ents: &[Entry]) -> Result<(), StoreError> {
+        self.check_append(ents)?;
         let Some(first) = ents.first() else {
             return Ok(());
         };
-        if first.index <= self.compacted_index || first.index > self.last() + 1 {
-            return Err(StoreError::Internal(format!(
-                "append at {} to a log holding {}..={}",
-                first.index,
-                self.compacted_index + 1,
-                self.last()
-            )));
+        self.entries
+            .truncate((first.index - self.compacted_index - 1) as usize);
+        self.entries.extend(ents.iter().cloned());
+        self.log_unwritten_from = Some(
+            self.log_unwritten_from
+                .map_or(first.index, |f| f.min(first.index)),
+        );
+        Ok(())
+    }
+
+    /// Makes a `Ready`'s new entries (replacing any conflicting suffix) and
+    /// hard state durable: one write-ahead log record.
+    pub fn persist(&mut self, ents: &[Entry], hs: Option<&HardState>) -> Result<(), StoreError> {
+        self.check_append(ents)?;
+        self.wal.append(ents, hs)?;
+        self.append_in_memory(ents)?;
+        if let Some(hs) = hs {
+            self.hard_state = hs.clone();
+            self.unwritten_states = true;
         }
+        Ok(())
+    }
+
+    /// Whether a checkpoint would write anything.
+    pub fn needs_checkpoint(&self) -> bool {
+        self.has_unwritten() || self.log_unwritten_from.is_some() || self.wal.records_bytes() > 0
+    }
+
+    /// Whether the write-ahead log has grown enough to checkpoint now.
+    pub fn checkpoint_due(&self) -> bool {
+        self.wal.records_bytes() >= wal::CHECKPOINT_BYTES
+    }
+
+    /// Writes into `txn` the log entries that are only in the write-ahead
+    /// log, and the write-ahead log's next generation; after `txn` commits,
+    /// [`DiskStorage::checkpointed`] starts that generation. (The hard state
+    /// goes with [`DiskStorage::write_applied`].)
+    pub fn write_checkpoint(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        if let Some(from) = self.log_unwritten_from.take() {
+            let mut log = txn.open_table(LOG).map_err(|e| db_err("log table", e))?;
+            log.retain_in(from.., |_, _| false)
+                .map_err(|e| db_err("log truncate", e))?;
+            let skip = from.saturating_sub(self.compacted_index + 1) as usize;
+            for e in self.entries.iter().skip(skip) {
+                let bytes = e.write_to_bytes().map_err(|e| db_err("encode entry", e))?;
+                log.insert(e.index, bytes.as_slice())
+                    .map_err(|e| db_err("log write", e))?;
+            }
+        }
+        let next = self.wal.generation() + 1;
+        Self::put_meta(txn, WAL_GENERATION, &next.to_le_bytes())
+    }
+
+    /// The checkpoint written by [`DiskStorage::write_checkpoint`] is committed.
+    pub fn checkpointed(&mut self) -> Result<(), StoreError> {
+        self.wal.reset(self.wal.generation() + 1)
+    }
+
+    /// Appends entries, replacing any conflicting suffix.
+    pub fn append(&mut self, txn: &WriteTransaction, ents: &[Entry]) -> Result<(), StoreError> {
+        self.check_append(ents)?;
+        let Some(first) = ents.first() else {
+            return Ok(());
+        };
         let mut log = txn.open_table(LOG).map_err(|e| db_err("log table", e))?;
         if first.index <= self.last() {
             log.retain_in(first.index.., |_, _| false)
@@ -427,6 +529,7 @@ impl DiskStorage {
                 .map_err(|e| db_err("log clear", e))?;
         }
         self.entries.clear();
+        self.log_unwritten_from = None;
         self.set_compacted(txn, meta.index, meta.term)?;
         self.conf_state = meta.get_conf_state().clone();
         self.write_conf_state(txn)?;
