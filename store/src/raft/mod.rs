@@ -6,8 +6,11 @@
 //! - Writes are proposed to Raft and answered once applied on this node;
 //!   reads (get, list, watch) are served from this node's state machine
 //!   (what it has applied: on the leader, every acknowledged write).
-//! - One redb file in the data directory holds the log, hard state, conf
-//!   state, compaction point and the state machine (see `raft/storage.rs`).
+//! - One redb file in the data directory (`store.redb`) holds the log, hard
+//!   state, conf state, compaction point and the state machine as of the
+//!   last checkpoint; what came after it is in the write-ahead log next to it
+//!   (`store.wal`), one fdatasync'd record per write batch, replayed on open
+//!   (see `raft/storage.rs` and `raft/wal.rs`).
 //! - The log is compacted every [`RaftConfig::compact_every`] applied entries
 //!   (the state machine in redb is the snapshot); a follower too far behind
 //!   gets a snapshot of the state machine.
@@ -123,8 +126,8 @@ pub struct NodeStatus {
     pub snapshots_installed: u64,
     /// Proposals accepted since start.
     pub proposals: u64,
-    /// fsync'd transactions since start (proposals / syncs is the group
-    /// commit batch size).
+    /// fsync'd writes since start: write-ahead log records and snapshot
+    /// installs (proposals / syncs is the group commit batch size).
     pub syncs: u64,
     /// The voters.
     pub voters: Vec<u64>,
