@@ -202,8 +202,12 @@ impl Wal {
             .metadata()
             .map_err(|e| io_err("reading the write-ahead log", path, e))?
             .len();
-        if !exists || len < HEADER_BYTES {
-            // New (or never finished being created): zeros, then the header.
+        let mut head = vec![0u8; HEADER_BYTES as usize];
+        let unfinished = len < HEADER_BYTES
+            || (file.read_exact(&mut head).is_ok() && head.iter().all(|b| *b == 0));
+        if !exists || unfinished {
+            // New, or its creation was cut short before the header was
+            // written (so before any record): zeros, then the header.
             wal.grow(INITIAL_BYTES)?;
             wal.reset(generation)?;
             if let Some(dir) = path.parent() {
@@ -214,7 +218,7 @@ impl Wal {
             return Ok((wal, Vec::new()));
         }
         wal.size = len;
-        let mut data = Vec::with_capacity(len as usize);
+        let mut data = head;
         file.read_to_end(&mut data)
             .map_err(|e| io_err("reading the write-ahead log", path, e))?;
         let on_disk = parse_header(path, &data[..HEADER_BYTES as usize])?;
@@ -453,6 +457,19 @@ mod tests {
         let (_, recs) = Wal::open(&path, 0).unwrap();
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].entries[0].get_data().len(), big.len());
+    }
+
+    #[test]
+    fn a_creation_cut_short_before_the_header_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.wal");
+        std::fs::write(&path, vec![0u8; 2 * HEADER_BYTES as usize]).unwrap();
+        let (mut wal, recs) = Wal::open(&path, 5).unwrap();
+        assert!(recs.is_empty());
+        wal.append(&[entry(2, 1, b"x")], None).unwrap();
+        drop(wal);
+        let (_, recs) = Wal::open(&path, 5).unwrap();
+        assert_eq!(recs.len(), 1);
     }
 
     #[test]
