@@ -16,7 +16,11 @@
 //!   its engine, unmanaged);
 //! - engine kill: `scripts/test-env host kill NAME`, SIGKILL of the extra host's dockerd
 //!   (its containerd, shims and containers are left as a crash leaves them; the agent keeps
-//!   running).
+//!   running);
+//! - silent loss: SIGSTOP of the extra host's agent. Its connection stays open (the kernel
+//!   still acknowledges TCP) but nothing answers: only the missing heartbeats tell
+//!   (DESIGN.md's third case, target < 3 s). Afterwards the agent gets SIGCONT, and the
+//!   run reports whether the host rejoined and its stale containers went.
 //!
 //! Measured: from just before the kill until one polling function, listing the main
 //! engine's running containers with the service's label every 25 ms, counts 10. Alongside,
@@ -27,11 +31,11 @@
 //! is deleted, leftovers are removed on both engines, the engine is restarted (`host
 //! start`) and the agent too, and the extra Host is Ready again before the next run.
 //!
-//! All agent-kill runs come first, then the engine-kill runs; `SHOAL_BENCH_RUNS` of each
-//! (default 5). The `shoal` binary is built first (`cargo build --release -p shoal-cli`)
+//! All agent-kill runs come first, then the engine-kill runs, then the silent ones;
+//! `SHOAL_BENCH_RUNS` of each (default 5). The `shoal` binary is built first (`cargo build --release -p shoal-cli`)
 //! unless `SHOAL_BIN` names one. Logs go to `failover-logs/` beside this executable.
-//! Prints `failover_engine_kill_ms` (a median, or `never (…)`), the medians of the
-//! lost-marking times, and, last, `failover_agent_kill_ms`.
+//! Prints `failover_engine_kill_ms` and `failover_silent_loss_ms` (medians, or `never
+//! (…)`), the medians of the lost-marking times, and, last, `failover_agent_kill_ms`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -60,6 +64,8 @@ const MAIN_HOST: &str = "failover-main";
 enum Kill {
     Agent,
     Engine,
+    /// SIGSTOP of the agent.
+    Silent,
 }
 
 impl Kill {
@@ -67,7 +73,13 @@ impl Kill {
         match self {
             Kill::Agent => "agent",
             Kill::Engine => "engine",
+            Kill::Silent => "silent",
         }
+    }
+
+    /// Whether the agent process outlives the kill (its state is worth reporting).
+    fn agent_survives(self) -> bool {
+        self != Kill::Agent
     }
 }
 
@@ -124,6 +136,24 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") to the agent.
+    fn signal_agent(&self, signal: &str) -> Result<()> {
+        let pid = self
+            .agent
+            .as_ref()
+            .map(Child::id)
+            .context("no agent to signal")?;
+        let st = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        if !st.success() {
+            bail!("kill -{signal} {pid}: {st}");
+        }
+        Ok(())
     }
 
     /// Whether the agent process still runs (its exit status when not).
@@ -315,6 +345,7 @@ async fn run_once(c: &mut Cluster, kind: Kill, run: usize, dir: &Path) -> Result
     match kind {
         Kill::Agent => c.kill_agent(),
         Kill::Engine => c.extra.kill_engine().await?,
+        Kill::Silent => c.signal_agent("STOP")?,
     }
     let killed = t0.elapsed();
     let waited = wait_running(
@@ -329,9 +360,9 @@ async fn run_once(c: &mut Cluster, kind: Kill, run: usize, dir: &Path) -> Result
     let (converged, note) = match waited {
         // Whether the agent outlived its engine (it should: a SIGTERM from elsewhere would
         // make this an agent loss).
-        Ok(d) if kind == Kill::Engine => (Some(d), format!("; agent process {}", c.agent_state())),
+        Ok(d) if kind.agent_survives() => (Some(d), format!("; agent process {}", c.agent_state())),
         Ok(d) => (Some(d), String::new()),
-        Err(e) if kind == Kill::Engine => {
+        Err(e) if kind.agent_survives() => {
             let host = c.host_ready(&c.extra.name).await?;
             let note = format!(
                 "; NOT converged: {e:#}; extra Host Ready {host:?}; agent process {}; {} container processes still alive on the extra host; tasks: {}",
@@ -395,6 +426,30 @@ async fn run_once(c: &mut Cluster, kind: Kill, run: usize, dir: &Path) -> Result
             cleaned.map_or_else(
                 || format!("no, still there after {} s", FAILOVER_TIMEOUT.as_secs()),
                 |d| format!("{:.0} ms after the restart began", ms(d))
+            ),
+            c.host_ready(&c.extra.name).await?,
+            c.task_summary(&name).await?
+        );
+    }
+
+    // The agent resumes: its host is whole again, so it rejoins and removes the
+    // containers of the replaced tasks.
+    if kind == Kill::Silent {
+        let t1 = Instant::now();
+        c.signal_agent("CONT")?;
+        let mut cleaned = None;
+        while t1.elapsed() < FAILOVER_TIMEOUT {
+            if count_all(&c.extra_docker, &labels[1]).await?.is_empty() {
+                cleaned = Some(t1.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "    agent resumed; stale containers on its engine removed: {}; Host Ready {:?}; tasks: {}",
+            cleaned.map_or_else(
+                || format!("no, still there after {} s", FAILOVER_TIMEOUT.as_secs()),
+                |d| format!("{:.0} ms after SIGCONT", ms(d))
             ),
             c.host_ready(&c.extra.name).await?,
             c.task_summary(&name).await?
@@ -495,7 +550,27 @@ async fn main() -> Result<()> {
             }
             engine_lost.extend(o.lost.map(ms));
         }
-        Ok::<_, anyhow::Error>((agent, agent_lost, engine, engine_lost, never))
+        let mut silent = Vec::new();
+        let mut silent_lost = Vec::new();
+        let mut silent_never = 0;
+        for run in 1..=runs {
+            let o = run_once(&mut c, Kill::Silent, run, tmp.path())
+                .await
+                .with_context(|| format!("silent loss run {run}"))?;
+            match o.converged {
+                Some(d) => silent.push(ms(d)),
+                None => silent_never += 1,
+            }
+            silent_lost.extend(o.lost.map(ms));
+        }
+        Ok::<_, anyhow::Error>((
+            agent,
+            agent_lost,
+            engine,
+            engine_lost,
+            never,
+            (silent, silent_lost, silent_never),
+        ))
     }
     .await;
     eprintln!(
@@ -511,7 +586,8 @@ async fn main() -> Result<()> {
     if let Err(e) = extra.stop().await {
         eprintln!("stopping the extra engine: {e:#}");
     }
-    let (agent, agent_lost, engine, engine_lost, never) = measured?;
+    let (agent, agent_lost, engine, engine_lost, never, (silent, silent_lost, silent_never)) =
+        measured?;
     stopped?;
     cleared?;
 
@@ -538,6 +614,29 @@ async fn main() -> Result<()> {
             "failover_engine_kill_ms: never in {never}/{runs} runs (no replacement within {} s); median of the others {:.0}",
             FAILOVER_TIMEOUT.as_secs(),
             median(engine)
+        );
+    }
+    eprintln!(
+        "silent loss runs (ms): {} ({silent_never} never)",
+        list_ms(&silent)
+    );
+    if silent_never == 0 {
+        println!("failover_silent_loss_ms: {:.0}", median(silent));
+    } else {
+        println!(
+            "failover_silent_loss_ms: never in {silent_never}/{runs} runs (no replacement within {} s); median of the others {}",
+            FAILOVER_TIMEOUT.as_secs(),
+            if silent.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.0}", median(silent))
+            }
+        );
+    }
+    if !silent_lost.is_empty() {
+        println!(
+            "failover_silent_loss_host_lost_ms: {:.0}",
+            median(silent_lost)
         );
     }
     if !engine_lost.is_empty() {
