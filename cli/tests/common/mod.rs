@@ -79,6 +79,10 @@ pub fn task_hosts(kc: &Path, service: &str) -> Vec<(String, String, String)> {
 /// `shoal up` on the main engine (host `main`) and an extra engine whose
 /// agent is started with [`TwoHosts::start_agent`].
 pub struct TwoHosts {
+    // Fields drop in order: `shoal up` first (its agent would restart what
+    // the cleanup removes), then its containers, then the rest.
+    _up: Killed,
+    _cleanup: RemoveClusterOnDrop,
     /// The main host's name.
     pub main: String,
     /// The extra engine (stopped when dropped).
@@ -91,8 +95,6 @@ pub struct TwoHosts {
     pub cluster: String,
     /// Scratch directory (data, logs).
     pub tmp: tempfile::TempDir,
-    _cleanup: RemoveClusterOnDrop,
-    _up: Killed,
 }
 
 impl TwoHosts {
