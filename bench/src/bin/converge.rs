@@ -15,6 +15,11 @@
 //!   `docker service create --detach --no-resolve-image --replicas 50` runs. Counted: label
 //!   `com.docker.swarm.service.name=conv`. Afterwards `docker service rm`, wait for the
 //!   containers to go, `docker swarm leave --force`.
+//! - Swarm with service discovery (extra figure, `swarm_overlay_converge_50_ms`): the same,
+//!   with the tasks on an overlay network (`docker network create -d overlay`, then
+//!   `--network`). Swarm's tasks get service-name DNS only on such a network; Shoal's
+//!   always have it (their namespace's bridge network), and so do Compose's. Not part of
+//!   the comparison, which is plain `docker service create`.
 //! - Compose: `docker-compose` (Debian's package, installed with apt-get when missing; the
 //!   figure is `unavailable` if that fails); the clock starts and
 //!   `docker-compose -p convbench up -d --scale conv=50` runs. Counted: label
@@ -31,7 +36,8 @@
 //! The `shoal` binary is built first (`cargo build --release -p shoal-cli`, into the
 //! directory holding this executable) unless `SHOAL_BIN` names one. Logs of every run
 //! (`shoal up`'s stderr, the commands' output) go to `converge-logs/` beside this
-//! executable. Prints `swarm_converge_50_ms`, `compose_converge_50_ms` and, last,
+//! executable. Prints `swarm_converge_50_ms`, `swarm_overlay_converge_50_ms`,
+//! `compose_converge_50_ms` and, last,
 //! `converge_50_ms`.
 
 use std::collections::HashMap;
@@ -53,6 +59,7 @@ const POLL: Duration = Duration::from_millis(50);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(180);
 const SHOAL_HOST_NAME: &str = "conv-bench";
 const SWARM_SERVICE: &str = "conv";
+const SWARM_NETWORK: &str = "convnet";
 const COMPOSE_PROJECT: &str = "convbench";
 
 /// The time since `t0` until the engine runs 50 containers with `label`: the one polling
@@ -363,15 +370,23 @@ async fn shoal_run(
     Ok(d)
 }
 
-/// One Swarm run: init, time `docker service create` to 50 running, remove, leave.
-async fn swarm_run(host: &Host, docker: &Docker, logs: &Path, run: usize) -> Result<Duration> {
+/// One Swarm run: init, time `docker service create` to 50 running, remove, leave. With
+/// `overlay`, the tasks join an overlay network created after the init (not timed).
+async fn swarm_run(
+    host: &Host,
+    docker: &Docker,
+    logs: &Path,
+    run: usize,
+    overlay: bool,
+) -> Result<Duration> {
+    let tag = if overlay { "swarm-overlay" } else { "swarm" };
     let cli = docker_cli();
     let dk = || {
         let mut c = Command::new(&cli);
         c.arg("-H").arg(&host.docker_host);
         c
     };
-    let log = |what: &str| logs.join(format!("swarm-{what}-{run}.log"));
+    let log = |what: &str| logs.join(format!("{tag}-{what}-{run}.log"));
     run_logged(
         dk().args([
             "swarm",
@@ -383,6 +398,25 @@ async fn swarm_run(host: &Host, docker: &Docker, logs: &Path, run: usize) -> Res
         &log("init"),
     )
     .await?;
+    let mut network = Vec::new();
+    if overlay {
+        let made = run_logged(
+            dk().args(["network", "create", "-d", "overlay", SWARM_NETWORK]),
+            "docker network create -d overlay",
+            &log("network"),
+        )
+        .await;
+        if let Err(e) = made {
+            let _ = run_logged(
+                dk().args(["swarm", "leave", "--force"]),
+                "docker swarm leave",
+                &log("leave"),
+            )
+            .await;
+            return Err(e);
+        }
+        network = vec!["--network", SWARM_NETWORK];
+    }
     let label = format!("com.docker.swarm.service.name={SWARM_SERVICE}");
     let measured = async {
         let create_log = log("create");
@@ -400,6 +434,9 @@ async fn swarm_run(host: &Host, docker: &Docker, logs: &Path, run: usize) -> Res
                 &REPLICAS.to_string(),
                 "--name",
                 SWARM_SERVICE,
+            ])
+            .args(&network)
+            .args([
                 "--stop-grace-period",
                 "1s",
                 TEST_IMAGE,
@@ -413,7 +450,7 @@ async fn swarm_run(host: &Host, docker: &Docker, logs: &Path, run: usize) -> Res
         finish(create, "docker service create", &create_log).await?;
         let d = d?;
         eprintln!(
-            "  swarm run {run}: 50 running {:.0} ms after service create ({})",
+            "  {tag} run {run}: 50 running {:.0} ms after service create ({})",
             ms(d),
             cpu.report()
         );
@@ -428,6 +465,15 @@ async fn swarm_run(host: &Host, docker: &Docker, logs: &Path, run: usize) -> Res
     )
     .await;
     let cleared = clear(docker, &label, 60, false).await;
+    if overlay {
+        // Gone with the swarm anyway; removing it first keeps the leave quick.
+        let _ = run_logged(
+            dk().args(["network", "rm", SWARM_NETWORK]),
+            "docker network rm",
+            &log("network-rm"),
+        )
+        .await;
+    }
     let left = run_logged(
         dk().args(["swarm", "leave", "--force"]),
         "docker swarm leave",
@@ -540,6 +586,7 @@ async fn main() -> Result<()> {
 
     let mut shoal = Vec::new();
     let mut swarm = Vec::new();
+    let mut swarm_overlay = Vec::new();
     let mut comp = Vec::new();
     let mut failure = None;
     for run in 1..=runs {
@@ -550,11 +597,18 @@ async fn main() -> Result<()> {
                 break;
             }
         }
-        match swarm_run(&host, &docker, &logs, run).await {
+        match swarm_run(&host, &docker, &logs, run, false).await {
             Ok(d) => swarm.push(ms(d)),
             Err(e) => {
                 failure = Some(e.context(format!("swarm run {run}")));
                 break;
+            }
+        }
+        // An engine without overlay support only loses the extra figure.
+        if swarm_overlay.len() + 1 == run {
+            match swarm_run(&host, &docker, &logs, run, true).await {
+                Ok(d) => swarm_overlay.push(ms(d)),
+                Err(e) => eprintln!("  swarm-overlay run {run} failed: {e:#}"),
             }
         }
         if let Some(c) = &compose {
@@ -581,10 +635,21 @@ async fn main() -> Result<()> {
 
     eprintln!("shoal runs (ms):   {}", list_ms(&shoal));
     eprintln!("swarm runs (ms):   {}", list_ms(&swarm));
+    eprintln!("swarm overlay runs (ms): {}", list_ms(&swarm_overlay));
     eprintln!("compose runs (ms): {}", list_ms(&comp));
     let (s, w) = (median(shoal), median(swarm));
     println!("converge_runs: {runs}");
     println!("swarm_converge_50_ms: {w:.0}");
+    if swarm_overlay.len() == runs {
+        let o = median(swarm_overlay);
+        println!("swarm_overlay_converge_50_ms: {o:.0}");
+        eprintln!(
+            "shoal vs swarm with an overlay network: {:.2}x faster",
+            o / s
+        );
+    } else {
+        println!("swarm_overlay_converge_50_ms: unavailable (see the failed runs above)");
+    }
     if compose.is_some() {
         let c = median(comp);
         println!("compose_converge_50_ms: {c:.0}");
