@@ -302,6 +302,72 @@ struct Outcome {
     lost: Option<Duration>,
 }
 
+/// The runs of one kind: converged times, host-lost times (ms), runs that never converged.
+struct Series {
+    kind: Kill,
+    done: Vec<f64>,
+    lost: Vec<f64>,
+    never: usize,
+}
+
+async fn series(c: &mut Cluster, kind: Kill, runs: usize, dir: &Path) -> Result<Series> {
+    let mut s = Series {
+        kind,
+        done: Vec::new(),
+        lost: Vec::new(),
+        never: 0,
+    };
+    for run in 1..=runs {
+        let o = run_once(c, kind, run, dir)
+            .await
+            .with_context(|| format!("{} kill run {run}", kind.name()))?;
+        match o.converged {
+            Some(d) => s.done.push(ms(d)),
+            None => s.never += 1,
+        }
+        s.lost.extend(o.lost.map(ms));
+    }
+    Ok(s)
+}
+
+impl Series {
+    fn metric(&self) -> &'static str {
+        match self.kind {
+            Kill::Agent => "failover_agent_kill",
+            Kill::Engine => "failover_engine_kill",
+            Kill::Silent => "failover_silent_loss",
+        }
+    }
+
+    /// Prints `<metric>_host_lost_ms` (when the host was ever marked lost), then
+    /// `<metric>_ms`: a median, or `never …` with what was seen.
+    fn report(&self, runs: usize) {
+        let m = self.metric();
+        if !self.lost.is_empty() {
+            println!("{m}_host_lost_ms: {:.0}", median(self.lost.clone()));
+        }
+        let limit = FAILOVER_TIMEOUT.as_secs();
+        let never = self.never;
+        if never == 0 {
+            println!("{m}_ms: {:.0}", median(self.done.clone()));
+        } else if self.done.is_empty() {
+            println!(
+                "{m}_ms: never (no replacement within {limit} s in {never}/{runs} runs: {})",
+                if self.lost.is_empty() {
+                    "the host was never marked lost, so its tasks stayed Running; none was Orphaned"
+                } else {
+                    "the host was marked lost in some runs, yet the replicas were not all replaced"
+                }
+            );
+        } else {
+            println!(
+                "{m}_ms: never in {never}/{runs} runs (no replacement within {limit} s); median of the others {:.0}",
+                median(self.done.clone())
+            );
+        }
+    }
+}
+
 async fn run_once(c: &mut Cluster, kind: Kill, run: usize, dir: &Path) -> Result<Outcome> {
     let name = format!("fo-{}-{run}", kind.name());
     let file = dir.join(format!("{name}.yaml"));
@@ -528,49 +594,11 @@ async fn main() -> Result<()> {
     let measured = async {
         c.start_agent()?;
         c.wait_ready().await?;
-        let mut agent = Vec::new();
-        let mut agent_lost = Vec::new();
-        for run in 1..=runs {
-            let o = run_once(&mut c, Kill::Agent, run, tmp.path())
-                .await
-                .with_context(|| format!("agent kill run {run}"))?;
-            agent.extend(o.converged.map(ms));
-            agent_lost.extend(o.lost.map(ms));
+        let mut all = Vec::new();
+        for kind in [Kill::Agent, Kill::Engine, Kill::Silent] {
+            all.push(series(&mut c, kind, runs, tmp.path()).await?);
         }
-        let mut engine = Vec::new();
-        let mut engine_lost = Vec::new();
-        let mut never = 0;
-        for run in 1..=runs {
-            let o = run_once(&mut c, Kill::Engine, run, tmp.path())
-                .await
-                .with_context(|| format!("engine kill run {run}"))?;
-            match o.converged {
-                Some(d) => engine.push(ms(d)),
-                None => never += 1,
-            }
-            engine_lost.extend(o.lost.map(ms));
-        }
-        let mut silent = Vec::new();
-        let mut silent_lost = Vec::new();
-        let mut silent_never = 0;
-        for run in 1..=runs {
-            let o = run_once(&mut c, Kill::Silent, run, tmp.path())
-                .await
-                .with_context(|| format!("silent loss run {run}"))?;
-            match o.converged {
-                Some(d) => silent.push(ms(d)),
-                None => silent_never += 1,
-            }
-            silent_lost.extend(o.lost.map(ms));
-        }
-        Ok::<_, anyhow::Error>((
-            agent,
-            agent_lost,
-            engine,
-            engine_lost,
-            never,
-            (silent, silent_lost, silent_never),
-        ))
+        Ok::<_, anyhow::Error>(all)
     }
     .await;
     eprintln!(
@@ -586,69 +614,22 @@ async fn main() -> Result<()> {
     if let Err(e) = extra.stop().await {
         eprintln!("stopping the extra engine: {e:#}");
     }
-    let (agent, agent_lost, engine, engine_lost, never, (silent, silent_lost, silent_never)) =
-        measured?;
+    let all = measured?;
     stopped?;
     cleared?;
 
-    eprintln!("agent kill runs (ms):  {}", list_ms(&agent));
-    eprintln!(
-        "engine kill runs (ms): {} ({never} never)",
-        list_ms(&engine)
-    );
+    for s in &all {
+        eprintln!(
+            "{} runs (ms): {} ({} never)",
+            s.kind.name(),
+            list_ms(&s.done),
+            s.never
+        );
+    }
     println!("failover_runs: {runs}");
-    if never == 0 {
-        println!("failover_engine_kill_ms: {:.0}", median(engine));
-    } else if engine.is_empty() {
-        println!(
-            "failover_engine_kill_ms: never (no replacement within {} s in {never}/{runs} runs: {})",
-            FAILOVER_TIMEOUT.as_secs(),
-            if engine_lost.is_empty() {
-                "the agent stays connected and heartbeating, so the host stays Ready and its tasks Running; none is Orphaned"
-            } else {
-                "the host was marked lost in some runs, yet the replicas were not all replaced"
-            }
-        );
-    } else {
-        println!(
-            "failover_engine_kill_ms: never in {never}/{runs} runs (no replacement within {} s); median of the others {:.0}",
-            FAILOVER_TIMEOUT.as_secs(),
-            median(engine)
-        );
+    // The agent-kill figure last.
+    for s in all.iter().rev() {
+        s.report(runs);
     }
-    eprintln!(
-        "silent loss runs (ms): {} ({silent_never} never)",
-        list_ms(&silent)
-    );
-    if silent_never == 0 {
-        println!("failover_silent_loss_ms: {:.0}", median(silent));
-    } else {
-        println!(
-            "failover_silent_loss_ms: never in {silent_never}/{runs} runs (no replacement within {} s); median of the others {}",
-            FAILOVER_TIMEOUT.as_secs(),
-            if silent.is_empty() {
-                "-".to_owned()
-            } else {
-                format!("{:.0}", median(silent))
-            }
-        );
-    }
-    if !silent_lost.is_empty() {
-        println!(
-            "failover_silent_loss_host_lost_ms: {:.0}",
-            median(silent_lost)
-        );
-    }
-    if !engine_lost.is_empty() {
-        println!(
-            "failover_engine_kill_host_lost_ms: {:.0}",
-            median(engine_lost)
-        );
-    }
-    println!(
-        "failover_agent_kill_host_lost_ms: {:.0}",
-        median(agent_lost)
-    );
-    println!("failover_agent_kill_ms: {:.0}", median(agent));
     Ok(())
 }
