@@ -368,6 +368,21 @@ impl Series {
     }
 }
 
+/// Waits (up to the failover timeout) until no container with `label` is left on
+/// `docker`; says when, counted from `since` (named `what`), or that they stayed.
+async fn stale_removed(docker: &Docker, label: &str, since: Instant, what: &str) -> Result<String> {
+    while since.elapsed() < FAILOVER_TIMEOUT {
+        if count_all(docker, label).await?.is_empty() {
+            return Ok(format!("{:.0} ms after {what}", ms(since.elapsed())));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(format!(
+        "no, still there after {} s",
+        FAILOVER_TIMEOUT.as_secs()
+    ))
+}
+
 async fn run_once(c: &mut Cluster, kind: Kill, run: usize, dir: &Path) -> Result<Outcome> {
     let name = format!("fo-{}-{run}", kind.name());
     let file = dir.join(format!("{name}.yaml"));
@@ -478,21 +493,10 @@ async fn run_once(c: &mut Cluster, kind: Kill, run: usize, dir: &Path) -> Result
             .context("restarting the extra engine")?;
         let restarted = t1.elapsed();
         c.extra_docker = c.extra.engine().await?.docker;
-        let mut cleaned = None;
-        while t1.elapsed() < FAILOVER_TIMEOUT {
-            if count_all(&c.extra_docker, &labels[1]).await?.is_empty() {
-                cleaned = Some(t1.elapsed());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let cleaned = stale_removed(&c.extra_docker, &labels[1], t1, "the restart began").await?;
         eprintln!(
-            "    engine restarted in {:.0} ms; stale containers on it removed: {}; Host Ready {:?}; tasks: {}",
+            "    engine restarted in {:.0} ms; stale containers on it removed: {cleaned}; Host Ready {:?}; tasks: {}",
             ms(restarted),
-            cleaned.map_or_else(
-                || format!("no, still there after {} s", FAILOVER_TIMEOUT.as_secs()),
-                |d| format!("{:.0} ms after the restart began", ms(d))
-            ),
             c.host_ready(&c.extra.name).await?,
             c.task_summary(&name).await?
         );
@@ -503,20 +507,9 @@ async fn run_once(c: &mut Cluster, kind: Kill, run: usize, dir: &Path) -> Result
     if kind == Kill::Silent {
         let t1 = Instant::now();
         c.signal_agent("CONT")?;
-        let mut cleaned = None;
-        while t1.elapsed() < FAILOVER_TIMEOUT {
-            if count_all(&c.extra_docker, &labels[1]).await?.is_empty() {
-                cleaned = Some(t1.elapsed());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let cleaned = stale_removed(&c.extra_docker, &labels[1], t1, "SIGCONT").await?;
         eprintln!(
-            "    agent resumed; stale containers on its engine removed: {}; Host Ready {:?}; tasks: {}",
-            cleaned.map_or_else(
-                || format!("no, still there after {} s", FAILOVER_TIMEOUT.as_secs()),
-                |d| format!("{:.0} ms after SIGCONT", ms(d))
-            ),
+            "    agent resumed; stale containers on its engine removed: {cleaned}; Host Ready {:?}; tasks: {}",
             c.host_ready(&c.extra.name).await?,
             c.task_summary(&name).await?
         );
