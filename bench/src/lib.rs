@@ -303,20 +303,7 @@ impl ShoalUp {
         log_path: &Path,
     ) -> Result<ShoalUp> {
         let started = Instant::now();
-        let child = Command::new(bin)
-            .arg("up")
-            .arg("--data-dir")
-            .arg(data)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--dispatcher-listen",
-                "127.0.0.1:0",
-                "--host-name",
-                host_name,
-            ])
-            .env("DOCKER_HOST", docker_host)
-            .stdin(Stdio::null())
+        let child = shoal_tests::shoal_up_command(bin, data, host_name, docker_host)
             .stdout(File::create(out_path)?)
             .stderr(File::create(log_path)?)
             .spawn()

@@ -13,60 +13,39 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal_tests::{Engine, main_docker_host, repo_root};
+use shoal_tests::{Engine, RemoveClusterOnDrop, main_docker_host, repo_root, shoal_up_command};
 
 const HOST: &str = "e2e-cli";
 
+/// `shoal up`, killed when dropped; then its containers are removed (the
+/// struct's own `drop` runs before its fields').
 struct Up {
     child: Child,
-    cluster: Option<String>,
+    cluster: RemoveClusterOnDrop,
 }
 
 impl Drop for Up {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let Some(cluster) = &self.cluster else { return };
-        let host = main_docker_host();
-        if let Ok(out) = Command::new("docker")
-            .args(["-H", &host, "ps", "-aq", "--filter"])
-            .arg(format!("label=shoal.dev/cluster={cluster}"))
-            .output()
-        {
-            let ids = String::from_utf8_lossy(&out.stdout);
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["-H", &host, "rm", "-f"])
-                    .args(&ids)
-                    .output();
-            }
-        }
     }
 }
 
 fn start_up(data: &Path) -> Up {
     let log = std::fs::File::create(data.with_extension("log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args(["up", "--data-dir"])
-        .arg(data)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--dispatcher-listen",
-            "127.0.0.1:0",
-            "--host-name",
-            HOST,
-        ])
-        .env("DOCKER_HOST", main_docker_host())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let child = shoal_up_command(
+        Path::new(env!("CARGO_BIN_EXE_shoal")),
+        data,
+        HOST,
+        &main_docker_host(),
+    )
+    .stdout(Stdio::null())
+    .stderr(log)
+    .spawn()
+    .unwrap();
     Up {
         child,
-        cluster: None,
+        cluster: RemoveClusterOnDrop(None),
     }
 }
 
@@ -162,7 +141,7 @@ fn cli_against_shoal_up() {
     eventually("the kubeconfig", 30, || {
         std::fs::read_to_string(&kc).is_ok_and(|s| s.contains("server:"))
     });
-    up.cluster = Some(
+    up.cluster.0 = Some(
         std::fs::read_to_string(data.join("cluster-id"))
             .unwrap()
             .trim()

@@ -60,6 +60,22 @@ pub fn state_dir() -> PathBuf {
     }
 }
 
+/// `BIN up` on `data` for the engine at `docker_host`, as the end-to-end tests and
+/// benchmarks run it: API and dispatcher on free loopback ports, the local host named
+/// `host_name`, stdin closed. The caller adds output redirections and spawns it.
+pub fn shoal_up_command(bin: &Path, data: &Path, host_name: &str, docker_host: &str) -> Command {
+    let mut c = Command::new(bin);
+    c.arg("up")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--dispatcher-listen", "127.0.0.1:0"])
+        .args(["--host-name", host_name])
+        .env("DOCKER_HOST", docker_host)
+        .stdin(std::process::Stdio::null());
+    c
+}
+
 /// `unix://…` address of the main test engine: `SHOAL_TEST_DOCKER_HOST`, else a unix
 /// `DOCKER_HOST`, else the socket `scripts/test-env` uses.
 pub fn main_docker_host() -> String {

@@ -40,24 +40,13 @@ struct Up {
 impl Up {
     fn start(data: &Path) -> Up {
         let log = std::fs::File::create(data.with_extension("log")).unwrap();
-        let child = Command::new(shoal_bin())
-            .args(["up", "--data-dir"])
-            .arg(data)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--dispatcher-listen",
-                "127.0.0.1:0",
-                "--host-name",
-                "e2e-host",
-            ])
-            .env("DOCKER_HOST", main_docker_host())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child =
+            shoal_tests::shoal_up_command(&shoal_bin(), data, "e2e-host", &main_docker_host())
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
         Up { child }
     }
 

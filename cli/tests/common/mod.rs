@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal_tests::{Engine, Host, RemoveClusterOnDrop, main_docker_host};
+use shoal_tests::{Engine, Host, RemoveClusterOnDrop, main_docker_host, shoal_up_command};
 
 /// A child process killed (and reaped) when dropped.
 pub struct Killed(pub Child);
@@ -108,18 +108,16 @@ impl TwoHosts {
         let data = tmp.path().join("data");
         let out_path = tmp.path().join("up.out");
         let up = Killed(
-            Command::new(env!("CARGO_BIN_EXE_shoal"))
-                .args(["up", "--data-dir"])
-                .arg(&data)
-                .args(["--listen", "127.0.0.1:0"])
-                .args(["--dispatcher-listen", "127.0.0.1:0"])
-                .args(["--host-name", main])
-                .env("DOCKER_HOST", main_docker_host())
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&out_path).unwrap())
-                .stderr(std::fs::File::create(tmp.path().join("up.log")).unwrap())
-                .spawn()
-                .unwrap(),
+            shoal_up_command(
+                Path::new(env!("CARGO_BIN_EXE_shoal")),
+                &data,
+                main,
+                &main_docker_host(),
+            )
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(tmp.path().join("up.log")).unwrap())
+            .spawn()
+            .unwrap(),
         );
         let mut dispatcher = String::new();
         eventually("shoal up to print the dispatcher", 30, || {
