@@ -375,6 +375,8 @@ pub fn plan_task(
                     st.last_exit = Some((code, c.oom_killed, finished));
                     st.handled_unhealthy = None;
                     decide_exit(&mut st, task, ctx, code, c.oom_killed, finished);
+                } else if st.handled_exit == Some(run) && c.oom_killed {
+                    refine_oom(&mut st);
                 }
                 fill_exit(&mut status, &st);
                 if let Some(o) = &st.outcome {
@@ -414,6 +416,43 @@ pub fn plan_task(
         state: st,
         status,
         wake_at,
+    }
+}
+
+/// The engine can report an OOM kill after the exit it caused (its `oom`
+/// event and the inspect's flag may trail the `die`). The decision stands (an
+/// OOM kill is a failure, as the nonzero exit already was); the record and a
+/// final `Error` become `OOMKilled`. Only ever false → true.
+fn refine_oom(st: &mut TaskState) {
+    let Some((code, oom, _)) = st.last_exit.as_mut() else {
+        return;
+    };
+    *oom = true;
+    let code = *code;
+    if let Some(Outcome::Failed { reason, message }) = st.outcome.as_mut()
+        && reason == "Error"
+    {
+        *reason = "OOMKilled".into();
+        *message = format!("exited with code {code}");
+    }
+}
+
+/// A SIGKILL under a memory limit is most likely an OOM kill even when the
+/// engine did not see it: containerd misses the kill of a process that
+/// exceeds the limit within milliseconds of starting.
+fn exit_message(task: &AssignedTask, code: i64, oom: bool) -> String {
+    let limit = task
+        .template
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.memory.as_ref());
+    match limit {
+        Some(limit) if code == 137 && !oom => format!(
+            "exited with code 137 (SIGKILL); the engine reported no OOM kill, \
+             but the memory limit ({limit}) is the likely cause"
+        ),
+        _ => format!("exited with code {code}"),
     }
 }
 
@@ -504,7 +543,7 @@ fn decide_exit(
         } else {
             Outcome::Failed {
                 reason: if oom { "OOMKilled" } else { "Error" }.into(),
-                message: format!("exited with code {code}"),
+                message: exit_message(task, code, oom),
             }
         });
         return;

@@ -413,6 +413,57 @@ fn one_exit_is_decided_once_even_when_its_finish_time_is_refined() {
 }
 
 #[test]
+fn an_oom_kill_reported_after_its_exit_refines_the_reason() {
+    // Never: the exit is final as `Error`, then the engine's late OOM report
+    // turns it into `OOMKilled` without a second decision.
+    let t = task("u", policy(RestartCondition::Never, 0));
+    let plain = exited("x", "u", 137, false, 100);
+    let p = plan_task(&t, &[&plain], &TaskState::default(), ctx(100));
+    assert_eq!(p.status.phase, Some(TaskPhase::Failed));
+    assert_eq!(p.status.reason.as_deref(), Some("Error"));
+    assert_eq!(p.status.message.as_deref(), Some("exited with code 137"));
+    let oom = exited("x", "u", 137, true, 100);
+    let p2 = plan_task(&t, &[&oom], &p.state, ctx(101));
+    assert_eq!(p2.status.phase, Some(TaskPhase::Failed));
+    assert_eq!(p2.status.reason.as_deref(), Some("OOMKilled"));
+    assert_eq!(p2.status.oom_killed, Some(true));
+    // A later inspect without the flag does not take it back.
+    let p3 = plan_task(&t, &[&plain], &p2.state, ctx(102));
+    assert_eq!(p3.status.reason.as_deref(), Some("OOMKilled"));
+    assert_eq!(p3.status.oom_killed, Some(true));
+
+    // Always: restarted once, and the pending restart's reason is refined.
+    let t = task("u", policy(RestartCondition::Always, 0));
+    let p = plan_task(&t, &[&plain], &TaskState::default(), ctx(100));
+    assert_eq!(p.action, start("u", "x"));
+    let p2 = plan_task(&t, &[&oom], &p.state, ctx(101));
+    assert_eq!(p2.state.restart_count, 1, "not counted again");
+    assert_eq!(p2.status.oom_killed, Some(true));
+}
+
+#[test]
+fn a_sigkill_under_a_memory_limit_names_the_limit() {
+    use shoal_crds::{ByteQuantity, ResourceLimits, Resources};
+    let mut t = task("u", policy(RestartCondition::Never, 0));
+    t.template.resources = Some(Resources {
+        limits: Some(ResourceLimits {
+            memory: Some(ByteQuantity::new("8Mi")),
+            ..Default::default()
+        }),
+        reservations: None,
+    });
+    let c = exited("x", "u", 137, false, 100);
+    let p = plan_task(&t, &[&c], &TaskState::default(), ctx(100));
+    assert_eq!(p.status.reason.as_deref(), Some("Error"));
+    let m = p.status.message.unwrap_or_default();
+    assert!(m.contains("memory limit (8Mi)"), "{m}");
+    // Another exit code under the same limit says nothing about memory.
+    let c = exited("x", "u", 1, false, 100);
+    let p = plan_task(&t, &[&c], &TaskState::default(), ctx(100));
+    assert_eq!(p.status.message.as_deref(), Some("exited with code 1"));
+}
+
+#[test]
 fn a_failed_task_stopped_by_the_agent_stays_failed() {
     let t = task("u", policy(RestartCondition::Always, 1));
     let st = TaskState {

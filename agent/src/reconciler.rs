@@ -356,10 +356,15 @@ impl Reconciler {
             EventKind::Destroy => {
                 self.observed.remove(&ev.container_id);
             }
-            EventKind::Oom => {
-                // The engine reports `oom` before the `die` it causes.
-                self.oom_seen.insert(ev.container_id.clone());
-            }
+            EventKind::Oom => match self.observed.get_mut(&ev.container_id) {
+                // Usually `oom` comes before the `die` it causes, but the
+                // engine can process the exit first: then it belongs to the
+                // run that just ended, and the planner refines that exit.
+                Some(c) if !c.state.is_up() && c.finished_at.is_some() => c.oom_killed = true,
+                _ => {
+                    self.oom_seen.insert(ev.container_id.clone());
+                }
+            },
             // A known container died: the event says all the planner needs
             // (an inspect would wait for the engine's exit handling and
             // delay the restart). The next inspect refines the record; exits
