@@ -252,6 +252,28 @@ fn cli_against_shoal_up() {
     assert!(d.contains("ReplicasUnavailable"), "{d}");
     assert!(d.contains("MaxAttemptsReached"), "{d}");
     let crash_task = row(&ok(&kc, &["ps", "crashing"]), "crashing-0-")[0].to_string();
+    // Following a task that has ended for good prints its lines and ends
+    // (as `kubectl logs -f` on a finished pod), instead of waiting forever.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["logs", &crash_task, "-f"])
+        .env("KUBECONFIG", &kc)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while follow.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if follow.try_wait().unwrap().is_none() {
+        let _ = follow.kill();
+        panic!("`shoal logs {crash_task} -f` still follows a Failed task after 20 s");
+    }
+    let o = follow.wait_with_output().unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("giving up"), "{out}");
     let d = ok(&kc, &["describe", "task", &crash_task]);
     assert!(d.contains("Phase:              Failed"), "{d}");
     assert!(d.contains("Reason:             MaxAttemptsReached"), "{d}");

@@ -23,7 +23,8 @@ use crate::view;
 /// host name for global services). Without `-f` they are sorted by time;
 /// with `-f` they are printed as they come, and each slot is followed across
 /// container restarts and task replacements until the service is deleted or
-/// you press Ctrl-C.
+/// you press Ctrl-C. Following one task (by its name) ends once the task has
+/// ended for good (Succeeded, Failed, shut down) and its last line is shown.
 ///
 /// When a task's host cannot be reached, the lines that can be read are still
 /// shown, and a note on standard error names the host and the slots missing.
@@ -493,36 +494,64 @@ async fn follow(
     let mut started: HashSet<String> = HashSet::new();
     let mut followers = tokio::task::JoinSet::new();
     let mut seen_any = false;
+    // The slots of the first listing (they get the user's --tail/--since).
+    let mut first_snapshot: HashSet<String> = HashSet::new();
+    // One task by name: its follower ends with the task, and so does this.
+    let one_task = matches!(sel, Selection::Task { .. });
     loop {
         let keys: Vec<String> = match &*rx.borrow_and_update() {
             None => Vec::new(),
             Some(slots) => slots.keys().cloned().collect(),
         };
-        if !keys.is_empty() {
-            seen_any = true;
-        }
         for key in keys {
             if started.insert(key.clone()) {
                 let conn = conn.clone();
                 let printer = printer.clone();
                 let rx = slots_rx.clone();
-                let first = first.clone();
-                followers.spawn(async move { follow_slot(conn, key, rx, first, printer).await });
+                // A slot that appears while following (a scale-up, a slot
+                // given up and filled again) is read from its start: all of
+                // it is newer than the command.
+                let first = if seen_any && !first_snapshot.contains(&key) {
+                    Request {
+                        follow: true,
+                        ..Request::default()
+                    }
+                } else {
+                    first.clone()
+                };
+                let end = if one_task {
+                    End::WithTheTask
+                } else {
+                    End::WithTheSlot
+                };
+                followers.spawn(async move {
+                    let r = follow_slot(conn, key.clone(), rx, first, printer, end).await;
+                    (key, r)
+                });
             }
         }
+        if !seen_any && !started.is_empty() {
+            seen_any = true;
+            first_snapshot = started.clone();
+        }
         let gone = rx.borrow().as_ref().is_some_and(|s| s.is_empty());
-        if gone && seen_any && followers.is_empty() {
+        if (gone || one_task) && seen_any && followers.is_empty() {
             break;
         }
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { break },
             Some(done) = followers.join_next(), if !followers.is_empty() => {
                 match done {
-                    Ok(Err(e)) => {
+                    Ok((_, Err(e))) => {
                         watch_task.abort();
                         return quiet_on_broken_pipe_any(e);
                     }
-                    Ok(Ok(())) => {}
+                    // The slot went away: if it comes back, follow it again.
+                    Ok((key, Ok(()))) => {
+                        if !one_task {
+                            started.remove(&key);
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "a follower ended"),
                 }
             }
@@ -544,6 +573,15 @@ fn quiet_on_broken_pipe_any(e: anyhow::Error) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// When a slot's follower stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// When the slot goes away (a service: the slot may get a new task).
+    WithTheSlot,
+    /// Also when the task has ended for good and its last run was read.
+    WithTheTask,
+}
+
 /// Follows one slot until it goes away: read its current task; when the
 /// stream ends (the container stopped), wait for the next run — a restart
 /// or a replacement — and read on from the last line seen.
@@ -553,6 +591,7 @@ async fn follow_slot(
     mut slots: watch::Receiver<Option<Slots>>,
     first: Request,
     printer: Arc<Printer>,
+    end: End,
 ) -> anyhow::Result<()> {
     let mut last_time: Option<SystemTime> = None;
     // (task uid, run start) already read to its end.
@@ -581,6 +620,13 @@ async fn follow_slot(
                 // new run that is running.
                 if has_container && fresh && (first_read || is_running(&t)) {
                     break t;
+                }
+                // Ended for good, and its last run read (or it never ran).
+                if end == End::WithTheTask
+                    && !view::is_live(&t)
+                    && (!has_container || (!first_read && !fresh))
+                {
+                    return Ok(());
                 }
             }
             tokio::select! {
