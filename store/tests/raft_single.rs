@@ -173,8 +173,14 @@ async fn concurrent_writers() {
     all.dedup();
     assert_eq!(all.len(), 320);
     assert_eq!(store.revision().await.unwrap(), 320);
-    // Group commit: concurrent writes shared fsyncs.
-    let status = store.status();
-    assert!(status.proposals >= 320);
+    // Group commit: concurrent writes shared fsyncs. The status is published
+    // at the end of the Raft loop's turn, just after the replies went out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut status = store.status();
+    while status.proposals < 320 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        status = store.status();
+    }
+    assert!(status.proposals >= 320, "{status:?}");
     assert!(status.syncs < status.proposals, "{status:?}");
 }

@@ -252,7 +252,8 @@ impl RaftStore {
         self.hub.revision()
     }
 
-    /// The node's current status.
+    /// The node's status as of the end of the Raft loop's last turn (a write
+    /// may be answered a moment before the status counts it).
     pub fn status(&self) -> NodeStatus {
         self.status
             .lock()
