@@ -117,6 +117,51 @@ pub struct TaskState {
     pub outcome: Option<Outcome>,
     /// Last action failure.
     pub failure: Option<ActionFailure>,
+    /// Start (whole seconds) of the run whose exit the record already
+    /// counted, for a state seeded from the record: that exit is not decided
+    /// again.
+    pub recorded_run: Option<u64>,
+}
+
+fn whole_seconds(t: SystemTime) -> Option<u64> {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+impl TaskState {
+    /// The state of a task this agent has no memory of (it restarted):
+    /// carried on from the control plane's record, so the restart count goes
+    /// on and a final outcome stays final. The backoff and the attempts in
+    /// the window start afresh.
+    pub fn seeded(task: &AssignedTask) -> TaskState {
+        let r = &task.recorded;
+        let outcome = match r.phase {
+            Some(TaskPhase::Failed) => Some(Outcome::Failed {
+                reason: r.reason.clone().unwrap_or_else(|| "Error".into()),
+                message: r.message.clone().unwrap_or_default(),
+            }),
+            Some(TaskPhase::Succeeded) => Some(Outcome::Succeeded),
+            Some(TaskPhase::Rejected) => Some(Outcome::Rejected {
+                message: r.message.clone().unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        let last_exit = r.exit_code.map(|code| {
+            (
+                i64::from(code),
+                r.oom_killed,
+                r.finished_at.unwrap_or(SystemTime::UNIX_EPOCH),
+            )
+        });
+        TaskState {
+            restart_count: r.restart_count,
+            last_exit,
+            outcome,
+            recorded_run: last_exit.and(r.started_at).and_then(whole_seconds),
+            ..TaskState::default()
+        }
+    }
 }
 
 /// Planning inputs besides the tasks and containers.
@@ -368,6 +413,13 @@ pub fn plan_task(
             (_, Some(finished)) => {
                 // An exit is identified by the run it ended (its start time).
                 let run = c.started_at.unwrap_or(finished);
+                if st.handled_exit.is_none()
+                    && st.recorded_run.is_some()
+                    && st.recorded_run == whole_seconds(run)
+                {
+                    // Decided before this agent restarted (and counted).
+                    st.handled_exit = Some(run);
+                }
                 // A decided outcome (e.g. Failed, then stopped) is final.
                 if st.handled_exit != Some(run) && st.outcome.is_none() {
                     st.handled_exit = Some(run);
@@ -631,14 +683,16 @@ pub fn plan(
             by_task.entry(uid).or_default().push(c);
         }
     }
-    let empty = TaskState::default();
     let tasks = assigned
         .iter()
         .filter(|(uid, _)| !skip.contains(*uid))
         .map(|(uid, t)| {
             let cs = by_task.get(uid.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-            let st = states.get(uid).unwrap_or(&empty);
-            (uid.clone(), plan_task(t, cs, st, ctx))
+            let plan = match states.get(uid) {
+                Some(st) => plan_task(t, cs, st, ctx),
+                None => plan_task(t, cs, &TaskState::seeded(t), ctx),
+            };
+            (uid.clone(), plan)
         })
         .collect();
     let keys: BTreeSet<&str> = assigned.keys().map(String::as_str).collect();

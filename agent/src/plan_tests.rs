@@ -8,7 +8,7 @@ use shoal_crds::{ContainerTemplate, DesiredState, HealthState, RestartCondition,
 use super::*;
 use crate::engine::{ContainerInfo, RunState};
 use crate::labels::{CLUSTER, TASK_UID};
-use crate::task::{AssignedTask, RestartSettings};
+use crate::task::{AssignedTask, Recorded, RestartSettings};
 
 const C: &str = "c1";
 
@@ -34,6 +34,7 @@ fn task(uid: &str, r: RestartSettings) -> AssignedTask {
         },
         restart: r,
         desired: DesiredState::Running,
+        recorded: Default::default(),
     }
 }
 
@@ -480,4 +481,86 @@ fn a_failed_task_stopped_by_the_agent_stays_failed() {
     assert_eq!(p.status.phase, Some(TaskPhase::Failed));
     assert_eq!(p.status.reason.as_deref(), Some("MaxAttemptsReached"));
     assert_eq!(p.state.restart_count, 1);
+}
+
+/// Plans one task through `plan`, as an agent that has no memory of it.
+fn plan_fresh(t: &AssignedTask, c: &ContainerInfo, now_ms: u64) -> TaskPlan {
+    let assigned = BTreeMap::from([(t.uid.clone(), t.clone())]);
+    let observed = BTreeMap::from([(c.id.clone(), c.clone())]);
+    let mut p = plan(
+        C,
+        &assigned,
+        &observed,
+        &BTreeMap::new(),
+        &BTreeSet::new(),
+        ctx(now_ms),
+    );
+    p.tasks.remove(&t.uid).unwrap()
+}
+
+fn recorded(phase: TaskPhase, restarts: i32, exit: Option<i32>, started_ms: u64) -> Recorded {
+    // The store keeps whole seconds.
+    let secs = at(started_ms)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    Recorded {
+        restart_count: restarts,
+        phase: Some(phase),
+        exit_code: exit,
+        started_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+        ..Recorded::default()
+    }
+}
+
+#[test]
+fn a_restarted_agent_keeps_a_final_outcome_and_the_restart_count() {
+    let mut t = task("u", policy(RestartCondition::OnFailure, 5));
+    t.recorded = Recorded {
+        reason: Some("MaxAttemptsReached".into()),
+        message: Some("5 restarts within 60s".into()),
+        ..recorded(TaskPhase::Failed, 5, Some(3), 500)
+    };
+    let c = exited("x", "u", 3, false, 600);
+    let p = plan_fresh(&t, &c, 700);
+    assert_eq!(p.action, None, "a Failed task is not started again");
+    assert_eq!(p.status.phase, Some(TaskPhase::Failed));
+    assert_eq!(p.status.reason.as_deref(), Some("MaxAttemptsReached"));
+    assert_eq!(p.status.restart_count, Some(5));
+    assert_eq!(p.status.exit_code, Some(3));
+
+    // Without the record, the same container would be restarted.
+    t.recorded = Recorded::default();
+    let p = plan_fresh(&t, &c, 700);
+    assert_eq!(p.action, start("u", "x"));
+}
+
+#[test]
+fn a_restarted_agent_counts_on_from_the_record() {
+    let t0 = {
+        let mut t = task("u", policy(RestartCondition::Always, 0));
+        t.recorded = recorded(TaskPhase::Running, 4, None, 0);
+        t
+    };
+    // Running: the count is the record's.
+    let running = container("x", "u", RunState::Running);
+    let p = plan_fresh(&t0, &running, 100);
+    assert_eq!(p.status.restart_count, Some(4));
+    // Its next exit counts on from there.
+    let c = exited("x", "u", 1, false, 2000);
+    let p2 = plan_task(&t0, &[&c], &p.state, ctx(2001));
+    assert_eq!(p2.state.restart_count, 5);
+
+    // A restart pending when the agent stopped: the record already counted
+    // that exit (same run, to the second), so it is restarted, not recounted.
+    let mut t = task("u", policy(RestartCondition::Always, 0));
+    t.recorded = recorded(TaskPhase::Starting, 2, Some(1), 1999);
+    let p = plan_fresh(&t, &c, 2100);
+    assert_eq!(p.action, start("u", "x"));
+    assert_eq!(p.status.restart_count, Some(2));
+    assert_eq!(p.status.exit_code, Some(1));
+    // An exit of a later run (another second) is new and counted.
+    t.recorded = recorded(TaskPhase::Starting, 2, Some(1), 900);
+    let p = plan_fresh(&t, &c, 2100);
+    assert_eq!(p.status.restart_count, Some(3));
 }

@@ -30,6 +30,7 @@ fn task(i: usize) -> AssignedTask {
         },
         restart: RestartSettings::default(),
         desired: DesiredState::Running,
+        recorded: Default::default(),
     }
 }
 

@@ -1,9 +1,9 @@
 //! A task as the agent sees it: identity, frozen template and parsed restart
 //! settings.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use shoal_crds::{ContainerTemplate, DesiredState, RestartCondition, Task};
+use shoal_crds::{ContainerTemplate, DesiredState, RestartCondition, Task, TaskPhase, TaskStatus};
 
 use crate::labels::{TaskIdentity, derived_uid};
 
@@ -93,6 +93,55 @@ pub struct AssignedTask {
     pub restart: RestartSettings,
     /// Run or shut down.
     pub desired: DesiredState,
+    /// The status the control plane has on record (this or an earlier
+    /// agent's last report), where an agent without memory of the task
+    /// carries on from.
+    pub recorded: Recorded,
+}
+
+/// The parts of a recorded status an agent carries on from after a restart:
+/// the restart count, the last exit and a final outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Restarts so far.
+    pub restart_count: i32,
+    /// The phase reported last.
+    pub phase: Option<TaskPhase>,
+    /// Its reason.
+    pub reason: Option<String>,
+    /// Its message.
+    pub message: Option<String>,
+    /// Exit code of the last run, if it ended.
+    pub exit_code: Option<i32>,
+    /// Whether the last run was OOM-killed.
+    pub oom_killed: bool,
+    /// When the container's current run started (whole seconds: the store
+    /// keeps no more).
+    pub started_at: Option<SystemTime>,
+    /// When it ended.
+    pub finished_at: Option<SystemTime>,
+}
+
+impl Recorded {
+    /// From a task's status (absent: nothing on record).
+    pub fn from_status(s: Option<&TaskStatus>) -> Recorded {
+        let Some(s) = s else {
+            return Recorded::default();
+        };
+        let time = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+            t.as_ref().map(|t| SystemTime::from(t.0))
+        };
+        Recorded {
+            restart_count: s.restart_count.unwrap_or(0),
+            phase: s.phase,
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+            exit_code: s.exit_code,
+            oom_killed: s.oom_killed.unwrap_or(false),
+            started_at: time(&s.started_at),
+            finished_at: time(&s.finished_at),
+        }
+    }
 }
 
 impl AssignedTask {
@@ -127,6 +176,7 @@ impl AssignedTask {
             } else {
                 t.spec.desired_state()
             },
+            recorded: Recorded::from_status(t.status.as_ref()),
         }
     }
 

@@ -24,12 +24,32 @@ pub fn assignment(mut task: Task) -> Assignment {
     Assignment::from(task)
 }
 
+/// What an agent needs to hear again about: the spec (its generation) and
+/// whether the task is being deleted. Status changes come from the agent
+/// itself, so they are not sent back. Without a generation (a store that does
+/// not keep one), any change of the object counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Version {
+    Spec { generation: i64, deleting: bool },
+    Object(Option<String>),
+}
+
+fn version(task: &Task) -> Version {
+    match task.metadata.generation {
+        Some(generation) => Version::Spec {
+            generation,
+            deleting: task.metadata.deletion_timestamp.is_some(),
+        },
+        None => Version::Object(task.metadata.resource_version.clone()),
+    }
+}
+
 /// The assignments sent on one session, with their sequence numbers.
 #[derive(Debug, Default)]
 pub struct Tracker {
     sequence: u64,
-    /// Task uid → resourceVersion last sent.
-    sent: BTreeMap<String, Option<String>>,
+    /// Task uid → version last sent.
+    sent: BTreeMap<String, Version>,
 }
 
 impl Tracker {
@@ -45,7 +65,7 @@ impl Tracker {
         let mut assignments = Vec::new();
         for t in tasks {
             if let Some(uid) = t.metadata.uid.clone() {
-                self.sent.insert(uid, t.metadata.resource_version.clone());
+                self.sent.insert(uid, version(&t));
                 assignments.push(assignment(t));
             }
         }
@@ -56,17 +76,18 @@ impl Tracker {
     }
 
     /// The delta for one changed task (`assigned` = still assigned to this
-    /// host and not deleted), or `None` if the agent already has it.
+    /// host and not deleted), or `None` if the agent already has it (only
+    /// its status changed, or nothing).
     pub fn change(&mut self, task: Task, assigned: bool) -> Option<AssignmentDelta> {
         let uid = task.metadata.uid.clone()?;
         let previous_sequence = self.sequence;
         if assigned {
-            if self.sent.get(&uid) == Some(&task.metadata.resource_version) {
+            let v = version(&task);
+            if self.sent.get(&uid) == Some(&v) {
                 return None;
             }
             self.sequence += 1;
-            self.sent
-                .insert(uid, task.metadata.resource_version.clone());
+            self.sent.insert(uid, v);
             Some(AssignmentDelta {
                 sequence: self.sequence,
                 previous_sequence,
@@ -135,6 +156,38 @@ mod tests {
         let set = tr.complete([task("b", "3", Some("h1"))]);
         assert_eq!(set.sequence, 5);
         assert!(tr.change(task("b", "3", Some("h1")), true).is_none());
+    }
+
+    #[test]
+    fn status_changes_are_not_sent_back_spec_changes_and_deletion_are() {
+        let mut tr = Tracker::new();
+        let with = |rv: &str, generation: i64| {
+            let mut t = task("a", rv, Some("h1"));
+            t.metadata.generation = Some(generation);
+            t
+        };
+        tr.complete([with("1", 1)]);
+        // The agent's own status report: a new resourceVersion, same spec.
+        let mut reported = with("2", 1);
+        reported.status = Some(shoal_crds::TaskStatus {
+            restart_count: Some(3),
+            ..Default::default()
+        });
+        assert!(tr.change(reported, true).is_none());
+        // A spec change (e.g. desired state Shutdown) is sent.
+        let d = tr.change(with("3", 2), true).unwrap();
+        assert_eq!(d.upserted.len(), 1);
+        // So is the deletion mark, which turns into Shutdown.
+        let mut deleting = with("4", 2);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        let d = tr.change(deleting, true).unwrap();
+        assert_eq!(
+            d.upserted[0].spec.as_ref().unwrap().desired_state,
+            shoal_proto::v1::DesiredState::Shutdown as i32
+        );
     }
 
     #[test]

@@ -785,16 +785,17 @@ impl TryFrom<pb::TaskStatus> for crds::TaskStatus {
 }
 
 /// A task as sent to its host: `metadata.uid`, `namespace`, `name` and
-/// `resourceVersion` plus the full spec. The rest of the metadata and the
-/// status are not part of an assignment (status travels the other way, in
-/// [`pb::TaskStatusUpdate`]); a missing uid, namespace or name becomes an
-/// empty string, which [`crds::Task::try_from`] refuses.
+/// `resourceVersion`, the full spec, and the status on record (status
+/// changes travel the other way, in [`pb::TaskStatusUpdate`]; the record only
+/// lets a restarted agent carry on). The rest of the metadata is not part of
+/// an assignment; a missing uid, namespace or name becomes an empty string,
+/// which [`crds::Task::try_from`] refuses.
 impl From<crds::Task> for pb::Assignment {
     fn from(v: crds::Task) -> Self {
         let crds::Task {
             metadata,
             spec,
-            status: _,
+            status,
         } = v;
         let ObjectMeta {
             uid,
@@ -809,13 +810,14 @@ impl From<crds::Task> for pb::Assignment {
             name: name.unwrap_or_default(),
             resource_version,
             spec: Some(spec.into()),
+            recorded_status: status.map(Into::into),
         }
     }
 }
 
 /// The task an assignment describes: metadata with uid, namespace, name and
-/// resource version only, no status. Uid, namespace and name must not be
-/// empty, and the spec must be present.
+/// resource version only, and the recorded status as its status. Uid,
+/// namespace and name must not be empty, and the spec must be present.
 impl TryFrom<pb::Assignment> for crds::Task {
     type Error = ConvertError;
     fn try_from(v: pb::Assignment) -> Result<Self, ConvertError> {
@@ -825,6 +827,7 @@ impl TryFrom<pb::Assignment> for crds::Task {
             name,
             resource_version,
             spec,
+            recorded_status,
         } = v;
         let required = |value: String, field: &str| {
             if value.is_empty() {
@@ -842,7 +845,7 @@ impl TryFrom<pb::Assignment> for crds::Task {
                 ..ObjectMeta::default()
             },
             spec: message_from_pb(spec, "spec")?.ok_or_else(|| ConvertError::missing("spec"))?,
-            status: None,
+            status: message_from_pb(recorded_status, "recorded_status")?,
         })
     }
 }

@@ -134,6 +134,59 @@ async fn running(docker: &Docker, cluster: &str) -> BTreeMap<String, (String, St
     out
 }
 
+/// `StartedAt` of every container of a service, running or not.
+async fn started_of(docker: &Docker, cluster: &str, service: &str) -> Vec<String> {
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("shoal.dev/cluster={cluster}"),
+            format!("shoal.dev/service={service}"),
+        ],
+    )]);
+    let opts = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let mut out = Vec::new();
+    for c in docker.list_containers(Some(opts)).await.unwrap() {
+        let info = docker
+            .inspect_container(&c.id.unwrap_or_default(), None::<InspectContainerOptions>)
+            .await
+            .unwrap();
+        out.push(info.state.and_then(|s| s.started_at).unwrap_or_default());
+    }
+    out
+}
+
+/// (phase, restart count) of every task of a service.
+async fn task_states(kube: &kube::Client, service: &str) -> Vec<(Option<TaskPhase>, Option<i32>)> {
+    let tasks: Api<Task> = Api::namespaced(kube.clone(), "default");
+    tasks
+        .list(&ListParams::default().labels(&format!("shoal.dev/service={service}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|t| {
+            let s = t.status.unwrap_or_default();
+            (s.phase, s.restart_count)
+        })
+        .collect()
+}
+
+/// A service that fails for good at once: two restarts, then Failed.
+const QUITTER: &str = r#"
+apiVersion: shoal.dev/v1alpha1
+kind: Service
+metadata: { name: quitter, namespace: default }
+spec:
+  replicas: 1
+  template:
+    image: shoal-test/busybox:1
+    command: ["sh", "-c", "exit 3"]
+  restartPolicy: { condition: OnFailure, maxAttempts: 2, maxDelay: 100ms, window: 60s }
+"#;
+
 async fn all_containers(docker: &Docker, cluster: &str) -> usize {
     let filters = std::collections::HashMap::from([(
         "label".to_string(),
@@ -377,6 +430,20 @@ async fn shoal_up_end_to_end() {
         );
     }
 
+    // A task that failed for good stays so across the restart below: its
+    // restart count kept, its container not started again.
+    let quitter = tmp.path().join("quitter.yaml");
+    std::fs::write(&quitter, QUITTER).unwrap();
+    kubectl(&kc, &cache, &["apply", "-f", quitter.to_str().unwrap()]);
+    let failed = vec![(Some(TaskPhase::Failed), Some(2))];
+    eventually("quitter Failed after 2 restarts", 30, || {
+        let (kube, failed) = (kube.clone(), failed.clone());
+        async move { task_states(&kube, "quitter").await == failed }
+    })
+    .await;
+    let quitter_started = started_of(&docker, &cluster, "quitter").await;
+    assert_eq!(quitter_started.len(), 1, "{quitter_started:?}");
+
     // kill -9 in the middle of a scale-up, then `shoal up` again.
     let before = running(&docker, &cluster).await;
     kubectl(&kc, &cache, &["scale", "ssvc/web", "--replicas=8"]);
@@ -393,6 +460,15 @@ async fn shoal_up_end_to_end() {
     .await;
     let after = running(&docker, &cluster).await;
     assert_eq!(after.len(), 8, "exactly the desired number: {after:?}");
+    // The new agent has planned every task by now; give a wrong restart of
+    // the failed one a moment to show.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        started_of(&docker, &cluster, "quitter").await,
+        quitter_started,
+        "the Failed task's container was started again"
+    );
+    assert_eq!(task_states(&kube, "quitter").await, failed);
     for (id, (slot, started)) in &before {
         assert_eq!(
             after.get(id),
@@ -405,7 +481,13 @@ async fn shoal_up_end_to_end() {
     kubectl(
         &kc,
         &cache,
-        &["delete", "ssvc/web", "--wait=true", "--timeout=60s"],
+        &[
+            "delete",
+            "ssvc/web",
+            "ssvc/quitter",
+            "--wait=true",
+            "--timeout=60s",
+        ],
     );
     eventually("no containers and no tasks", 60, || {
         let docker = docker.clone();
