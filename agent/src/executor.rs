@@ -11,6 +11,7 @@ use crate::engine::{ContainerEngine, create_for_task};
 use crate::error::EngineError;
 use crate::labels::network_name;
 use crate::plan::Action;
+use crate::policy::LocalPolicy;
 use crate::spec::{create_body, network_labels, stop_grace_secs};
 use crate::task::AssignedTask;
 
@@ -58,6 +59,8 @@ pub struct ExecCtx {
     pub pull_timeout: Duration,
     /// Networks known to exist (saves an inspect per create).
     pub networks: Arc<Mutex<BTreeSet<String>>>,
+    /// The host's local policy, checked before anything is created.
+    pub policy: Arc<LocalPolicy>,
 }
 
 async fn ensure_image(
@@ -112,6 +115,10 @@ pub async fn execute(
     match action {
         Action::Create { .. } => {
             let task = task.ok_or_else(|| ActionError::Other("task no longer assigned".into()))?;
+            // Before the pull: a refused task costs the host nothing.
+            ctx.policy
+                .check(&task.template)
+                .map_err(|e| ActionError::Rejected(e.to_string()))?;
             let id = task.identity(&ctx.cluster);
             let body = create_body(&id, &task.template)
                 .map_err(|e| ActionError::Rejected(e.to_string()))?;

@@ -8,7 +8,9 @@
 //! - [`plan`]: the pure planner and restart policy; [`executor`]: runs one
 //!   action; [`reconciler`]: the loop that ties them together;
 //! - [`assignments`]: the `--assignments FILE` feeder; [`session`]: the
-//!   control-plane session, the other feeder.
+//!   control-plane session, the other feeder;
+//! - [`policy`]: the host's local policy (bind mounts, capabilities) that
+//!   the control plane cannot override.
 
 pub mod assignments;
 pub mod docker;
@@ -16,8 +18,10 @@ pub mod engine;
 pub mod error;
 pub mod executor;
 pub mod fake;
+pub mod join;
 pub mod labels;
 pub mod plan;
+pub mod policy;
 pub mod reconciler;
 pub mod session;
 pub mod spec;
@@ -25,6 +29,7 @@ pub mod task;
 
 pub use engine::ContainerEngine;
 pub use error::{AgentError, EngineError};
+pub use policy::LocalPolicy;
 pub use reconciler::{AgentConfig, Assignments, Reconciler, StatusUpdate};
 pub use task::{AssignedTask, RestartSettings};
 pub use tokio_util::sync::CancellationToken;

@@ -20,6 +20,7 @@ use crate::error::EngineError;
 use crate::executor::{ActionError, ActionResult, ExecCtx, execute};
 use crate::labels::CLUSTER;
 use crate::plan::{Action, ActionFailure, Ctx, TaskState, plan};
+use crate::policy::LocalPolicy;
 use crate::task::AssignedTask;
 
 /// Settings of the reconciler.
@@ -37,10 +38,15 @@ pub struct AgentConfig {
     pub max_reconnect_backoff: Duration,
     /// First retry delay after a failed action (doubles, capped at 30 s).
     pub action_retry_base: Duration,
+    /// What this host lets a template do, whatever the control plane asks:
+    /// a task that breaks it gets no container and ends `Rejected`.
+    pub policy: LocalPolicy,
 }
 
 impl AgentConfig {
-    /// Defaults for cluster `cluster_id`.
+    /// Defaults for cluster `cluster_id`, with a permissive local policy
+    /// (set [`AgentConfig::policy`] for an agent that joins a remote
+    /// control plane).
     pub fn new(cluster_id: impl Into<String>) -> AgentConfig {
         AgentConfig {
             cluster_id: cluster_id.into(),
@@ -49,6 +55,7 @@ impl AgentConfig {
             pull_timeout: Duration::from_secs(30),
             max_reconnect_backoff: Duration::from_secs(5),
             action_retry_base: Duration::from_secs(1),
+            policy: LocalPolicy::permissive(),
         }
     }
 }
@@ -104,6 +111,7 @@ impl Reconciler {
             cluster: config.cluster_id.clone(),
             pull_timeout: config.pull_timeout,
             networks: Arc::new(Mutex::new(BTreeSet::new())),
+            policy: Arc::new(config.policy.clone()),
         };
         let semaphore = Arc::new(Semaphore::new(config.max_concurrency.max(1)));
         Reconciler {
@@ -155,6 +163,7 @@ impl Reconciler {
         mut assignments: watch::Receiver<Option<Assignments>>,
         shutdown: CancellationToken,
     ) {
+        info!(policy = %self.config.policy, "local policy");
         let mut joins: JoinSet<Done> = JoinSet::new();
         let mut backoff = Duration::ZERO;
         let mut feeder_open = true;

@@ -179,6 +179,33 @@ async fn a_refused_template_is_rejected_once() {
 }
 
 #[tokio::test]
+async fn the_local_policy_rejects_a_task_before_any_engine_call() {
+    let fake = FakeEngine::new();
+    fake.add_image(IMG);
+    let mut config = AgentConfig::new("c1");
+    config.policy = crate::policy::LocalPolicy::strict();
+    let mut bad = task(0);
+    bad.template.capabilities = Some(shoal_crds::Capabilities {
+        add: Some(vec!["SYS_ADMIN".into()]),
+        drop: None,
+    });
+    let mut h = start(&fake, config, Some(vec![bad, task(1)]));
+    h.until("Rejected by the policy, the other running", |f, seen| {
+        running(f) == 1
+            && seen.iter().any(|u| {
+                u.status.phase == Some(TaskPhase::Rejected)
+                    && u.status.message.as_deref()
+                        == Some("template.capabilities.add[0]: SYS_ADMIN is not allowed on this host (shoal agent --allow-cap)")
+            })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.calls("create"), 1, "only the allowed task is created");
+    assert_eq!(fake.calls("pull"), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn removes_unassigned_containers_only_with_a_complete_set() {
     let fake = FakeEngine::new();
     fake.add_image(IMG);

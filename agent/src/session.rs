@@ -70,6 +70,9 @@ pub struct SessionConfig {
     /// while it answers, else why not; sent with every heartbeat (and at
     /// once when it changes). Without it the engine is taken as up.
     pub engine_state: Option<watch::Receiver<Option<String>>>,
+    /// Mutual TLS with these credentials (an `https://` endpoint, the
+    /// dispatcher's join listener); without, plain HTTP/2 (loopback).
+    pub tls: Option<crate::join::Credentials>,
 }
 
 impl SessionConfig {
@@ -82,6 +85,7 @@ impl SessionConfig {
             max_backoff: Duration::from_secs(5),
             status_batch_window: Duration::from_millis(10),
             engine_state: None,
+            tls: None,
         }
     }
 }
@@ -188,6 +192,12 @@ async fn session(
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10));
+    let endpoint = match &cfg.tls {
+        Some(creds) => endpoint
+            .tls_config(creds.client_tls())
+            .map_err(SessionError::Connect)?,
+        None => endpoint,
+    };
     let channel = endpoint.connect().await?;
     let mut client = DispatcherClient::new(channel);
     let (tx, out) = mpsc::channel::<AgentMessage>(256);

@@ -24,6 +24,9 @@ pub struct Settings {
     pub api_listen: SocketAddr,
     /// Dispatcher address for agents (loopback).
     pub dispatcher_listen: SocketAddr,
+    /// Mutual TLS address for agents of other hosts (joining with the
+    /// token); any address. `None`: only the loopback dispatcher.
+    pub join_listen: Option<SocketAddr>,
     /// Largest accepted API request body (larger ones get 413).
     pub max_body_bytes: usize,
 }
@@ -38,6 +41,9 @@ pub struct ControlPlane {
     pub api_url: String,
     /// `http://127.0.0.1:PORT` agents dial.
     pub dispatcher_url: String,
+    /// `https://ADDRESS:PORT` agents of other hosts dial, with the join token
+    /// (also in `DATA_DIR/join-token`, readable by the owner only).
+    pub join: Option<(String, String)>,
     /// The kubeconfig written for the API.
     pub kubeconfig: PathBuf,
     api: RunningServer,
@@ -68,12 +74,17 @@ pub fn cluster_id(data_dir: &Path) -> anyhow::Result<String> {
 impl ControlPlane {
     /// Opens the store and starts every component.
     pub async fn start(settings: &Settings) -> anyhow::Result<ControlPlane> {
-        for addr in [settings.api_listen, settings.dispatcher_listen] {
-            if !addr.ip().is_loopback() {
-                anyhow::bail!(
-                    "refusing to listen on {addr}: there is no authentication yet, so Shoal listens on loopback only"
-                );
-            }
+        if !settings.api_listen.ip().is_loopback() {
+            anyhow::bail!(
+                "--listen {}: the API has no authentication yet, so it listens on loopback only",
+                settings.api_listen
+            );
+        }
+        if !settings.dispatcher_listen.ip().is_loopback() {
+            anyhow::bail!(
+                "--dispatcher-listen {}: the plain dispatcher listens on loopback only; agents of other hosts join over mutual TLS on --join-listen",
+                settings.dispatcher_listen
+            );
         }
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
@@ -122,6 +133,37 @@ impl ControlPlane {
             shutdown.child_token(),
         ));
 
+        let join = match settings.join_listen {
+            None => None,
+            Some(addr) => {
+                let dir = settings.data_dir.join("pki");
+                let id = cluster_id.clone();
+                let pki = tokio::task::spawn_blocking(move || {
+                    shoal_dispatcher::pki::ClusterPki::load_or_create(&dir, &id)
+                })
+                .await
+                .context("loading the cluster CA")?
+                .context("loading the cluster CA")?;
+                let token = pki.token().to_string();
+                write_private(&settings.data_dir.join("join-token"), &format!("{token}\n"))?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the join listener on {addr}"))?;
+                let local = listener.local_addr().context("join listener address")?;
+                let d = dispatcher.clone();
+                let pki = Arc::new(pki);
+                tasks.push(tokio::spawn(
+                    async move {
+                        if let Err(e) = d.serve_join(listener, pki).await {
+                            tracing::error!(error = %e, "join listener stopped");
+                        }
+                    }
+                    .instrument(tracing::info_span!("join-listener")),
+                ));
+                Some((format!("https://{local}"), token))
+            }
+        };
+
         let listener = Dispatcher::bind(settings.dispatcher_listen)
             .await
             .with_context(|| format!("binding the dispatcher on {}", settings.dispatcher_listen))?;
@@ -142,6 +184,7 @@ impl ControlPlane {
             cluster_id,
             api_url: api.url(),
             dispatcher_url,
+            join,
             kubeconfig,
             api,
             tasks,
@@ -169,6 +212,28 @@ impl ControlPlane {
         let _ = tokio::task::spawn_blocking(move || drop(store)).await;
         api.context("stopping the API server")
     }
+}
+
+/// A URL another host can dial: an unspecified listen address (0.0.0.0)
+/// stands for this host's address.
+pub fn dialable(url: &str) -> String {
+    url.replace("0.0.0.0", "<this host's address>")
+        .replace("[::]", "<this host's address>")
+}
+
+/// Writes a file readable by its owner only.
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Default data directory: `/var/lib/shoal` for root, else

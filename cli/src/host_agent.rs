@@ -135,6 +135,9 @@ pub struct AgentSettings {
     pub labels: BTreeMap<String, String>,
     /// Reconciler settings.
     pub config: AgentConfig,
+    /// Mutual TLS credentials (a joined host on the dispatcher's join
+    /// listener); `None` on loopback.
+    pub tls: Option<shoal_agent::join::Credentials>,
 }
 
 /// Starts the reconciler and the session; both stop when `stop` is
@@ -176,6 +179,7 @@ pub fn start(
         shoal_agent::session::run(
             SessionConfig {
                 engine_state: Some(engine_state),
+                tls: settings.tls,
                 ..SessionConfig::new(settings.dispatcher_url, settings.cluster_id, info)
             },
             assigned_tx,

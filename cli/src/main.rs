@@ -6,6 +6,7 @@ mod control_plane;
 mod host_agent;
 mod logging;
 mod output;
+mod policy_args;
 mod task_logs;
 mod view;
 

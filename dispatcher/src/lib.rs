@@ -24,6 +24,7 @@ mod config;
 mod hosts;
 mod liveness;
 mod logs;
+pub mod pki;
 mod session;
 mod status;
 pub mod task_events;
@@ -156,7 +157,37 @@ impl Dispatcher {
 
     /// The gRPC service to mount on a tonic server.
     pub fn service(&self) -> DispatcherServer<session::Service> {
-        DispatcherServer::new(session::Service { d: self.clone() })
+        DispatcherServer::new(session::Service {
+            d: self.clone(),
+            pki: None,
+        })
+    }
+
+    /// Serves agents from other hosts on `listener` with mutual TLS (the
+    /// cluster CA of `pki`): joining with the token, then sessions and data
+    /// streams from hosts with a certificate, each only as its own host.
+    /// Runs until shutdown, beside [`Dispatcher::serve`] (which runs the
+    /// background loops).
+    pub async fn serve_join(
+        self,
+        listener: tokio::net::TcpListener,
+        pki: Arc<pki::ClusterPki>,
+    ) -> Result<(), DispatchError> {
+        let shutdown = self.inner.shutdown.clone();
+        let service = DispatcherServer::new(session::Service {
+            d: self.clone(),
+            pki: Some(pki.clone()),
+        });
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tonic::transport::Server::builder()
+            .tls_config(pki.server_tls())?
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+            .map_err(DispatchError::from)
     }
 
     /// Serves agents on `listener` and runs the background loops (status

@@ -6,7 +6,10 @@ use futures::StreamExt;
 use shoal_crds::Task;
 use shoal_proto::v1::agent_message::Message as FromAgent;
 use shoal_proto::v1::control_message::Message as ToAgent;
-use shoal_proto::{AgentMessage, ControlMessage, DataAck, Hello, LogChunk, StatsChunk, Welcome};
+use shoal_proto::{
+    AgentMessage, ControlMessage, DataAck, Hello, JoinRequest, JoinResponse, LogChunk, StatsChunk,
+    Welcome,
+};
 use shoal_store::{Kind, ListOptions, StoreError, WatchEvent, typed};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,6 +31,29 @@ const CONTROL_BUFFER: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Service {
     pub(crate) d: Dispatcher,
+    /// On the mutual TLS listener: joining is served, and every other call
+    /// needs a client certificate of the cluster CA.
+    pub(crate) pki: Option<std::sync::Arc<crate::pki::ClusterPki>>,
+}
+
+impl Service {
+    /// The host a call comes from, when it must prove it: `Ok(None)` on the
+    /// loopback listener (no TLS), the certificate's host on the TLS one.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+        if self.pki.is_none() {
+            return Ok(None);
+        }
+        let certs = request.peer_certs().ok_or_else(|| {
+            Status::unauthenticated(
+                "no client certificate: join the cluster first (shoal agent --join-token)",
+            )
+        })?;
+        let host = certs
+            .first()
+            .and_then(|c| crate::pki::host_of(c.as_ref()))
+            .ok_or_else(|| Status::unauthenticated("the client certificate names no host"))?;
+        Ok(Some(host))
+    }
 }
 
 #[tonic::async_trait]
@@ -39,6 +65,7 @@ impl shoal_proto::Dispatcher for Service {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let address = request.remote_addr().map(|a| a.ip().to_string());
+        let certified = self.caller(&request)?;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage {
@@ -54,6 +81,14 @@ impl shoal_proto::Dispatcher for Service {
         };
         if let Some(e) = shoal_crds::labels::dns_subdomain_error(&hello.host_name) {
             return Err(Status::invalid_argument(format!("host name: {e}")));
+        }
+        if let Some(host) = certified
+            && host != hello.host_name
+        {
+            return Err(Status::permission_denied(format!(
+                "this certificate is host {host:?}'s, not {:?}'s",
+                hello.host_name
+            )));
         }
         let d = self.d.clone();
         hosts::register(d.inner.store.as_ref(), &hello, address)
@@ -105,10 +140,35 @@ impl shoal_proto::Dispatcher for Service {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let Some(pki) = &self.pki else {
+            return Err(Status::failed_precondition(
+                "joining is served on the control plane's join listener (shoal server --join-listen)",
+            ));
+        };
+        let address = request.remote_addr();
+        let req = request.into_inner();
+        if !pki.secret_matches(&req.secret) {
+            tracing::warn!(?address, host = %req.host_name, "join refused: wrong secret");
+            return Err(Status::permission_denied(
+                "the join token's secret is not this cluster's",
+            ));
+        }
+        if let Some(e) = shoal_crds::labels::dns_subdomain_error(&req.host_name) {
+            return Err(Status::invalid_argument(format!("host_name: {e}")));
+        }
+        let creds = pki
+            .issue(&req.host_name)
+            .map_err(|e| Status::internal(format!("cannot issue a certificate: {e}")))?;
+        tracing::info!(?address, host = %req.host_name, "host joined: certificate issued");
+        Ok(Response::new(creds))
+    }
+
     async fn send_logs(
         &self,
         request: Request<Streaming<LogChunk>>,
     ) -> Result<Response<DataAck>, Status> {
+        self.caller(&request)?;
         let ack = forward(&self.d, request.into_inner(), |c| {
             (c.request_id, DataChunk::Logs(c))
         })
@@ -120,6 +180,7 @@ impl shoal_proto::Dispatcher for Service {
         &self,
         request: Request<Streaming<StatsChunk>>,
     ) -> Result<Response<DataAck>, Status> {
+        self.caller(&request)?;
         let ack = forward(&self.d, request.into_inner(), |c| {
             (c.request_id, DataChunk::Stats(c))
         })

@@ -68,6 +68,7 @@
 //! [`Session`]: v1::dispatcher_server::Dispatcher::session
 
 pub mod convert;
+pub mod join;
 
 /// Code generated from `proto/shoal/agent/v1/agent.proto` by
 /// `tonic-prost-build` (messages, the `Dispatcher` client and server).
@@ -90,7 +91,7 @@ pub use v1::dispatcher_client::DispatcherClient;
 pub use v1::dispatcher_server::{Dispatcher, DispatcherServer};
 pub use v1::{
     AgentMessage, Assignment, AssignmentDelta, AssignmentSet, CancelRequest, ContainerEvent,
-    ControlMessage, DataAck, EnvVarList, Heartbeat, Hello, LogChunk, LogsRequest, MountList,
-    PortMappingList, RequestError, StatsChunk, StatsRequest, StringList, StringMap,
-    TaskStatusBatch, Welcome,
+    ControlMessage, DataAck, EnvVarList, Heartbeat, Hello, JoinRequest, JoinResponse, LogChunk,
+    LogsRequest, MountList, PortMappingList, RequestError, StatsChunk, StatsRequest, StringList,
+    StringMap, TaskStatusBatch, Welcome,
 };

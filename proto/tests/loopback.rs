@@ -73,6 +73,13 @@ impl Dispatcher for FakeDispatcher {
         }))
     }
 
+    async fn join(
+        &self,
+        _request: Request<shoal_proto::JoinRequest>,
+    ) -> Result<Response<shoal_proto::JoinResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
     async fn send_stats(
         &self,
         _request: Request<Streaming<StatsChunk>>,

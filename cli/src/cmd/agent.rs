@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use shoal_agent::assignments::feed_file;
 use shoal_agent::docker::DockerEngine;
+use shoal_agent::join::Credentials;
 use shoal_agent::{AgentConfig, CancellationToken, ContainerEngine, Reconciler, StatusUpdate};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
@@ -19,27 +20,53 @@ use tracing::Instrument;
 /// `shoal server` on another host, or on this one): it dials out, registers
 /// this host, runs the tasks placed on it, reports their status and serves
 /// their logs; it reconnects with backoff when the control plane goes away.
-/// Give it the cluster id from the control plane's data directory
-/// (`cat /var/lib/shoal/cluster-id`).
+///
+/// From another host, dial the control plane's join address (https://, its
+/// --join-listen) with the join token from its data directory: the agent
+/// checks the control plane's certificate against the CA the token names,
+/// gets a certificate for this host, keeps it in --state-dir, and speaks
+/// mutual TLS from then on (a restarted agent needs no token). On the control
+/// plane's own machine, the loopback address (http://127.0.0.1:6444) and the
+/// cluster id (`cat /var/lib/shoal/cluster-id`) do.
 ///
 /// With `--assignments` instead, the tasks come from a YAML file of Task
 /// objects, re-read when it changes, and status changes are printed one per
 /// line (for trying the agent alone).
 ///
+/// This host decides what it runs, whatever the control plane asks: bind
+/// mounts of host paths and added capabilities are refused (the task ends
+/// Rejected) unless --allow-bind / --allow-cap allow them.
+///
 /// Containers keep running when the agent stops; a new agent adopts them.
 /// Stops on SIGTERM or Ctrl-C.
 ///
-/// Example:
+/// Examples:
+///   shoal agent --dispatcher https://10.0.0.1:6445 \
+///     --join-token SHOAL1-…   # from /var/lib/shoal/join-token there
 ///   shoal agent --dispatcher http://127.0.0.1:6444 \
 ///     --cluster-id "$(cat /var/lib/shoal/cluster-id)" --host-name node-2
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["dispatcher", "assignments"])))]
 pub struct Args {
-    /// The control plane's dispatcher address, e.g. http://127.0.0.1:6444
-    /// (loopback only until mutual TLS exists).
+    /// The control plane's dispatcher address: its join address
+    /// (https://HOST:6445, mutual TLS) or, on its machine,
+    /// http://127.0.0.1:6444.
     #[arg(long, value_name = "URL")]
     dispatcher: Option<String>,
+    /// The cluster's join token (the control plane's DATA_DIR/join-token);
+    /// needed once, to join over https://.
+    #[arg(
+        long,
+        env = "SHOAL_JOIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    join_token: Option<shoal_proto::join::JoinToken>,
+    /// Where the agent keeps this host's credentials (certificate and key,
+    /// readable by root only) and cluster id after joining.
+    #[arg(long, default_value = "/var/lib/shoal/agent", value_name = "DIR")]
+    state_dir: PathBuf,
     /// YAML file of Tasks: the complete set assigned to this host.
     #[arg(long, value_name = "FILE")]
     assignments: Option<PathBuf>,
@@ -71,6 +98,8 @@ pub struct Args {
     /// Print status changes as JSON lines.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    policy: crate::policy_args::PolicyArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -120,27 +149,40 @@ fn line(u: &StatusUpdate) -> String {
 
 /// The agent in session with a dispatcher.
 async fn joined(args: Args, dispatcher: String) -> anyhow::Result<()> {
-    if args.cluster_id == "local" {
+    let host_name = args
+        .host_name
+        .clone()
+        .unwrap_or_else(crate::host_agent::machine_host_name);
+    let (cluster_id, tls) = if dispatcher.starts_with("https://") {
+        let (id, creds) = credentials(&args, &dispatcher, &host_name).await?;
+        (id, Some(creds))
+    } else {
+        if args.join_token.is_some() {
+            anyhow::bail!(
+                "--join-token: joining needs the control plane's join address (https://HOST:PORT, its --join-listen), not {dispatcher}"
+            );
+        }
+        (args.cluster_id.clone(), None)
+    };
+    if cluster_id == "local" {
         anyhow::bail!(
             "--cluster-id: the control plane's cluster id is needed to join it (it is in the `cluster-id` file of its data directory, and `shoal up` prints it)"
         );
     }
     let host = crate::host_agent::connect_engine(args.docker_host.as_deref()).await?;
     let shutdown = CancellationToken::new();
-    let mut config = AgentConfig::new(args.cluster_id.clone());
+    let mut config = AgentConfig::new(cluster_id.clone());
     config.max_concurrency = args.max_concurrency;
     config.resync_interval = args.resync_interval;
     config.pull_timeout = args.pull_timeout;
-    let host_name = args
-        .host_name
-        .clone()
-        .unwrap_or_else(crate::host_agent::machine_host_name);
+    config.policy = args.policy.to_policy(false);
     let settings = crate::host_agent::AgentSettings {
         dispatcher_url: dispatcher.clone(),
-        cluster_id: args.cluster_id.clone(),
+        cluster_id,
         host_name: host_name.clone(),
         labels: args.labels.iter().cloned().collect(),
         config,
+        tls,
     };
     tracing::info!(
         engine = %host.version,
@@ -157,6 +199,61 @@ async fn joined(args: Args, dispatcher: String) -> anyhow::Result<()> {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// This host's credentials and cluster id: kept from an earlier join, or
+/// got now with the join token (retrying while the control plane cannot be
+/// reached).
+async fn credentials(
+    args: &Args,
+    dispatcher: &str,
+    host_name: &str,
+) -> anyhow::Result<(String, Credentials)> {
+    let dir = &args.state_dir;
+    let id_file = dir.join("cluster-id");
+    let kept = Credentials::load(dir)?;
+    let token = args.join_token.as_ref();
+    if let Some(creds) = kept {
+        let same_ca = match token {
+            Some(t) => creds.ca_fingerprint()? == t.ca_fingerprint,
+            None => true,
+        };
+        if same_ca {
+            let id = match token {
+                Some(t) => t.cluster_id.clone(),
+                None => std::fs::read_to_string(&id_file)
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| args.cluster_id.clone()),
+            };
+            return Ok((id, creds));
+        }
+    }
+    let Some(token) = token else {
+        anyhow::bail!(
+            "--join-token: this host has not joined the cluster yet (no credentials in {}); give the token from the control plane's DATA_DIR/join-token",
+            dir.display()
+        );
+    };
+    let creds = loop {
+        match shoal_agent::join::join(dispatcher, token, host_name).await {
+            Ok(c) => break c,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "cannot join yet; trying again in 2s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    why = crate::control_plane::stop_signal() => {
+                        anyhow::bail!("{}: stopped before joining", why?);
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    creds.save(dir)?;
+    std::fs::write(&id_file, format!("{}\n", token.cluster_id))
+        .with_context(|| format!("writing {}", id_file.display()))?;
+    tracing::info!(host = %host_name, cluster = %token.cluster_id, state = %dir.display(), "joined the cluster");
+    Ok((token.cluster_id.clone(), creds))
 }
 
 async fn agent(args: Args) -> anyhow::Result<()> {
@@ -195,6 +292,7 @@ async fn agent(args: Args) -> anyhow::Result<()> {
     config.max_concurrency = args.max_concurrency;
     config.resync_interval = args.resync_interval;
     config.pull_timeout = args.pull_timeout;
+    config.policy = args.policy.to_policy(false);
     let (status_tx, mut status_rx) = mpsc::unbounded_channel();
     let reconciler = Reconciler::new(Arc::new(engine), config, status_tx);
     let handle = tokio::spawn(

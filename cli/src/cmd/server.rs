@@ -14,8 +14,10 @@ use crate::control_plane::{ControlPlane, Settings, default_data_dir, stop_signal
 ///
 /// The store (Raft, single voter) lives in `DATA_DIR/store`; the API speaks
 /// the Kubernetes REST dialect for shoal.dev and `DATA_DIR/kubeconfig` points
-/// kubectl and the shoal CLI at it. Agents dial the dispatcher. Listens on
-/// loopback only until authentication exists. Stops gracefully on SIGTERM or
+/// kubectl and the shoal CLI at it. Agents dial the dispatcher: on this
+/// machine over loopback, from other hosts over mutual TLS on --join-listen
+/// once they joined with the token in DATA_DIR/join-token. The API listens on
+/// loopback only until it authenticates. Stops gracefully on SIGTERM or
 /// Ctrl-C. `shoal up` runs the same plus a local agent.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,9 +28,14 @@ pub struct Args {
     /// API server address (loopback only; port 0 picks a free port).
     #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
-    /// Address agents dial (loopback only until mutual TLS exists).
+    /// Address this machine's agents dial, without TLS (loopback only).
     #[arg(long, default_value = "127.0.0.1:6444")]
     dispatcher_listen: SocketAddr,
+    /// Address agents of other hosts dial, with mutual TLS, after joining
+    /// with the token in DATA_DIR/join-token (e.g. 0.0.0.0:6445). Off by
+    /// default.
+    #[arg(long, value_name = "ADDRESS")]
+    join_listen: Option<SocketAddr>,
     /// Largest accepted API request body, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 3 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -46,6 +53,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         data_dir: args.data_dir.unwrap_or_else(default_data_dir),
         api_listen: args.listen,
         dispatcher_listen: args.dispatcher_listen,
+        join_listen: args.join_listen,
         max_body_bytes: args.max_body_bytes,
     };
     let cp = ControlPlane::start(&settings).await?;
@@ -57,6 +65,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         "control plane up, without authentication (loopback only); use KUBECONFIG={}",
         cp.kubeconfig.display()
     );
+    if let Some((url, _)) = &cp.join {
+        tracing::info!(
+            join = %url,
+            "agents of other hosts join with: shoal agent --dispatcher {} --join-token \"$(cat {})\"",
+            crate::control_plane::dialable(url),
+            settings.data_dir.join("join-token").display()
+        );
+    }
     let why = stop_signal().await?;
     tracing::info!("{why}: shutting down");
     cp.stop().await?;

@@ -20,6 +20,10 @@ use crate::host_agent::{self, AgentSettings, connect_engine, machine_host_name, 
 /// directory to resume: running containers are adopted, not restarted.
 /// SIGTERM or Ctrl-C stops Shoal gracefully and leaves the containers
 /// running.
+///
+/// The local agent allows any bind mount and added capability, since the
+/// control plane is on this machine; give --allow-bind or --allow-cap to
+/// allow exactly those instead (`shoal agent` allows none unless told).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Data directory (store, cluster id, kubeconfig). Default:
@@ -29,9 +33,14 @@ pub struct Args {
     /// API server address (loopback only until authentication exists).
     #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
-    /// Address agents dial (loopback only until mutual TLS exists).
+    /// Address this machine's agents dial, without TLS (loopback only).
     #[arg(long, default_value = "127.0.0.1:6444")]
     dispatcher_listen: SocketAddr,
+    /// Address agents of other hosts dial, with mutual TLS, after joining
+    /// with the token in DATA_DIR/join-token (e.g. 0.0.0.0:6445). Off by
+    /// default.
+    #[arg(long, value_name = "ADDRESS")]
+    join_listen: Option<SocketAddr>,
     /// Name of this host (default: the machine's host name).
     #[arg(long, value_name = "NAME")]
     host_name: Option<String>,
@@ -43,6 +52,8 @@ pub struct Args {
     /// standard socket.
     #[arg(long, env = "DOCKER_HOST", value_name = "ADDRESS")]
     docker_host: Option<String>,
+    #[command(flatten)]
+    policy: crate::policy_args::PolicyArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -68,6 +79,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         data_dir: data_dir.clone(),
         api_listen: args.listen,
         dispatcher_listen: args.dispatcher_listen,
+        join_listen: args.join_listen,
         max_body_bytes: 3 * 1024 * 1024,
     };
     let cp = ControlPlane::start(&settings).await?;
@@ -76,7 +88,11 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         cluster_id: cp.cluster_id.clone(),
         host_name: host_name.clone(),
         labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
-        config: AgentConfig::new(cp.cluster_id.clone()),
+        config: AgentConfig {
+            policy: args.policy.to_policy(true),
+            ..AgentConfig::new(cp.cluster_id.clone())
+        },
+        tls: None,
     };
     let [reconciler_task, session_task] = host_agent::start(host, agent, cp.child_token())?;
 
@@ -87,10 +103,21 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
     );
     println!("  kubeconfig: {}", cp.kubeconfig.display());
     println!("  data:       {}", data_dir.display());
-    println!(
-        "  dispatcher: {}   (another host joins with: shoal agent --dispatcher {} --cluster-id {})",
-        cp.dispatcher_url, cp.dispatcher_url, cp.cluster_id
-    );
+    match &cp.join {
+        Some((url, _)) => {
+            println!("  dispatcher: {}   (loopback)", cp.dispatcher_url);
+            println!("  join:       {url}   (mutual TLS)");
+            println!(
+                "              another host joins with: shoal agent --dispatcher {} --join-token \"$(cat {})\"",
+                crate::control_plane::dialable(url),
+                data_dir.join("join-token").display()
+            );
+        }
+        None => println!(
+            "  dispatcher: {}   (loopback; for other hosts, start with --join-listen 0.0.0.0:6445)",
+            cp.dispatcher_url
+        ),
+    }
     println!(
         "  engine:     Docker {} (API {}) at {}",
         version, api_version, address

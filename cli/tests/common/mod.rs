@@ -91,6 +91,10 @@ pub struct TwoHosts {
     pub kc: PathBuf,
     /// The dispatcher address `shoal up` printed.
     pub dispatcher: String,
+    /// The join address `shoal up` printed (with `--join-listen`).
+    pub join: Option<String>,
+    /// The data directory of `shoal up`.
+    pub data: PathBuf,
     /// The cluster id.
     pub cluster: String,
     /// Scratch directory (data, logs).
@@ -101,6 +105,11 @@ impl TwoHosts {
     /// Starts the extra engine and `shoal up`; returns once the dispatcher
     /// address is printed.
     pub fn start(main: &str, extra_prefix: &str) -> TwoHosts {
+        Self::start_with(main, extra_prefix, &[])
+    }
+
+    /// [`TwoHosts::start`] with more arguments for `shoal up`.
+    pub fn start_with(main: &str, extra_prefix: &str, up_args: &[&str]) -> TwoHosts {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(Engine::main()).unwrap();
         let extra = rt.block_on(Host::start(extra_prefix)).unwrap();
@@ -114,6 +123,7 @@ impl TwoHosts {
                 main,
                 &main_docker_host(),
             )
+            .args(up_args)
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(std::fs::File::create(tmp.path().join("up.log")).unwrap())
             .spawn()
@@ -124,10 +134,18 @@ impl TwoHosts {
             let out = std::fs::read_to_string(&out_path).unwrap_or_default();
             let found = out
                 .lines()
-                .find_map(|l| l.trim().strip_prefix("dispatcher:"))
+                .find_map(|l| {
+                    let l = l.trim();
+                    l.strip_prefix("dispatcher:").or(l.strip_prefix("join:"))
+                })
                 .and_then(|rest| rest.split_whitespace().next().map(str::to_owned));
             found.map(|d| dispatcher = d).is_some()
         });
+        let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let join = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("join:"))
+            .and_then(|rest| rest.split_whitespace().next().map(str::to_owned));
         let cluster = std::fs::read_to_string(data.join("cluster-id"))
             .unwrap()
             .trim()
@@ -137,6 +155,8 @@ impl TwoHosts {
             extra,
             kc: data.join("kubeconfig"),
             dispatcher,
+            join,
+            data,
             _cleanup: RemoveClusterOnDrop(Some(cluster.clone())),
             cluster,
             tmp,

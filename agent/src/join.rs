@@ -1,0 +1,411 @@
+//! Joining a cluster over mutual TLS with a join token, and the host's
+//! credentials afterwards.
+//!
+//! 1. Pin the CA: a TLS handshake with the dispatcher, accepted only if its
+//!    chain holds a certificate whose SHA-256 is the token's CA fingerprint
+//!    and the server certificate verifies against it. Nothing is sent before.
+//! 2. `Join` over TLS verified with that CA: the token's secret and the host
+//!    name buy a client certificate for the host.
+//! 3. Sessions present the certificate; the credentials are kept in the
+//!    agent's state directory (the key readable by its owner only), so a
+//!    restarted agent needs no token.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use shoal_proto::join::{DISPATCHER_TLS_NAME, JoinToken, hex};
+use shoal_proto::{DispatcherClient, JoinRequest};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// Why joining failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The dispatcher cannot be reached (retryable).
+    #[error("cannot reach the dispatcher at {address}: {message}")]
+    Unreachable {
+        /// What was dialled.
+        address: String,
+        /// Why it failed.
+        message: String,
+    },
+    /// The dispatcher is not the token's cluster, or refused the token
+    /// (fatal: a person must check the token or the address).
+    #[error("{0}")]
+    Refused(String),
+    /// Reading or writing the state directory (fatal).
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The address or the credentials are malformed (fatal).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl JoinError {
+    /// Whether trying again later may help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, JoinError::Unreachable { .. })
+    }
+}
+
+/// A host's credentials: the cluster CA, its certificate and key (PEM).
+#[derive(Clone)]
+pub struct Credentials {
+    /// The cluster CA certificate.
+    pub ca_pem: String,
+    /// The host's certificate.
+    pub cert_pem: String,
+    /// The host's private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// TLS for sessions: the cluster CA checks the dispatcher, the host's
+    /// certificate proves the host.
+    pub fn client_tls(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(DISPATCHER_TLS_NAME)
+    }
+
+    /// SHA-256 of the CA certificate.
+    pub fn ca_fingerprint(&self) -> Result<[u8; 32], JoinError> {
+        let der = CertificateDer::from_pem_slice(self.ca_pem.as_bytes())
+            .map_err(|e| JoinError::Invalid(format!("the CA certificate: {e}")))?;
+        Ok(sha256(der.as_ref()))
+    }
+
+    const FILES: [&'static str; 3] = ["ca.crt", "host.crt", "host.key"];
+
+    /// The credentials kept in `dir`, if all are there.
+    pub fn load(dir: &Path) -> Result<Option<Credentials>, JoinError> {
+        let mut parts = Vec::new();
+        for f in Self::FILES {
+            let path = dir.join(f);
+            match std::fs::read_to_string(&path) {
+                Ok(s) => parts.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(source) => return Err(JoinError::Io { path, source }),
+            }
+        }
+        let key_pem = parts.pop().unwrap_or_default();
+        let cert_pem = parts.pop().unwrap_or_default();
+        let ca_pem = parts.pop().unwrap_or_default();
+        Ok(Some(Credentials {
+            ca_pem,
+            cert_pem,
+            key_pem,
+        }))
+    }
+
+    /// Keeps the credentials in `dir` (created if missing; files readable
+    /// by their owner only, each replaced atomically).
+    pub fn save(&self, dir: &Path) -> Result<(), JoinError> {
+        std::fs::create_dir_all(dir).map_err(|source| JoinError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        for (f, contents) in Self::FILES
+            .iter()
+            .zip([&self.ca_pem, &self.cert_pem, &self.key_pem])
+        {
+            let path = dir.join(f);
+            let io = |source| JoinError::Io {
+                path: path.clone(),
+                source,
+            };
+            let tmp = path.with_extension("tmp");
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(io)?;
+                file.write_all(contents.as_bytes()).map_err(io)?;
+                file.sync_all().map_err(io)?;
+            }
+            std::fs::rename(&tmp, &path).map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+fn sha256(der: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn to_pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Accepts a server only if its chain holds the pinned CA and its
+/// certificate verifies against it; remembers that CA.
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    found: Mutex<Option<CertificateDer<'static>>>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| sha256(c.as_ref()) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(format!(
+                    "the dispatcher's certificates do not include the CA of the join token (fingerprint {})",
+                    hex(&self.fingerprint)
+                ))
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)?;
+        *self
+            .found
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ca.clone().into_owned());
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `host:port` of an `https://` dispatcher URL.
+fn authority(url: &str) -> Result<String, JoinError> {
+    let uri: tonic::codegen::http::Uri = url
+        .parse()
+        .map_err(|e| JoinError::Invalid(format!("--dispatcher {url:?}: {e}")))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(JoinError::Invalid(format!(
+            "--dispatcher {url:?}: joining needs the dispatcher's https:// join address"
+        )));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| JoinError::Invalid(format!("--dispatcher {url:?}: no host")))?;
+    let port = uri.port_u16().unwrap_or(443);
+    Ok(format!("{host}:{port}"))
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The cluster CA, read from the dispatcher at `url` and accepted only if
+/// it is the one the token names.
+pub async fn pin_ca(url: &str, token: &JoinToken) -> Result<String, JoinError> {
+    let address = authority(url)?;
+    let unreachable = |message: String| JoinError::Unreachable {
+        address: address.clone(),
+        message,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinnedCa {
+        fingerprint: token.ca_fingerprint,
+        provider: provider.clone(),
+        found: Mutex::new(None),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| JoinError::Invalid(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    let tcp = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(&address))
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let name =
+        ServerName::try_from(DISPATCHER_TLS_NAME).map_err(|e| JoinError::Invalid(e.to_string()))?;
+    let handshake = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp);
+    match tokio::time::timeout(TIMEOUT, handshake).await {
+        Err(_) => return Err(unreachable("the TLS handshake timed out".into())),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(JoinError::Refused(format!(
+                "{address} is not the dispatcher of the token's cluster: {e}"
+            )));
+        }
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Ok(Ok(_)) => {}
+    }
+    let ca = verifier
+        .found
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+        .ok_or_else(|| JoinError::Refused(format!("{address} presented no CA")))?;
+    Ok(to_pem(ca.as_ref()))
+}
+
+/// Joins the cluster of `token` through the dispatcher at `url` as
+/// `host_name`: the host's new credentials.
+pub async fn join(url: &str, token: &JoinToken, host_name: &str) -> Result<Credentials, JoinError> {
+    let ca_pem = pin_ca(url, token).await?;
+    let unreachable = |message: String| JoinError::Unreachable {
+        address: url.to_string(),
+        message,
+    };
+    let channel = Endpoint::from_shared(url.to_string())
+        .map_err(|e| JoinError::Invalid(format!("--dispatcher {url:?}: {e}")))?
+        .connect_timeout(TIMEOUT)
+        .timeout(TIMEOUT)
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&ca_pem))
+                .domain_name(DISPATCHER_TLS_NAME),
+        )
+        .map_err(|e| JoinError::Invalid(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let resp = DispatcherClient::new(channel)
+        .join(JoinRequest {
+            secret: token.secret.clone(),
+            host_name: host_name.to_string(),
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                unreachable(s.message().to_string())
+            }
+            _ => JoinError::Refused(format!(
+                "the dispatcher refused to join this host: {}",
+                s.message()
+            )),
+        })?
+        .into_inner();
+    let creds = Credentials {
+        ca_pem: resp.ca_pem,
+        cert_pem: resp.certificate_pem,
+        key_pem: resp.private_key_pem,
+    };
+    if creds.ca_fingerprint()? != token.ca_fingerprint {
+        return Err(JoinError::Refused(
+            "the dispatcher answered with another CA than the token's".into(),
+        ));
+    }
+    Ok(creds)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn join_addresses_must_be_https() {
+        assert_eq!(authority("https://10.0.0.1:6445").unwrap(), "10.0.0.1:6445");
+        assert_eq!(authority("https://node-1").unwrap(), "node-1:443");
+        let e = authority("http://10.0.0.1:6445").unwrap_err().to_string();
+        assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn credentials_are_kept_private() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Credentials::load(dir.path()).unwrap().is_none());
+        let c = Credentials {
+            ca_pem: "ca".into(),
+            cert_pem: "cert".into(),
+            key_pem: "key".into(),
+        };
+        c.save(&dir.path().join("creds")).unwrap();
+        let back = Credentials::load(&dir.path().join("creds"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (back.ca_pem, back.cert_pem, back.key_pem),
+            ("ca".into(), "cert".into(), "key".into())
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("creds/host.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        assert!(!format!("{c:?}").contains("key"));
+    }
+
+    #[test]
+    fn pem_encoding_reads_back() {
+        let der = (0u8..=255).collect::<Vec<_>>();
+        let pem = to_pem(&der);
+        let back = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(back.as_ref(), der.as_slice());
+    }
+}

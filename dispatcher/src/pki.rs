@@ -1,0 +1,306 @@
+//! The cluster's certificate authority and join secret (DESIGN.md,
+//! Security): created on first start in the control plane's `pki/`
+//! directory, it signs the dispatcher's server certificate and one client
+//! certificate per host that joins with the token.
+//!
+//! Files (keys and the secret readable by the owner only): `ca.crt`,
+//! `ca.key`, `join-secret`. The dispatcher's own certificate is made afresh
+//! at every start, for [`DISPATCHER_TLS_NAME`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use ring::rand::SecureRandom;
+use shoal_proto::JoinResponse;
+use shoal_proto::join::{DISPATCHER_TLS_NAME, JoinToken, hex};
+
+/// Why the PKI cannot be loaded or a certificate issued (all fatal for the
+/// caller: a broken `pki/` directory needs a person).
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Reading or writing a file of the `pki/` directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Generating or parsing a key or a certificate.
+    #[error("{0}")]
+    Crypto(String),
+}
+
+fn crypto(what: &str) -> impl Fn(rcgen::Error) -> PkiError + '_ {
+    move |e| PkiError::Crypto(format!("{what}: {e}"))
+}
+
+/// The cluster CA, the join secret and the dispatcher's TLS identity.
+pub struct ClusterPki {
+    ca_pem: String,
+    ca_key_pem: String,
+    token: JoinToken,
+    server_cert_pem: String,
+    server_key_pem: String,
+}
+
+// Keys and the secret never reach a log.
+impl std::fmt::Debug for ClusterPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPki")
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Option<String>, PkiError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PkiError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes a file readable by its owner only, atomically (rename).
+fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(contents.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+fn random_hex(bytes: usize) -> Result<String, PkiError> {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| PkiError::Crypto("the system random source failed".into()))?;
+    Ok(hex(&buf))
+}
+
+/// SHA-256 of a DER certificate.
+pub fn fingerprint(der: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn pem_to_der(pem_str: &str) -> Result<Vec<u8>, PkiError> {
+    let p = x509_parser::pem::parse_x509_pem(pem_str.as_bytes())
+        .map_err(|e| PkiError::Crypto(format!("reading the CA certificate: {e}")))?;
+    Ok(p.1.contents)
+}
+
+fn leaf_params(
+    common_name: &str,
+    eku: ExtendedKeyUsagePurpose,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(crypto("certificate"))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::DnsName(
+        common_name.try_into().map_err(crypto("certificate name"))?,
+    )];
+    params.extended_key_usages = vec![eku];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    Ok(params)
+}
+
+impl ClusterPki {
+    /// Loads the CA and the secret from `dir`, creating them on first use,
+    /// and makes the dispatcher's certificate.
+    pub fn load_or_create(dir: &Path, cluster_id: &str) -> Result<ClusterPki, PkiError> {
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let (crt, key, secret_path) = (
+            dir.join("ca.crt"),
+            dir.join("ca.key"),
+            dir.join("join-secret"),
+        );
+        let (ca_pem, ca_key_pem) = match (read(&crt)?, read(&key)?) {
+            (Some(c), Some(k)) => (c, k),
+            _ => {
+                let key_pair = KeyPair::generate().map_err(crypto("CA key"))?;
+                let mut params =
+                    CertificateParams::new(Vec::<String>::new()).map_err(crypto("CA"))?;
+                let mut dn = DistinguishedName::new();
+                dn.push(DnType::CommonName, format!("Shoal cluster {cluster_id} CA"));
+                params.distinguished_name = dn;
+                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                params.key_usages = vec![
+                    KeyUsagePurpose::KeyCertSign,
+                    KeyUsagePurpose::CrlSign,
+                    KeyUsagePurpose::DigitalSignature,
+                ];
+                let cert = params.self_signed(&key_pair).map_err(crypto("CA"))?;
+                let (c, k) = (cert.pem(), key_pair.serialize_pem());
+                // The key first: a certificate without its key is useless.
+                write_private(&key, &k)?;
+                write_private(&crt, &c)?;
+                (c, k)
+            }
+        };
+        let secret = match read(&secret_path)? {
+            Some(s) if !s.trim().is_empty() => s.trim().to_string(),
+            _ => {
+                let s = random_hex(16)?;
+                write_private(&secret_path, &format!("{s}\n"))?;
+                s
+            }
+        };
+        let token = JoinToken {
+            cluster_id: cluster_id.to_string(),
+            ca_fingerprint: fingerprint(&pem_to_der(&ca_pem)?),
+            secret,
+        };
+        let mut pki = ClusterPki {
+            ca_pem,
+            ca_key_pem,
+            token,
+            server_cert_pem: String::new(),
+            server_key_pem: String::new(),
+        };
+        let (cert, key) = pki.sign(DISPATCHER_TLS_NAME, ExtendedKeyUsagePurpose::ServerAuth)?;
+        // The chain includes the CA: a joining agent finds it there and
+        // checks it against the fingerprint in its token.
+        pki.server_cert_pem = format!("{cert}{}", pki.ca_pem);
+        pki.server_key_pem = key;
+        Ok(pki)
+    }
+
+    fn sign(
+        &self,
+        common_name: &str,
+        eku: ExtendedKeyUsagePurpose,
+    ) -> Result<(String, String), PkiError> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(crypto("CA key"))?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, ca_key).map_err(crypto("CA"))?;
+        let key = KeyPair::generate().map_err(crypto("key"))?;
+        let cert = leaf_params(common_name, eku)?
+            .signed_by(&key, &issuer)
+            .map_err(crypto("certificate"))?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// The join token (print it for people; never log it).
+    pub fn token(&self) -> &JoinToken {
+        &self.token
+    }
+
+    /// The CA certificate (PEM).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// TLS for the join listener: the dispatcher's certificate, and client
+    /// certificates of the cluster CA accepted but not required (a joining
+    /// host has none yet; every call but `Join` checks for one).
+    pub fn server_tls(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &self.server_cert_pem,
+                &self.server_key_pem,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .client_auth_optional(true)
+    }
+
+    /// Whether `secret` is the join secret (in constant time).
+    pub fn secret_matches(&self, secret: &str) -> bool {
+        let (a, b) = (self.token.secret.as_bytes(), secret.trim().as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// Credentials for host `host_name`.
+    pub fn issue(&self, host_name: &str) -> Result<JoinResponse, PkiError> {
+        let (certificate_pem, private_key_pem) =
+            self.sign(host_name, ExtendedKeyUsagePurpose::ClientAuth)?;
+        Ok(JoinResponse {
+            certificate_pem,
+            private_key_pem,
+            ca_pem: self.ca_pem.clone(),
+        })
+    }
+}
+
+/// The host a client certificate was issued for (its common name). The TLS
+/// layer has already checked that the cluster CA signed it.
+pub fn host_of(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn created_once_then_loaded_with_the_same_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ClusterPki::load_or_create(dir.path(), "abc123").unwrap();
+        let b = ClusterPki::load_or_create(dir.path(), "abc123").unwrap();
+        assert_eq!(a.token(), b.token());
+        assert_eq!(a.ca_pem(), b.ca_pem());
+        let token: JoinToken = a.token().to_string().parse().unwrap();
+        assert_eq!(&token, a.token());
+        assert_eq!(
+            token.ca_fingerprint,
+            fingerprint(&pem_to_der(a.ca_pem()).unwrap())
+        );
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["ca.key", "join-secret"] {
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{f} is readable by others: {mode:o}");
+        }
+        assert!(a.secret_matches(&token.secret));
+        assert!(!a.secret_matches("0123456789abcdef0123456789abcdef"));
+        assert!(!a.secret_matches(""));
+    }
+
+    #[test]
+    fn issued_certificates_name_their_host_and_chain_to_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ClusterPki::load_or_create(dir.path(), "abc123").unwrap();
+        let creds = pki.issue("node-2").unwrap();
+        let der = x509_parser::pem::parse_x509_pem(creds.certificate_pem.as_bytes())
+            .unwrap()
+            .1
+            .contents;
+        assert_eq!(host_of(&der).as_deref(), Some("node-2"));
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let ca_der = pem_to_der(pki.ca_pem()).unwrap();
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        assert_eq!(cert.issuer(), ca.subject());
+        assert!(cert.verify_signature(Some(ca.public_key())).is_ok());
+        assert!(creds.private_key_pem.contains("PRIVATE KEY"));
+    }
+}

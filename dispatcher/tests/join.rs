@@ -1,0 +1,149 @@
+//! The join listener over real TLS: a host joins with the token and then
+//! holds a session as itself only; a wrong secret, a token of another CA, a
+//! session without a certificate and a session in another host's name are
+//! refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_agent::join::{Credentials, JoinError, join};
+use shoal_dispatcher::pki::ClusterPki;
+use shoal_dispatcher::{Dispatcher, DispatcherConfig};
+use shoal_proto::join::{DISPATCHER_TLS_NAME, JoinToken};
+use shoal_proto::v1::agent_message::Message as FromAgent;
+use shoal_proto::v1::control_message::Message as ToAgent;
+use shoal_proto::{AgentMessage, DispatcherClient, Hello};
+use shoal_store::{ClusterStore, MemStore};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+struct Plane {
+    url: String,
+    token: JoinToken,
+    ca_pem: String,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn plane() -> Plane {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Arc::new(ClusterPki::load_or_create(dir.path(), "c0ffee").unwrap());
+    let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+    let shutdown = CancellationToken::new();
+    let config = DispatcherConfig {
+        cluster_id: "c0ffee".into(),
+        ..Default::default()
+    };
+    let d = Dispatcher::new(store, config, shutdown.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(d.serve_join(listener, pki.clone()));
+    Plane {
+        url,
+        token: pki.token().clone(),
+        ca_pem: pki.ca_pem().to_string(),
+        shutdown,
+        _dir: dir,
+    }
+}
+
+/// Opens a session saying hello as `host`; the first answer, or the error.
+async fn session(url: &str, tls: ClientTlsConfig, host: &str) -> Result<ToAgent, tonic::Status> {
+    let channel = Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let (tx, out) = mpsc::channel(4);
+    tx.send(AgentMessage {
+        message: Some(FromAgent::Hello(Hello {
+            host_name: host.into(),
+            labels: BTreeMap::new(),
+            agent_version: "test".into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound = DispatcherClient::new(channel)
+        .session(ReceiverStream::new(out))
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .expect("an answer within 5 s")?;
+    drop(tx);
+    Ok(first.and_then(|m| m.message).expect("a message"))
+}
+
+#[tokio::test]
+async fn a_host_joins_with_the_token_and_holds_sessions_as_itself_only() {
+    let p = plane().await;
+    let creds: Credentials = join(&p.url, &p.token, "node-2").await.unwrap();
+    assert_eq!(creds.ca_fingerprint().unwrap(), p.token.ca_fingerprint);
+
+    // Its session, with its certificate: welcomed into the cluster.
+    match session(&p.url, creds.client_tls(), "node-2").await.unwrap() {
+        ToAgent::Welcome(w) => assert_eq!(w.cluster_id, "c0ffee"),
+        other => panic!("not a welcome: {other:?}"),
+    }
+
+    // The same certificate in another host's name: refused.
+    let e = session(&p.url, creds.client_tls(), "node-3")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("node-2"), "{e:?}");
+
+    // No certificate at all (TLS to the right server, but not joined).
+    let anonymous = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&p.ca_pem))
+        .domain_name(DISPATCHER_TLS_NAME);
+    let e = session(&p.url, anonymous, "node-2").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("join"), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_secret_or_another_clusters_ca_is_refused() {
+    let p = plane().await;
+    let mut wrong = p.token.clone();
+    wrong.secret = "0".repeat(32);
+    let e = join(&p.url, &wrong, "node-2").await.unwrap_err();
+    assert!(matches!(e, JoinError::Refused(_)), "{e:?}");
+    assert!(e.to_string().contains("secret"), "{e}");
+    assert!(!e.is_retryable());
+
+    // A token of another CA: the agent stops at the handshake, before it
+    // sends the secret.
+    let mut other = p.token.clone();
+    other.ca_fingerprint = [7; 32];
+    let e = join(&p.url, &other, "node-2").await.unwrap_err();
+    assert!(matches!(e, JoinError::Refused(_)), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("not the dispatcher of the token's cluster"),
+        "{e}"
+    );
+
+    // Nobody listening: worth retrying.
+    drop(p);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = join("https://127.0.0.1:1", &wrong, "node-2")
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+}
