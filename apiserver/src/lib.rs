@@ -27,6 +27,7 @@ pub mod logs;
 pub mod model;
 pub mod openapi;
 mod resources;
+pub mod secure;
 pub mod table;
 mod watch;
 
@@ -47,6 +48,7 @@ use tokio::sync::watch as signal;
 use tracing::Instrument;
 
 pub use error::ApiError;
+pub use secure::Security;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -58,6 +60,8 @@ pub struct Config {
     /// Where task logs come from (`tasks/NAME/log`); without it that
     /// subresource answers 501.
     pub logs: Option<Arc<dyn logs::TaskLogs>>,
+    /// TLS and a bearer token: required to listen beyond loopback.
+    pub security: Option<Security>,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             max_body_bytes: 3 * 1024 * 1024,
             watch_timeout: Duration::from_secs(30 * 60),
             logs: None,
+            security: None,
         }
     }
 }
@@ -79,9 +84,9 @@ pub enum ServerError {
     /// Binding or serving failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
-    /// The listen address is not loopback, and there is no authentication.
+    /// The listen address is not loopback, and there is no TLS and token.
     #[error(
-        "refusing to listen on {0}: the API has no authentication yet, so it listens on loopback only"
+        "refusing to listen on {0} without TLS and a bearer token: only loopback may be unauthenticated"
     )]
     NotLoopback(SocketAddr),
 }
@@ -162,6 +167,7 @@ pub fn router(
     let model = model::Model::from_crds()?;
     let openapi = openapi::OpenApi::new(&model);
     let limit = cfg.max_body_bytes;
+    let token = cfg.security.as_ref().map(|s| Arc::new(s.token.clone()));
     let app = Arc::new(App {
         store,
         model,
@@ -170,7 +176,7 @@ pub fn router(
         shutdown,
     });
     let health = || async { "ok" };
-    Ok(Router::new()
+    let router = Router::new()
         .route("/version", get(|| async { json_ok(&discovery::version()) }))
         .route("/healthz", get(health))
         .route("/livez", get(health))
@@ -215,7 +221,14 @@ pub fn router(
         )
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(app))
+        .with_state(app);
+    Ok(match token {
+        Some(token) => router.layer(axum::middleware::from_fn_with_state(
+            token,
+            secure::require_token,
+        )),
+        None => router,
+    })
 }
 
 /// Serves on a bound listener until `shutdown` turns true, then finishes the
@@ -250,31 +263,60 @@ async fn serve_router(
     Ok(())
 }
 
+async fn serve_tls_router(
+    listener: secure::TlsListener,
+    app: Router,
+    mut stop: signal::Receiver<bool>,
+) -> Result<(), ServerError> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|v| *v).await;
+        })
+        .await?;
+    Ok(())
+}
+
 /// A server running in a task of its own.
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
+    tls: bool,
     stop: signal::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
 
 impl RunningServer {
-    /// Binds `addr` (loopback only) and serves in a spawned task.
+    /// Binds `addr` and serves in a spawned task: plain HTTP on loopback, or
+    /// HTTPS with a bearer token on every request when `cfg.security` is set
+    /// (required beyond loopback).
     pub async fn start(
         addr: SocketAddr,
         store: Arc<dyn ClusterStore>,
         cfg: Config,
     ) -> Result<RunningServer, ServerError> {
-        if !addr.ip().is_loopback() {
+        if !addr.ip().is_loopback() && cfg.security.is_none() {
             return Err(ServerError::NotLoopback(addr));
         }
+        let tls = cfg.security.as_ref().map(Security::tls).transpose()?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, rx) = signal::channel(false);
         let app = router(store, cfg, rx.clone())?;
         let span = tracing::info_span!("apiserver", %addr);
-        let task = tokio::spawn(serve_router(listener, app, rx).instrument(span));
-        Ok(RunningServer { addr, stop, task })
+        let is_tls = tls.is_some();
+        let task = match tls {
+            Some(tls) => {
+                let listener = secure::TlsListener::new(listener, tls)?;
+                tokio::spawn(serve_tls_router(listener, app, rx).instrument(span))
+            }
+            None => tokio::spawn(serve_router(listener, app, rx).instrument(span)),
+        };
+        Ok(RunningServer {
+            addr,
+            tls: is_tls,
+            stop,
+            task,
+        })
     }
 
     /// The bound address.
@@ -282,9 +324,10 @@ impl RunningServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://ADDRESS:PORT` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Signals shutdown and waits for the server to finish.

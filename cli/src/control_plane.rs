@@ -27,6 +27,10 @@ pub struct Settings {
     /// Mutual TLS address for agents of other hosts (joining with the
     /// token); any address. `None`: only the loopback dispatcher.
     pub join_listen: Option<SocketAddr>,
+    /// Extra names or addresses for the API's certificate (an API beyond
+    /// loopback serves HTTPS for 127.0.0.1, localhost, the host name, the
+    /// listen address and these).
+    pub api_names: Vec<String>,
     /// Largest accepted API request body (larger ones get 413).
     pub max_body_bytes: usize,
 }
@@ -74,12 +78,6 @@ pub fn cluster_id(data_dir: &Path) -> anyhow::Result<String> {
 impl ControlPlane {
     /// Opens the store and starts every component.
     pub async fn start(settings: &Settings) -> anyhow::Result<ControlPlane> {
-        if !settings.api_listen.ip().is_loopback() {
-            anyhow::bail!(
-                "--listen {}: the API has no authentication yet, so it listens on loopback only",
-                settings.api_listen
-            );
-        }
         if !settings.dispatcher_listen.ip().is_loopback() {
             anyhow::bail!(
                 "--dispatcher-listen {}: the plain dispatcher listens on loopback only; agents of other hosts join over mutual TLS on --join-listen",
@@ -111,19 +109,72 @@ impl ControlPlane {
             },
             shutdown.child_token(),
         );
+        // The cluster CA: for the join listener and for an API beyond
+        // loopback.
+        let secure_api = !settings.api_listen.ip().is_loopback();
+        let pki = if settings.join_listen.is_some() || secure_api {
+            let dir = settings.data_dir.join("pki");
+            let id = cluster_id.clone();
+            let pki = tokio::task::spawn_blocking(move || {
+                shoal_dispatcher::pki::ClusterPki::load_or_create(&dir, &id)
+            })
+            .await
+            .context("loading the cluster CA")?
+            .context("loading the cluster CA")?;
+            Some(Arc::new(pki))
+        } else {
+            None
+        };
+        let security = match (&pki, secure_api) {
+            (Some(pki), true) => {
+                let token = api_token(&settings.data_dir)?;
+                let mut names = vec![
+                    "127.0.0.1".to_string(),
+                    "localhost".to_string(),
+                    crate::host_agent::machine_host_name(),
+                ];
+                if !settings.api_listen.ip().is_unspecified() {
+                    names.push(settings.api_listen.ip().to_string());
+                }
+                names.extend(settings.api_names.iter().cloned());
+                names.sort();
+                names.dedup();
+                let (cert_chain_pem, key_pem) = pki
+                    .issue_server(&names)
+                    .context("issuing the API server's certificate")?;
+                Some(shoal_apiserver::Security {
+                    cert_chain_pem,
+                    key_pem,
+                    token,
+                })
+            }
+            _ => None,
+        };
         let api_config = shoal_apiserver::Config {
             max_body_bytes: settings.max_body_bytes,
             logs: Some(Arc::new(crate::task_logs::DispatcherLogs(
                 dispatcher.clone(),
             ))),
+            security: security.clone(),
             ..shoal_apiserver::Config::default()
         };
         let api = RunningServer::start(settings.api_listen, store.clone(), api_config)
             .await
             .with_context(|| format!("starting the API server on {}", settings.api_listen))?;
         let kubeconfig = settings.data_dir.join("kubeconfig");
-        shoal_apiserver::kubeconfig::write(&kubeconfig, &api.url())
-            .with_context(|| format!("writing {}", kubeconfig.display()))?;
+        // A client on this machine dials loopback when the API listens on
+        // every address.
+        let api_url = api.url().replace("0.0.0.0", "127.0.0.1");
+        match (&security, &pki) {
+            (Some(sec), Some(pki)) => shoal_apiserver::kubeconfig::write_secure(
+                &kubeconfig,
+                &api_url,
+                pki.ca_pem(),
+                &sec.token,
+            ),
+            _ => shoal_apiserver::kubeconfig::write(&kubeconfig, &api_url),
+        }
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
 
         let mut tasks = Vec::new();
         tasks.extend(shoal_operator::spawn_controllers(
@@ -133,17 +184,8 @@ impl ControlPlane {
             shutdown.child_token(),
         ));
 
-        let join = match settings.join_listen {
-            None => None,
-            Some(addr) => {
-                let dir = settings.data_dir.join("pki");
-                let id = cluster_id.clone();
-                let pki = tokio::task::spawn_blocking(move || {
-                    shoal_dispatcher::pki::ClusterPki::load_or_create(&dir, &id)
-                })
-                .await
-                .context("loading the cluster CA")?
-                .context("loading the cluster CA")?;
+        let join = match (settings.join_listen, &pki) {
+            (Some(addr), Some(pki)) => {
                 let token = pki.token().to_string();
                 write_private(&settings.data_dir.join("join-token"), &format!("{token}\n"))?;
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -151,7 +193,7 @@ impl ControlPlane {
                     .with_context(|| format!("binding the join listener on {addr}"))?;
                 let local = listener.local_addr().context("join listener address")?;
                 let d = dispatcher.clone();
-                let pki = Arc::new(pki);
+                let pki = pki.clone();
                 tasks.push(tokio::spawn(
                     async move {
                         if let Err(e) = d.serve_join(listener, pki).await {
@@ -162,6 +204,7 @@ impl ControlPlane {
                 ));
                 Some((format!("https://{local}"), token))
             }
+            _ => None,
         };
 
         let listener = Dispatcher::bind(settings.dispatcher_listen)
@@ -182,7 +225,7 @@ impl ControlPlane {
         Ok(ControlPlane {
             store,
             cluster_id,
-            api_url: api.url(),
+            api_url,
             dispatcher_url,
             join,
             kubeconfig,
@@ -219,6 +262,26 @@ impl ControlPlane {
 pub fn dialable(url: &str) -> String {
     url.replace("0.0.0.0", "<this host's address>")
         .replace("[::]", "<this host's address>")
+}
+
+/// The API's bearer token, made on first use (`DATA_DIR/api-token`,
+/// readable by its owner only; the kubeconfig carries it too).
+fn api_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("api-token");
+    if let Ok(s) = std::fs::read_to_string(&path)
+        && !s.trim().is_empty()
+    {
+        return Ok(s.trim().to_string());
+    }
+    let mut bytes = [0u8; 24];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
+        &mut bytes,
+    )
+    .context("reading /dev/urandom")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, &format!("{token}\n"))?;
+    Ok(token)
 }
 
 /// Writes a file readable by its owner only.

@@ -23,7 +23,12 @@ use clap::{CommandFactory, Parser, Subcommand};
 /// speaks the Kubernetes dialect, so kubectl works too. Check manifests
 /// offline with `shoal validate`.
 #[derive(Debug, Parser)]
-#[command(name = "shoal", version, propagate_version = true)]
+#[command(
+    name = "shoal",
+    version,
+    propagate_version = true,
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -4,6 +4,10 @@
 //! address on the test switch with the join token. A wrong token is refused
 //! with a clear message; the joined host runs tasks; restarted without the
 //! token, the agent comes back with the credentials it kept.
+//!
+//! The API listens on the switch address too, so it serves HTTPS with a
+//! bearer token: the shoal CLI and kubectl use the kubeconfig (also from the
+//! other host's namespace); a wrong token gets 401.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -47,7 +51,16 @@ fn agent_in_netns(h: &TwoHosts, args: &[&str], log: &str) -> Command {
 #[test]
 fn a_host_joins_over_mutual_tls_with_the_token() {
     let listen = format!("{ROOT_ADDRESS}:0");
-    let h = TwoHosts::start_with("join-main", "join", &["--join-listen", &listen]);
+    let h = TwoHosts::start_with(
+        "join-main",
+        "join",
+        &["--join-listen", &listen, "--listen", &listen],
+    );
+    let kubeconfig = std::fs::read_to_string(&h.kc).unwrap();
+    assert!(
+        kubeconfig.contains(&format!("server: \"https://{ROOT_ADDRESS}:")),
+        "{kubeconfig}"
+    );
     let join = h.join.clone().expect("shoal up printed a join address");
     assert!(
         join.starts_with(&format!("https://{ROOT_ADDRESS}:")),
@@ -159,6 +172,50 @@ fn a_host_joins_over_mutual_tls_with_the_token() {
         log.contains("welcomed by the control plane")
     });
     h.wait_ready(&[&h.extra.name]);
+
+    // The API from the other host's namespace, over HTTPS with the token.
+    let o = Command::new("ip")
+        .args(["netns", "exec", &h.extra.netns])
+        .arg(env!("CARGO_BIN_EXE_shoal"))
+        .args(["host", "ls"])
+        .env("KUBECONFIG", &h.kc)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains(&h.extra.name), "{out}");
+    // kubectl too, with a fresh cache (discovery, OpenAPI, the table).
+    let kubectl = |token: Option<&str>| {
+        let mut c = Command::new("kubectl");
+        c.args([
+            "--cache-dir",
+            h.tmp.path().join("kube-cache").to_str().unwrap(),
+        ])
+        .args(["get", "ssvc", "-n", "default"])
+        .env("KUBECONFIG", &h.kc);
+        if let Some(t) = token {
+            c.args(["--token", t]);
+        }
+        c.output().unwrap()
+    };
+    let o = kubectl(None);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("spread"), "{out}");
+    // Another token: 401, which kubectl reports as such.
+    let o = kubectl(Some("not-the-token"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("Unauthorized"), "{err}");
+
     ok(
         &h.kc,
         &["delete", "service", "spread", "--wait", "--timeout", "60s"],

@@ -206,6 +206,33 @@ impl ClusterPki {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// A serving certificate (chained to the CA) and its key for the API
+    /// server, valid for `names`: DNS names or IP addresses.
+    pub fn issue_server(&self, names: &[String]) -> Result<(String, String), PkiError> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(crypto("CA key"))?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, ca_key).map_err(crypto("CA"))?;
+        let key = KeyPair::generate().map_err(crypto("key"))?;
+        let mut params = leaf_params("shoal-apiserver", ExtendedKeyUsagePurpose::ServerAuth)?;
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n
+                    .as_str()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(crypto("certificate name")),
+            })
+            .collect::<Result<_, _>>()?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(crypto("certificate"))?;
+        Ok((
+            format!("{}{}", cert.pem(), self.ca_pem),
+            key.serialize_pem(),
+        ))
+    }
+
     /// The join token (print it for people; never log it).
     pub fn token(&self) -> &JoinToken {
         &self.token

@@ -30,7 +30,9 @@ pub struct Args {
     /// /var/lib/shoal for root, else ~/.local/share/shoal.
     #[arg(long, env = "SHOAL_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// API server address (loopback only until authentication exists).
+    /// API server address. On loopback: plain HTTP without authentication
+    /// (dev mode). Beyond (e.g. 0.0.0.0:6443): HTTPS with the cluster CA and
+    /// a bearer token, both in the kubeconfig written.
     #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
     /// Address this machine's agents dial, without TLS (loopback only).
@@ -41,6 +43,11 @@ pub struct Args {
     /// default.
     #[arg(long, value_name = "ADDRESS")]
     join_listen: Option<SocketAddr>,
+    /// Another name or address clients use for the API, for its certificate
+    /// (repeatable; with a --listen beyond loopback, e.g. 10.0.0.1 or
+    /// shoal.example.com).
+    #[arg(long = "api-name", value_name = "NAME")]
+    api_names: Vec<String>,
     /// Name of this host (default: the machine's host name).
     #[arg(long, value_name = "NAME")]
     host_name: Option<String>,
@@ -80,6 +87,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         api_listen: args.listen,
         dispatcher_listen: args.dispatcher_listen,
         join_listen: args.join_listen,
+        api_names: args.api_names.clone(),
         max_body_bytes: 3 * 1024 * 1024,
     };
     let cp = ControlPlane::start(&settings).await?;
@@ -97,10 +105,17 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
     let [reconciler_task, session_task] = host_agent::start(host, agent, cp.child_token())?;
 
     println!("Shoal is up on {host_name} (cluster {}).", cp.cluster_id);
-    println!(
-        "  API:        {}   (no authentication: loopback only)",
-        cp.api_url
-    );
+    if cp.api_url.starts_with("https://") {
+        println!(
+            "  API:        {}   (HTTPS; the kubeconfig holds the CA and the token)",
+            cp.api_url
+        );
+    } else {
+        println!(
+            "  API:        {}   (dev mode: no authentication, loopback only)",
+            cp.api_url
+        );
+    }
     println!("  kubeconfig: {}", cp.kubeconfig.display());
     println!("  data:       {}", data_dir.display());
     match &cp.join {
