@@ -10,7 +10,6 @@
 //!    agent's state directory (the key readable by its owner only), so a
 //!    restarted agent needs no token.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -128,24 +127,8 @@ impl Credentials {
             .zip([&self.ca_pem, &self.cert_pem, &self.key_pem])
         {
             let path = dir.join(f);
-            let io = |source| JoinError::Io {
-                path: path.clone(),
-                source,
-            };
-            let tmp = path.with_extension("tmp");
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(io)?;
-                file.write_all(contents.as_bytes()).map_err(io)?;
-                file.sync_all().map_err(io)?;
-            }
-            std::fs::rename(&tmp, &path).map_err(io)?;
+            shoal_proto::join::write_private(&path, contents.as_bytes())
+                .map_err(|source| JoinError::Io { path, source })?;
         }
         Ok(())
     }

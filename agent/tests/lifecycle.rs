@@ -19,13 +19,8 @@ const T: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn replicas_run_and_a_killed_one_runs_again_in_place() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     let tasks: Vec<_> = (0..4)
         .map(|i| task(&ns, "web", i, sleeper(), RestartSettings::default()))
         .collect();
@@ -79,13 +74,8 @@ async fn replicas_run_and_a_killed_one_runs_again_in_place() {
 
 #[tokio::test]
 async fn restart_conditions_follow_the_exit_code() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     let policy = |condition| RestartSettings {
         condition,
         ..Default::default()
@@ -169,13 +159,8 @@ async fn restart_conditions_follow_the_exit_code() {
 
 #[tokio::test]
 async fn max_attempts_used_up_fails_the_task_with_a_reason() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     let policy = RestartSettings {
         condition: RestartCondition::OnFailure,
         max_attempts: 2,
@@ -203,13 +188,8 @@ async fn max_attempts_used_up_fails_the_task_with_a_reason() {
 
 #[tokio::test]
 async fn a_restarted_agent_adopts_running_containers_without_restarting_them() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     let tasks: Vec<_> = (0..3)
         .map(|i| task(&ns, "web", i, sleeper(), RestartSettings::default()))
         .collect();
@@ -236,13 +216,8 @@ async fn a_restarted_agent_adopts_running_containers_without_restarting_them() {
 
 #[tokio::test]
 async fn other_clusters_and_unlabelled_containers_are_untouched() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     let engine = Engine::connect(&host).await.unwrap();
     let mut foreign = ContainerSpec::new(["sleep", "100000"]);
     foreign.labels = HashMap::from([

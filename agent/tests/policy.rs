@@ -26,13 +26,8 @@ fn bind(source: &str) -> Mount {
 
 #[tokio::test]
 async fn a_bind_mount_outside_the_allowed_paths_is_rejected_without_a_container() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     // The main test engine shares this machine's filesystem.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
@@ -96,13 +91,8 @@ async fn a_bind_mount_outside_the_allowed_paths_is_rejected_without_a_container(
 
 #[tokio::test]
 async fn a_strict_agent_refuses_every_bind_mount() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     let mut t = sleeper();
     t.mounts = Some(vec![bind("/srv/data/../../etc")]);
     let mut config = AgentConfig::new(&cluster);
@@ -113,12 +103,7 @@ async fn a_strict_agent_refuses_every_bind_mount() {
         vec![task(&ns, "sneaky", 0, t, RestartSettings::default())],
     )
     .await;
-    let u = agent
-        .wait_status("Rejected", T, |u| {
-            u.status.phase == Some(TaskPhase::Rejected)
-        })
-        .await;
-    let m = u.status.message.unwrap();
+    let m = agent.rejection(T).await;
     assert!(
         m.starts_with("template.mounts[0].source: \"/srv/data/../../etc\" must not contain \"..\""),
         "{m}"

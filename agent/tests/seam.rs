@@ -15,13 +15,8 @@ use shoal_agent::spec::create_body;
 
 #[tokio::test]
 async fn operations_are_idempotent_and_conflicts_are_never_adopted() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     let e = DockerEngine::connect(Some(&host)).await.unwrap();
     let v = e.version().await.unwrap();
     assert!(!v.api_version.is_empty());

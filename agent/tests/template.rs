@@ -36,13 +36,8 @@ async fn logs_until(agent: &TestAgent, id: &str, what: &str, f: impl Fn(&str) ->
 
 #[tokio::test]
 async fn the_template_takes_effect_inside_and_outside_the_container() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     let port = 20000 + (std::process::id() % 20000) as i32;
     let script = r#"echo "uid=$(id -u)"
 echo "mem=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"
@@ -149,13 +144,8 @@ exec httpd -f -p 8080 -h /scratch"#;
 
 #[tokio::test]
 async fn replicas_resolve_each_other_by_service_name() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     let t = shell("while true; do nslookup peer 2>&1; sleep 0.5; done");
     let tasks = vec![
         task(&ns, "peer", 0, t.clone(), RestartSettings::default()),
@@ -190,13 +180,8 @@ async fn replicas_resolve_each_other_by_service_name() {
 
 #[tokio::test]
 async fn an_unhealthy_container_is_restarted() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     let mut t = sleeper();
     t.healthcheck = Some(HealthCheck {
         command: vec!["CMD-SHELL".into(), "test -f /tmp/healthy".into()],
@@ -232,13 +217,8 @@ async fn an_unhealthy_container_is_restarted() {
 
 #[tokio::test]
 async fn an_oom_kill_is_reported_as_such() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     // The pause lets containerd watch the cgroup first: it misses an OOM kill
     // within milliseconds of the start (the planner's message covers that).
     let mut t = shell("sleep 1; exec tail /dev/zero");
@@ -270,13 +250,8 @@ async fn an_oom_kill_is_reported_as_such() {
 
 #[tokio::test]
 async fn a_template_the_engine_refuses_is_rejected_with_its_message() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     let mut t = sleeper();
     t.mounts = Some(vec![Mount {
         kind: MountType::Bind,
@@ -291,12 +266,7 @@ async fn a_template_the_engine_refuses_is_rejected_with_its_message() {
         vec![task(&ns, "bad", 0, t, RestartSettings::default())],
     )
     .await;
-    let u = agent
-        .wait_status("Rejected", T, |u| {
-            u.status.phase == Some(TaskPhase::Rejected)
-        })
-        .await;
-    let m = u.status.message.unwrap();
+    let m = agent.rejection(T).await;
     assert!(
         m.contains("/nonexistent/shoal-test-path"),
         "engine's message: {m}"
@@ -312,13 +282,8 @@ async fn a_template_the_engine_refuses_is_rejected_with_its_message() {
 
 #[tokio::test]
 async fn a_missing_image_leaves_the_task_pending_without_a_hot_loop() {
-    let host = main_host().await;
-    let (cluster, ns) = (unique("c"), unique("ns"));
-    let _g = Cleanup {
-        docker_host: host.clone(),
-        cluster: cluster.clone(),
-        namespace: ns.clone(),
-    };
+    let _g = Cleanup::fresh().await;
+    let (host, cluster, ns) = _g.names();
     let mut t = sleeper();
     t.image = "shoal-test/missing:1".into();
     t.image_pull_policy = Some(ImagePullPolicy::IfNotPresent);

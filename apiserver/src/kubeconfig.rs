@@ -45,20 +45,3 @@ pub fn kubeconfig_secure(url: &str, namespace: &str, ca_pem: &str, token: &str) 
          preferences: {{}}\n"
     )
 }
-
-/// Writes a kubeconfig holding a token: readable by its owner only, and
-/// atomically.
-pub fn write_secure(path: &Path, url: &str, ca_pem: &str, token: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(kubeconfig_secure(url, "default", ca_pem, token).as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}

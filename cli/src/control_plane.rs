@@ -55,19 +55,24 @@ pub struct ControlPlane {
     shutdown: CancellationToken,
 }
 
+/// `n` random bytes from the kernel, in hex.
+fn random_hex(n: usize) -> anyhow::Result<String> {
+    let mut bytes = vec![0u8; n];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
+        &mut bytes,
+    )
+    .context("reading /dev/urandom")?;
+    Ok(shoal_proto::join::hex(&bytes))
+}
+
 /// The data directory's cluster id, created (random) on first start.
 pub fn cluster_id(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("cluster-id");
     match std::fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
         _ => {
-            let mut bytes = [0u8; 6];
-            std::io::Read::read_exact(
-                &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
-                &mut bytes,
-            )
-            .context("reading /dev/urandom")?;
-            let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let id = random_hex(6)?;
             std::fs::write(&path, format!("{id}\n"))
                 .with_context(|| format!("writing {}", path.display()))?;
             Ok(id)
@@ -166,15 +171,18 @@ impl ControlPlane {
         // every address.
         let api_url = api.url().replace("0.0.0.0", "127.0.0.1");
         match (&security, &pki) {
-            (Some(sec), Some(pki)) => shoal_apiserver::kubeconfig::write_secure(
+            (Some(sec), Some(pki)) => write_private(
                 &kubeconfig,
-                &api_url,
-                pki.ca_pem(),
-                &sec.token,
-            ),
-            _ => shoal_apiserver::kubeconfig::write(&kubeconfig, &api_url),
+                &shoal_apiserver::kubeconfig::kubeconfig_secure(
+                    &api_url,
+                    "default",
+                    pki.ca_pem(),
+                    &sec.token,
+                ),
+            )?,
+            _ => shoal_apiserver::kubeconfig::write(&kubeconfig, &api_url)
+                .with_context(|| format!("writing {}", kubeconfig.display()))?,
         }
-        .with_context(|| format!("writing {}", kubeconfig.display()))?;
 
         let mut tasks = Vec::new();
         tasks.extend(shoal_operator::spawn_controllers(
@@ -273,29 +281,14 @@ fn api_token(data_dir: &Path) -> anyhow::Result<String> {
     {
         return Ok(s.trim().to_string());
     }
-    let mut bytes = [0u8; 24];
-    std::io::Read::read_exact(
-        &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
-        &mut bytes,
-    )
-    .context("reading /dev/urandom")?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = random_hex(24)?;
     write_private(&path, &format!("{token}\n"))?;
     Ok(token)
 }
 
 /// Writes a file readable by its owner only.
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())
+    shoal_proto::join::write_private(path, contents.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
 

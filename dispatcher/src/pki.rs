@@ -7,7 +7,6 @@
 //! `ca.key`, `join-secret`. The dispatcher's own certificate is made afresh
 //! at every start, for [`DISPATCHER_TLS_NAME`].
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -68,26 +67,12 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
     }
 }
 
-/// Writes a file readable by its owner only, atomically (rename).
+/// Writes a file readable by its owner only.
 fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io {
+    shoal_proto::join::write_private(path, contents.as_bytes()).map_err(|source| PkiError::Io {
         path: path.to_owned(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        f.write_all(contents.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 fn random_hex(bytes: usize) -> Result<String, PkiError> {

@@ -82,6 +82,27 @@ pub struct Cleanup {
     pub namespace: String,
 }
 
+impl Cleanup {
+    /// A unique cluster id and namespace on the main test engine, whose
+    /// containers and network go when this is dropped.
+    pub async fn fresh() -> Cleanup {
+        Cleanup {
+            docker_host: main_host().await,
+            cluster: unique("c"),
+            namespace: unique("ns"),
+        }
+    }
+
+    /// (engine address, cluster id, namespace).
+    pub fn names(&self) -> (String, String, String) {
+        (
+            self.docker_host.clone(),
+            self.cluster.clone(),
+            self.namespace.clone(),
+        )
+    }
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let host = self.docker_host.clone();
@@ -175,6 +196,16 @@ impl TestAgent {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits for a task to be Rejected; its message.
+    pub async fn rejection(&mut self, timeout: Duration) -> String {
+        let u = self
+            .wait_status("Rejected", timeout, |u| {
+                u.status.phase == Some(shoal_crds::TaskPhase::Rejected)
+            })
+            .await;
+        u.status.message.unwrap_or_default()
     }
 
     /// The latest status of task `name`.
