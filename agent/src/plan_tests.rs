@@ -34,6 +34,7 @@ fn task(uid: &str, r: RestartSettings) -> AssignedTask {
         },
         restart: r,
         desired: DesiredState::Running,
+        fence: false,
         recorded: Default::default(),
     }
 }

@@ -30,6 +30,7 @@ fn task(i: usize) -> AssignedTask {
         },
         restart: RestartSettings::default(),
         desired: DesiredState::Running,
+        fence: false,
         recorded: Default::default(),
     }
 }

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -125,6 +126,15 @@ pub async fn run(
     // Latest status per task, re-sent on every new session so the control
     // plane is current after a reconnect.
     let mut latest: HashMap<String, StatusUpdate> = HashMap::new();
+    // When the control plane was last heard from (ms since SESSION_START;
+    // NEVER before the first session): Fence tasks go when it is too long.
+    let heard = Arc::new(AtomicU64::new(NEVER));
+    let assigned = Arc::new(assigned);
+    let watchdog = tokio::spawn(
+        fence_watchdog(assigned.clone(), heard.clone(), shutdown.clone())
+            .instrument(tracing::info_span!("fence-watchdog")),
+    );
+    let _stop_watchdog = AbortOnDrop(watchdog);
     let mut backoff = Duration::from_millis(100);
     let mut immediate = true;
     loop {
@@ -136,7 +146,16 @@ pub async fn run(
             backoff = (backoff * 2).min(cfg.max_backoff);
         }
         let started = tokio::time::Instant::now();
-        let res = session(&cfg, &assigned, &mut reports, &mut latest, &logs, &shutdown).await;
+        let res = session(
+            &cfg,
+            &assigned,
+            &heard,
+            &mut reports,
+            &mut latest,
+            &logs,
+            &shutdown,
+        )
+        .await;
         if shutdown.is_cancelled() {
             return;
         }
@@ -181,6 +200,7 @@ static SESSION_START: std::sync::LazyLock<std::time::Instant> =
 async fn session(
     cfg: &SessionConfig,
     assigned: &watch::Sender<Option<Assignments>>,
+    heard: &AtomicU64,
     reports: &mut mpsc::UnboundedReceiver<StatusUpdate>,
     latest: &mut HashMap<String, StatusUpdate>,
     logs: &Arc<dyn LogSource>,
@@ -228,6 +248,7 @@ async fn session(
         tokio::select! {
             msg = inbound.message() => {
                 let Some(msg) = msg? else { return Ok(()) };
+                heard.store(since_start(), Ordering::Relaxed);
                 match msg.message {
                     Some(FromPlane::Welcome(w)) => {
                         if w.cluster_id != cfg.cluster_id {
@@ -292,7 +313,7 @@ async fn session(
                             t.cancel();
                         }
                     }
-                    None => {}
+                    Some(FromPlane::HeartbeatAck(_)) | None => {}
                 }
             }
             r = reports.recv() => {
@@ -341,6 +362,73 @@ fn to_update(r: &StatusUpdate) -> TaskStatusUpdate {
         namespace: r.namespace.clone(),
         name: r.name.clone(),
         status: Some(r.status.clone().into()),
+    }
+}
+
+/// `heard` before any session.
+const NEVER: u64 = u64::MAX;
+
+fn since_start() -> u64 {
+    u64::try_from(SESSION_START.elapsed().as_millis()).unwrap_or(NEVER - 1)
+}
+
+/// Aborts a task when dropped (the watchdog ends with `run`).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `onHostLoss: Fence`: once the control plane has not been heard from for
+/// [`shoal_crds::FENCE_TIMEOUT`] (it answers every heartbeat), the tasks
+/// with `Fence` are shut down at once, so that the replacements the control
+/// plane starts after its fence window never run beside them. The next
+/// assignment set from the control plane replaces the fenced one.
+async fn fence_watchdog(
+    assigned: Arc<watch::Sender<Option<Assignments>>>,
+    heard: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    let timeout = u64::try_from(shoal_crds::FENCE_TIMEOUT.as_millis()).unwrap_or(3000);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let last = heard.load(Ordering::Relaxed);
+        if last == NEVER || since_start().saturating_sub(last) < timeout {
+            continue;
+        }
+        assigned.send_if_modified(|cur| {
+            let Some(tasks) = cur else { return false };
+            let due = tasks
+                .iter()
+                .filter(|t| t.fence && t.desired == shoal_crds::DesiredState::Running)
+                .count();
+            if due == 0 {
+                return false;
+            }
+            tracing::warn!(
+                tasks = due,
+                silent_ms = since_start().saturating_sub(last),
+                "no word from the control plane for the fence timeout: killing the tasks with onHostLoss Fence"
+            );
+            let fenced: Vec<AssignedTask> = tasks
+                .iter()
+                .map(|t| {
+                    if t.fence && t.desired == shoal_crds::DesiredState::Running {
+                        t.fenced()
+                    } else {
+                        t.clone()
+                    }
+                })
+                .collect();
+            *cur = Some(Arc::new(fenced));
+            true
+        });
     }
 }
 

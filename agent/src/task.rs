@@ -93,6 +93,9 @@ pub struct AssignedTask {
     pub restart: RestartSettings,
     /// Run or shut down.
     pub desired: DesiredState,
+    /// `onHostLoss: Fence`: killed when the control plane has not been heard
+    /// from for [`shoal_crds::FENCE_TIMEOUT`].
+    pub fence: bool,
     /// The status the control plane has on record (this or an earlier
     /// agent's last report), where an agent without memory of the task
     /// carries on from.
@@ -176,8 +179,17 @@ impl AssignedTask {
             } else {
                 t.spec.desired_state()
             },
+            fence: t.spec.on_host_loss == Some(shoal_crds::HostLossPolicy::Fence),
             recorded: Recorded::from_status(t.status.as_ref()),
         }
+    }
+
+    /// This task fenced: shut down at once (SIGKILL, no grace period).
+    pub fn fenced(&self) -> AssignedTask {
+        let mut t = self.clone();
+        t.desired = DesiredState::Shutdown;
+        t.template.stop_grace_period = Some(shoal_crds::DurationValue::new("0s"));
+        t
     }
 
     /// Its identity on the engine in cluster `cluster`.

@@ -221,3 +221,148 @@ fn a_host_joins_over_mutual_tls_with_the_token() {
         &["delete", "service", "spread", "--wait", "--timeout", "60s"],
     );
 }
+
+const GUARDED: &str = r#"
+apiVersion: shoal.dev/v1alpha1
+kind: Service
+metadata: { name: guarded, namespace: default }
+spec:
+  replicas: 2
+  onHostLoss: Fence
+  template:
+    image: shoal-test/busybox:1
+    command: ["sleep", "100000"]
+    init: true
+    stopGracePeriod: 1s
+"#;
+
+/// (time in ns, container name) of every `die` of the engine since `since`
+/// (unix seconds).
+fn dies(docker_host: &str, since: u64) -> Vec<(u128, String)> {
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let o = Command::new("docker")
+        .args(["-H", docker_host, "events"])
+        .args(["--since", &since.to_string(), "--until", &until.to_string()])
+        .args(["--filter", "event=die"])
+        .args(["--format", "{{.TimeNano}} {{.Actor.Attributes.name}}"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (t, n) = l.split_once(' ')?;
+            Some((t.parse().ok()?, n.to_string()))
+        })
+        .collect()
+}
+
+/// `StartedAt` (ns since the epoch) of the running containers of a service.
+fn started(docker_host: &str, service: &str) -> Vec<u128> {
+    let ids = Command::new("docker")
+        .args(["-H", docker_host, "ps", "-q"])
+        .args(["--filter", &format!("label=shoal.dev/service={service}")])
+        .output()
+        .unwrap();
+    let ids = String::from_utf8_lossy(&ids.stdout).into_owned();
+    ids.split_whitespace()
+        .map(|id| {
+            let o = Command::new("docker")
+                .args([
+                    "-H",
+                    docker_host,
+                    "inspect",
+                    "-f",
+                    "{{.State.StartedAt}}",
+                    id,
+                ])
+                .output()
+                .unwrap();
+            let t = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            let ts: jiff::Timestamp = t.parse().unwrap();
+            u128::try_from(ts.as_nanosecond()).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn fence_keeps_at_most_n_replicas_across_a_partition() {
+    let h = TwoHosts::start_with(
+        "fence-main",
+        "fence",
+        &["--join-listen", &format!("{ROOT_ADDRESS}:0")],
+    );
+    let join = h.join.clone().expect("a join address");
+    let token = std::fs::read_to_string(h.data.join("join-token")).unwrap();
+    let state = h.tmp.path().join("agent-state");
+    let _agent = Killed(
+        agent_in_netns(
+            &h,
+            &[
+                "--dispatcher",
+                &join,
+                "--join-token",
+                token.trim(),
+                "--state-dir",
+                state.to_str().unwrap(),
+            ],
+            "agent.log",
+        )
+        .spawn()
+        .unwrap(),
+    );
+    h.wait_ready(&[&h.main, &h.extra.name]);
+    let manifest = h.tmp.path().join("guarded.yaml");
+    std::fs::write(&manifest, GUARDED).unwrap();
+    ok(&h.kc, &["apply", "-f", manifest.to_str().unwrap()]);
+    let running_on = |host: &str| {
+        task_hosts(&h.kc, "guarded")
+            .iter()
+            .filter(|(_, th, phase)| th == host && phase == "Running")
+            .count()
+    };
+    common::eventually("one replica on each host", 60, || {
+        running_on(&h.main) == 1 && running_on(&h.extra.name) == 1
+    });
+
+    // Cut the extra host off: its agent hears nothing any more.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(h.extra.partition()).unwrap();
+    common::eventually("the fenced replica replaced on the main host", 60, || {
+        running_on(&h.main) == 2
+    });
+    let main_starts = started(&shoal_tests::main_docker_host(), "guarded");
+    assert_eq!(main_starts.len(), 2, "{main_starts:?}");
+    let replacement_start = main_starts.iter().copied().max().unwrap();
+    // The isolated agent killed its replica, and before the replacement
+    // started (the engines share this machine's clock).
+    common::eventually("the fenced container's die event", 10, || {
+        !dies(&h.extra.docker_host, since).is_empty()
+    });
+    let fenced = dies(&h.extra.docker_host, since);
+    let last_die = fenced.iter().map(|d| d.0).max().unwrap();
+    assert!(
+        last_die < replacement_start,
+        "the fenced replica died at {last_die}, after its replacement started at {replacement_start}: {fenced:?}"
+    );
+    let log = std::fs::read_to_string(h.tmp.path().join("agent.log")).unwrap_or_default();
+    assert!(
+        log.contains("killing the tasks with onHostLoss Fence"),
+        "{log}"
+    );
+
+    rt.block_on(h.extra.heal()).unwrap();
+    h.wait_ready(&[&h.extra.name]);
+    ok(
+        &h.kc,
+        &["delete", "service", "guarded", "--wait", "--timeout", "60s"],
+    );
+}

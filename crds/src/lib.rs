@@ -27,7 +27,9 @@ pub use service::{
     FailureAction, HostLossPolicy, Placement, Service, ServiceMode, ServiceSpec, ServiceStatus,
     UpdateConfig, UpdateOrder,
 };
-pub use task::{DesiredState, HealthState, Task, TaskPhase, TaskSpec, TaskStatus};
+pub use task::{
+    DesiredState, FENCE_TIMEOUT, HealthState, Task, TaskPhase, TaskSpec, TaskStatus, fence_window,
+};
 pub use template::{
     Capabilities, ContainerTemplate, EnvVar, HealthCheck, ImagePullPolicy, Mount, MountType,
     PortMapping, Protocol, ResourceLimits, ResourceReservations, Resources, RestartCondition,

@@ -171,8 +171,10 @@ pub enum HostLossPolicy {
     /// Replace them on other hosts at once (the default).
     #[default]
     Reschedule,
-    /// The isolated agent kills them after the fence timeout; replacements
-    /// start only after that, so at most N replicas ever run.
+    /// The isolated agent kills them once it has not heard from the control
+    /// plane for the fence timeout (3 s); replacements start only after the
+    /// fence window (5 s from the host's loss), so at most N replicas run
+    /// across a partition. An agent that is dead cannot fence.
     Fence,
 }
 

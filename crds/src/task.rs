@@ -68,6 +68,25 @@ pub struct TaskSpec {
     /// `Running` or `Shutdown`, set by the orchestrator. Default: `Running`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_state: Option<DesiredState>,
+    /// The service's `onHostLoss`, frozen with the template. With `Fence`,
+    /// an agent cut off from the control plane for [`FENCE_TIMEOUT`] kills
+    /// the task's container, and a replacement starts only [`fence_window`]
+    /// after the task was orphaned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_host_loss: Option<crate::HostLossPolicy>,
+}
+
+/// How long an agent with `Fence` tasks waits without a word from the
+/// control plane before it kills them (it hears from it every heartbeat,
+/// 500 ms by default).
+pub const FENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long after a `Fence` task is orphaned its replacement may start: the
+/// agent's timeout, counted from no earlier than the orphaning (the control
+/// plane orphans after it stopped hearing from the agent), plus time to kill
+/// and remove the container.
+pub fn fence_window() -> std::time::Duration {
+    FENCE_TIMEOUT + std::time::Duration::from_secs(2)
 }
 
 impl TaskSpec {

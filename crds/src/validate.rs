@@ -17,9 +17,8 @@ use crate::quantity::{
     ByteQuantity, CpuQuantity, DurationValue, parse_bytes, parse_cpu, parse_duration,
 };
 use crate::{
-    API_VERSION, ContainerTemplate, FailureAction, HealthCheck, Host, HostLossPolicy, MountType,
-    Placement, Protocol, Resources, RestartPolicy, Service, ServiceMode, Task, UpdateConfig,
-    UpdateOrder,
+    API_VERSION, ContainerTemplate, FailureAction, HealthCheck, Host, MountType, Placement,
+    Protocol, Resources, RestartPolicy, Service, ServiceMode, Task, UpdateConfig, UpdateOrder,
 };
 
 /// One problem: the field's path (`spec.template.ports[1].hostPort`) and why.
@@ -339,9 +338,6 @@ fn check_service(svc: &Service, c: &mut Checker) {
     }
     if let Some(u) = &spec.update {
         check_update(u, c);
-    }
-    if spec.on_host_loss == Some(HostLossPolicy::Fence) {
-        c.not_supported("spec.onHostLoss", "Fence");
     }
 }
 

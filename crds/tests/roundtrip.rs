@@ -377,10 +377,11 @@ proptest! {
     }
 
     #[test]
-    fn task_specs_round_trip(t in template(), rp in opt(restart_policy()), slot in opt(0i32..100), host in opt(word())) {
+    fn task_specs_round_trip(t in template(), rp in opt(restart_policy()), slot in opt(0i32..100), host in opt(word()), fence in any::<bool>()) {
         let spec = TaskSpec {
             service: "web".into(), slot, template: t, template_hash: "abc123".into(), restart_policy: rp,
             host_name: host, desired_state: Some(DesiredState::Running),
+            on_host_loss: fence.then_some(shoal_crds::HostLossPolicy::Fence),
         };
         let task = Task::new("web-0", spec);
         let yaml = serde_saphyr::to_string(&task).unwrap();

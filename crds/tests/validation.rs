@@ -500,11 +500,6 @@ fn cases() -> Vec<Case> {
             "negative",
         ),
         case(
-            vec![put("/spec/onHostLoss", json!("Fence"))],
-            "spec.onHostLoss",
-            "Fence is not supported yet",
-        ),
-        case(
             vec![put("/spec/template/foo", json!(1))],
             "spec.template.foo",
             "unknown field",
@@ -601,14 +596,14 @@ fn several_problems_are_reported_together() {
         "/spec/template/ports/0/containerPort",
         Some(json!(0)),
     );
-    set(&mut v, "/spec/onHostLoss", Some(json!("Fence")));
+    set(&mut v, "/spec/update", Some(json!({"order": "StartFirst"})));
     let e = validate(&v).unwrap_err();
     assert_eq!(
         e.paths(),
         [
             "spec.replicas",
             "spec.template.ports[0].containerPort",
-            "spec.onHostLoss"
+            "spec.update.order"
         ]
     );
 }

@@ -380,6 +380,14 @@ impl Dispatcher {
                     let _ = s.tx.try_send(Err(Status::unavailable(
                         "this host was declared lost; rejoin",
                     )));
+                } else if state.entry.ready
+                    && let Some(s) = &state.session
+                {
+                    // Heard: an agent with Fence tasks counts its timeout
+                    // from this (a full buffer only delays the next one).
+                    let _ = s.tx.try_send(Ok(ControlMessage {
+                        message: Some(ToAgent::HeartbeatAck(shoal_proto::HeartbeatAck {})),
+                    }));
                 }
             }
             None => {}

@@ -159,6 +159,11 @@ enum_conversion!(
     { Running <=> Running, Shutdown <=> Shutdown }
 );
 enum_conversion!(
+    host_loss_to_pb, host_loss_from_pb, crds::HostLossPolicy, pb::HostLossPolicy,
+    "HostLossPolicy",
+    { Reschedule <=> Reschedule, Fence <=> Fence }
+);
+enum_conversion!(
     phase_to_pb, phase_from_pb, crds::TaskPhase, pb::TaskPhase, "TaskPhase",
     {
         Pending <=> Pending,
@@ -683,6 +688,7 @@ impl From<crds::TaskSpec> for pb::TaskSpec {
             restart_policy,
             host_name,
             desired_state,
+            on_host_loss,
         } = v;
         Self {
             service,
@@ -692,6 +698,7 @@ impl From<crds::TaskSpec> for pb::TaskSpec {
             restart_policy: restart_policy.map(Into::into),
             host_name,
             desired_state: desired_state_to_pb(desired_state),
+            on_host_loss: host_loss_to_pb(on_host_loss),
         }
     }
 }
@@ -707,6 +714,7 @@ impl TryFrom<pb::TaskSpec> for crds::TaskSpec {
             restart_policy,
             host_name,
             desired_state,
+            on_host_loss,
         } = v;
         Ok(Self {
             service,
@@ -717,6 +725,7 @@ impl TryFrom<pb::TaskSpec> for crds::TaskSpec {
             restart_policy: message_from_pb(restart_policy, "restart_policy")?,
             host_name,
             desired_state: desired_state_from_pb(desired_state, "desired_state")?,
+            on_host_loss: host_loss_from_pb(on_host_loss, "on_host_loss")?,
         })
     }
 }

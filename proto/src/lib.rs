@@ -91,7 +91,7 @@ pub use v1::dispatcher_client::DispatcherClient;
 pub use v1::dispatcher_server::{Dispatcher, DispatcherServer};
 pub use v1::{
     AgentMessage, Assignment, AssignmentDelta, AssignmentSet, CancelRequest, ContainerEvent,
-    ControlMessage, DataAck, EnvVarList, Heartbeat, Hello, JoinRequest, JoinResponse, LogChunk,
-    LogsRequest, MountList, PortMappingList, RequestError, StatsChunk, StatsRequest, StringList,
-    StringMap, TaskStatusBatch, Welcome,
+    ControlMessage, DataAck, EnvVarList, Heartbeat, HeartbeatAck, Hello, JoinRequest, JoinResponse,
+    LogChunk, LogsRequest, MountList, PortMappingList, RequestError, StatsChunk, StatsRequest,
+    StringList, StringMap, TaskStatusBatch, Welcome,
 };

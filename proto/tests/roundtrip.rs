@@ -92,6 +92,14 @@ fn desired_state() -> BoxedStrategy<Option<DesiredState>> {
     .boxed()
 }
 
+fn host_loss() -> BoxedStrategy<Option<shoal_crds::HostLossPolicy>> {
+    of(prop_oneof![
+        Just(shoal_crds::HostLossPolicy::Reschedule),
+        Just(shoal_crds::HostLossPolicy::Fence),
+    ])
+    .boxed()
+}
+
 fn phase() -> BoxedStrategy<Option<TaskPhase>> {
     of(prop_oneof![
         Just(TaskPhase::Pending),
@@ -290,9 +298,19 @@ fn spec() -> BoxedStrategy<TaskSpec> {
         restart_policy(),
         of(text()),
         desired_state(),
+        host_loss(),
     )
         .prop_map(
-            |(service, slot, template, template_hash, restart_policy, host_name, desired_state)| {
+            |(
+                service,
+                slot,
+                template,
+                template_hash,
+                restart_policy,
+                host_name,
+                desired_state,
+                on_host_loss,
+            )| {
                 TaskSpec {
                     service,
                     slot,
@@ -301,6 +319,7 @@ fn spec() -> BoxedStrategy<TaskSpec> {
                     restart_policy,
                     host_name,
                     desired_state,
+                    on_host_loss,
                 }
             },
         )

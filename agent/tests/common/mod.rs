@@ -70,6 +70,7 @@ pub fn task(
         template,
         restart,
         desired: DesiredState::Running,
+        fence: false,
         recorded: Default::default(),
     }
 }

@@ -171,6 +171,7 @@ async fn shoal_containers(
                 template: sleeper(),
                 restart: RestartSettings::default(),
                 desired: DesiredState::Running,
+                fence: false,
                 recorded: Default::default(),
             }
         })

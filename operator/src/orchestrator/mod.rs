@@ -236,6 +236,7 @@ impl Orchestrator {
                 restart_policy: svc.spec.restart_policy.clone(),
                 host_name: None,
                 desired_state: Some(DesiredState::Running),
+                on_host_loss: svc.spec.on_host_loss,
             },
             status: Some(TaskStatus {
                 phase: Some(TaskPhase::Pending),

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use shoal_crds::{
-    Availability, Condition, ConditionStatus, DesiredState, HealthState, Service, ServiceMode,
-    ServiceStatus, Task, TaskPhase,
+    Availability, Condition, ConditionStatus, DesiredState, HealthState, HostLossPolicy, Service,
+    ServiceMode, ServiceStatus, Task, TaskPhase, fence_window,
 };
 
 use super::hash::template_hash;
@@ -120,6 +120,10 @@ struct View<'a> {
     created: Option<Timestamp>,
     ended_at: Option<Timestamp>,
     health: Option<HealthState>,
+    /// `onHostLoss: Fence`.
+    fence: bool,
+    /// When it was orphaned (its host lost), if it was.
+    orphaned_at: Option<Timestamp>,
 }
 
 impl<'a> View<'a> {
@@ -156,6 +160,11 @@ impl<'a> View<'a> {
                 .and_then(|s| s.finished_at.as_ref().or(s.last_transition_time.as_ref()))
                 .map(|t| t.0),
             health: status.and_then(|s| s.health),
+            fence: t.spec.on_host_loss == Some(HostLossPolicy::Fence),
+            orphaned_at: status
+                .filter(|s| s.phase == Some(TaskPhase::Orphaned))
+                .and_then(|s| s.last_transition_time.as_ref())
+                .map(|t| t.0),
         }
     }
     fn terminal(&self) -> bool {
@@ -444,6 +453,23 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             in_flight += 1;
         }
         if stopping {
+            continue;
+        }
+        // onHostLoss Fence: the lost host's agent kills the task once it has
+        // not heard from the control plane for the fence timeout; the
+        // replacement waits out the fence window from the orphaning, so the
+        // two never run together.
+        let fence_left = ts
+            .iter()
+            .filter(|v| v.fence)
+            .filter_map(|v| v.orphaned_at)
+            .filter_map(|at| {
+                let elapsed = Duration::try_from(input.now.duration_since(at)).unwrap_or_default();
+                fence_window().checked_sub(elapsed).filter(|d| !d.is_zero())
+            })
+            .max();
+        if let Some(left) = fence_left {
+            requeue = Some(requeue.map_or(left, |r| r.min(left)));
             continue;
         }
         if let SlotKey::Host(h) = k

@@ -565,6 +565,28 @@ fn condition<'a>(p: &'a Plan, type_: &str) -> (ConditionStatus, &'a str, &'a str
 }
 
 #[test]
+fn a_fenced_task_is_replaced_only_after_the_fence_window() {
+    let s = service(1);
+    let mut t = task(&s, 0, 1, TaskPhase::Orphaned, Some("h1"));
+    t.spec.on_host_loss = Some(shoal_crds::HostLossPolicy::Fence);
+    t.status.as_mut().unwrap().last_transition_time = Some(Time(ts(100)));
+    let window = shoal_crds::fence_window();
+    // Orphaned at 100 s; one second later: the old task goes, the slot
+    // waits for the rest of the window.
+    let p = run(&s, std::slice::from_ref(&t), &hosts(), 101);
+    assert_eq!(p.actions, vec![shutdown("web-0-a1")]);
+    assert_eq!(p.requeue_after, Some(window - Duration::from_secs(1)));
+    // Once the window has passed, the replacement.
+    let after = 100 + i64::try_from(window.as_secs()).unwrap();
+    let p = run(&s, std::slice::from_ref(&t), &hosts(), after);
+    assert_eq!(p.actions, vec![shutdown("web-0-a1"), create(0, 2)]);
+    // Without Fence, at once (the table's case), whatever the time.
+    t.spec.on_host_loss = None;
+    let p = run(&s, std::slice::from_ref(&t), &hosts(), 101);
+    assert_eq!(p.actions, vec![shutdown("web-0-a1"), create(0, 2)]);
+}
+
+#[test]
 fn status_counts_and_conditions() {
     use TaskPhase::*;
     let s = service(3);
