@@ -173,6 +173,29 @@ fn a_host_joins_over_mutual_tls_with_the_token() {
     });
     h.wait_ready(&[&h.extra.name]);
 
+    // Another name with this host's certificate: refused at once, saying why.
+    let o = agent_in_netns(
+        &h,
+        &[
+            "--dispatcher",
+            &join,
+            "--state-dir",
+            state_arg,
+            "--host-name",
+            "someone-else",
+        ],
+        "renamed.log",
+    )
+    .stderr(Stdio::piped())
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("this host joined as \"{}\"", h.extra.name)),
+        "{err}"
+    );
+
     // The API from the other host's namespace, over HTTPS with the token.
     let o = Command::new("ip")
         .args(["netns", "exec", &h.extra.netns])

@@ -211,6 +211,7 @@ async fn credentials(
 ) -> anyhow::Result<(String, Credentials)> {
     let dir = &args.state_dir;
     let id_file = dir.join("cluster-id");
+    let name_file = dir.join("host-name");
     let kept = Credentials::load(dir)?;
     let token = args.join_token.as_ref();
     if let Some(creds) = kept {
@@ -218,7 +219,18 @@ async fn credentials(
             Some(t) => creds.ca_fingerprint()? == t.ca_fingerprint,
             None => true,
         };
-        if same_ca {
+        // The certificate names the host it was issued for.
+        let joined_as = std::fs::read_to_string(&name_file)
+            .map(|s| s.trim().to_string())
+            .ok();
+        let same_name = joined_as.as_deref().is_none_or(|n| n == host_name);
+        if same_ca && !same_name && token.is_none() {
+            anyhow::bail!(
+                "--host-name: this host joined as {:?} (its certificate says so), not {host_name:?}; run with --host-name {0:?}, or give --join-token to join again as {host_name:?}",
+                joined_as.unwrap_or_default()
+            );
+        }
+        if same_ca && same_name {
             let id = match token {
                 Some(t) => t.cluster_id.clone(),
                 None => std::fs::read_to_string(&id_file)
@@ -250,8 +262,13 @@ async fn credentials(
         }
     };
     creds.save(dir)?;
-    std::fs::write(&id_file, format!("{}\n", token.cluster_id))
-        .with_context(|| format!("writing {}", id_file.display()))?;
+    for (file, value) in [
+        (&id_file, &token.cluster_id),
+        (&name_file, &host_name.to_string()),
+    ] {
+        std::fs::write(file, format!("{value}\n"))
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
     tracing::info!(host = %host_name, cluster = %token.cluster_id, state = %dir.display(), "joined the cluster");
     Ok((token.cluster_id.clone(), creds))
 }
