@@ -21,6 +21,11 @@ use crate::host_agent::{self, AgentSettings, connect_engine, machine_host_name, 
 /// SIGTERM or Ctrl-C stops Shoal gracefully and leaves the containers
 /// running.
 ///
+/// With --join-listen, other machines join as hosts over mutual TLS (`shoal
+/// agent --dispatcher https://… --join-token …`, the token in
+/// DATA_DIR/join-token); with a --listen beyond loopback, the API serves
+/// HTTPS and requires the token in the kubeconfig it writes.
+///
 /// The local agent allows any bind mount and added capability, since the
 /// control plane is on this machine; give --allow-bind or --allow-cap to
 /// allow exactly those instead (`shoal agent` allows none unless told).
