@@ -200,6 +200,9 @@ impl ControlPlane {
                     .await
                     .with_context(|| format!("binding the join listener on {addr}"))?;
                 let local = listener.local_addr().context("join listener address")?;
+                let join_address = settings.data_dir.join("join-address");
+                std::fs::write(&join_address, format!("https://{local}\n"))
+                    .with_context(|| format!("writing {}", join_address.display()))?;
                 let d = dispatcher.clone();
                 let pki = pki.clone();
                 tasks.push(tokio::spawn(

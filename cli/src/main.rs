@@ -50,6 +50,7 @@ enum Command {
     Scale(cmd::scale::Args),
     Delete(cmd::delete::Args),
     Host(cmd::host::Args),
+    JoinToken(cmd::join_token::Args),
     Completion(cmd::completion::Args),
 }
 
@@ -77,6 +78,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Up(a) => cmd::up::run(a),
+        Command::JoinToken(a) => cmd::join_token::run(a),
         Command::Validate(a) => cmd::validate::run(a),
         Command::Crds(a) => cmd::crds::run(a),
         Command::Server(a) => cmd::server::run(a),

@@ -78,6 +78,31 @@ fn a_host_joins_over_mutual_tls_with_the_token() {
             .mode();
         assert_eq!(mode & 0o077, 0, "the token file is private: {mode:o}");
     }
+    // `shoal join-token` prints the command, or the token alone.
+    let data = h.data.to_str().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["join-token", "--data-dir", data])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "shoal agent --dispatcher {join} --join-token {token}"
+        )),
+        "{out}"
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["join-token", "-q", "--data-dir", data])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), token);
+    let o = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["join-token", "--data-dir", h.tmp.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--join-listen"));
+
     let state = h.tmp.path().join("agent-state");
     let state_arg = state.to_str().unwrap();
 

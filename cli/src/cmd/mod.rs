@@ -9,6 +9,7 @@ pub mod describe;
 pub mod events;
 pub mod get;
 pub mod host;
+pub mod join_token;
 pub mod logs;
 pub mod ps;
 pub mod scale;

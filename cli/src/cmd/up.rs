@@ -132,6 +132,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
                 crate::control_plane::dialable(url),
                 data_dir.join("join-token").display()
             );
+            println!("              (`shoal join-token` prints that command with the token)");
         }
         None => println!(
             "  dispatcher: {}   (loopback; for other hosts, start with --join-listen 0.0.0.0:6445)",
