@@ -48,6 +48,18 @@ fn agent_in_netns(h: &TwoHosts, args: &[&str], log: &str) -> Command {
     c
 }
 
+/// Runs `shoal agent` in the extra host's namespace, expecting a refusal;
+/// its standard error.
+fn refused(h: &TwoHosts, args: &[&str], log: &str) -> String {
+    let o = agent_in_netns(h, args, log)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    err
+}
+
 #[test]
 fn a_host_joins_over_mutual_tls_with_the_token() {
     let listen = format!("{ROOT_ADDRESS}:0");
@@ -111,7 +123,7 @@ fn a_host_joins_over_mutual_tls_with_the_token() {
     let wrong_secret = "0".repeat(32);
     parts[3] = &wrong_secret;
     let wrong = parts.join("-");
-    let o = agent_in_netns(
+    let err = refused(
         &h,
         &[
             "--dispatcher",
@@ -122,25 +134,15 @@ fn a_host_joins_over_mutual_tls_with_the_token() {
             state_arg,
         ],
         "wrong.log",
-    )
-    .stderr(Stdio::piped())
-    .output()
-    .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
+    );
     assert!(err.contains("secret is not this cluster's"), "{err}");
     assert!(!state.join("host.key").exists());
     // A token that is not one: clap names the argument.
-    let o = agent_in_netns(
+    let err = refused(
         &h,
         &["--dispatcher", &join, "--join-token", "SWMTKN-1-abc"],
         "bad.log",
-    )
-    .stderr(Stdio::piped())
-    .output()
-    .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
+    );
     assert!(
         err.contains("--join-token") && err.contains("not a Shoal join token"),
         "{err}"
@@ -199,7 +201,7 @@ fn a_host_joins_over_mutual_tls_with_the_token() {
     h.wait_ready(&[&h.extra.name]);
 
     // Another name with this host's certificate: refused at once, saying why.
-    let o = agent_in_netns(
+    let err = refused(
         &h,
         &[
             "--dispatcher",
@@ -210,12 +212,7 @@ fn a_host_joins_over_mutual_tls_with_the_token() {
             "someone-else",
         ],
         "renamed.log",
-    )
-    .stderr(Stdio::piped())
-    .output()
-    .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
+    );
     assert!(
         err.contains(&format!("this host joined as \"{}\"", h.extra.name)),
         "{err}"
