@@ -19,7 +19,7 @@ use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use shoal_proto::join::{DISPATCHER_TLS_NAME, JoinToken, hex};
+use shoal_proto::join::{DISPATCHER_TLS_NAME, JoinToken, ca_fingerprint, hex};
 use shoal_proto::{DispatcherClient, JoinRequest};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
@@ -89,7 +89,7 @@ impl Credentials {
     pub fn ca_fingerprint(&self) -> Result<[u8; 32], JoinError> {
         let der = CertificateDer::from_pem_slice(self.ca_pem.as_bytes())
             .map_err(|e| JoinError::Invalid(format!("the CA certificate: {e}")))?;
-        Ok(sha256(der.as_ref()))
+        Ok(ca_fingerprint(der.as_ref()))
     }
 
     const FILES: [&'static str; 3] = ["ca.crt", "host.crt", "host.key"];
@@ -134,13 +134,6 @@ impl Credentials {
     }
 }
 
-fn sha256(der: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, der);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
 fn to_pem(der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
@@ -172,7 +165,7 @@ impl ServerCertVerifier for PinnedCa {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let ca = intermediates
             .iter()
-            .find(|c| sha256(c.as_ref()) == self.fingerprint)
+            .find(|c| ca_fingerprint(c.as_ref()) == self.fingerprint)
             .ok_or_else(|| {
                 rustls::Error::General(format!(
                     "the dispatcher's certificates do not include the CA of the join token (fingerprint {})",

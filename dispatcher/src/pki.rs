@@ -15,7 +15,7 @@ use rcgen::{
 };
 use ring::rand::SecureRandom;
 use shoal_proto::JoinResponse;
-use shoal_proto::join::{DISPATCHER_TLS_NAME, JoinToken, hex};
+use shoal_proto::join::{DISPATCHER_TLS_NAME, JoinToken, ca_fingerprint, hex};
 
 /// Why the PKI cannot be loaded or a certificate issued (all fatal for the
 /// caller: a broken `pki/` directory needs a person).
@@ -83,31 +83,33 @@ fn random_hex(bytes: usize) -> Result<String, PkiError> {
     Ok(hex(&buf))
 }
 
-/// SHA-256 of a DER certificate.
-pub fn fingerprint(der: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, der);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
 fn pem_to_der(pem_str: &str) -> Result<Vec<u8>, PkiError> {
     let p = x509_parser::pem::parse_x509_pem(pem_str.as_bytes())
         .map_err(|e| PkiError::Crypto(format!("reading the CA certificate: {e}")))?;
     Ok(p.1.contents)
 }
 
+/// Parameters of a certificate for `common_name`, valid for `names` (DNS
+/// names or IP addresses) and the one extended key usage.
 fn leaf_params(
     common_name: &str,
+    names: &[&str],
     eku: ExtendedKeyUsagePurpose,
 ) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(crypto("certificate"))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
-    params.subject_alt_names = vec![SanType::DnsName(
-        common_name.try_into().map_err(crypto("certificate name"))?,
-    )];
+    params.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => (*n)
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(crypto("certificate name")),
+        })
+        .collect::<Result<_, _>>()?;
     params.extended_key_usages = vec![eku];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     Ok(params)
@@ -159,7 +161,7 @@ impl ClusterPki {
         };
         let token = JoinToken {
             cluster_id: cluster_id.to_string(),
-            ca_fingerprint: fingerprint(&pem_to_der(&ca_pem)?),
+            ca_fingerprint: ca_fingerprint(&pem_to_der(&ca_pem)?),
             secret,
         };
         let mut pki = ClusterPki {
@@ -169,7 +171,11 @@ impl ClusterPki {
             server_cert_pem: String::new(),
             server_key_pem: String::new(),
         };
-        let (cert, key) = pki.sign(DISPATCHER_TLS_NAME, ExtendedKeyUsagePurpose::ServerAuth)?;
+        let (cert, key) = pki.sign(&leaf_params(
+            DISPATCHER_TLS_NAME,
+            &[DISPATCHER_TLS_NAME],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?)?;
         // The chain includes the CA: a joining agent finds it there and
         // checks it against the fingerprint in its token.
         pki.server_cert_pem = format!("{cert}{}", pki.ca_pem);
@@ -177,15 +183,12 @@ impl ClusterPki {
         Ok(pki)
     }
 
-    fn sign(
-        &self,
-        common_name: &str,
-        eku: ExtendedKeyUsagePurpose,
-    ) -> Result<(String, String), PkiError> {
+    /// A new key and its certificate, signed by the CA (PEM each).
+    fn sign(&self, params: &CertificateParams) -> Result<(String, String), PkiError> {
         let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(crypto("CA key"))?;
         let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, ca_key).map_err(crypto("CA"))?;
         let key = KeyPair::generate().map_err(crypto("key"))?;
-        let cert = leaf_params(common_name, eku)?
+        let cert = params
             .signed_by(&key, &issuer)
             .map_err(crypto("certificate"))?;
         Ok((cert.pem(), key.serialize_pem()))
@@ -194,28 +197,13 @@ impl ClusterPki {
     /// A serving certificate (chained to the CA) and its key for the API
     /// server, valid for `names`: DNS names or IP addresses.
     pub fn issue_server(&self, names: &[String]) -> Result<(String, String), PkiError> {
-        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(crypto("CA key"))?;
-        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, ca_key).map_err(crypto("CA"))?;
-        let key = KeyPair::generate().map_err(crypto("key"))?;
-        let mut params = leaf_params("shoal-apiserver", ExtendedKeyUsagePurpose::ServerAuth)?;
-        params.subject_alt_names = names
-            .iter()
-            .map(|n| match n.parse::<std::net::IpAddr>() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => n
-                    .as_str()
-                    .try_into()
-                    .map(SanType::DnsName)
-                    .map_err(crypto("certificate name")),
-            })
-            .collect::<Result<_, _>>()?;
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(crypto("certificate"))?;
-        Ok((
-            format!("{}{}", cert.pem(), self.ca_pem),
-            key.serialize_pem(),
-        ))
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (cert, key) = self.sign(&leaf_params(
+            "shoal-apiserver",
+            &names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?)?;
+        Ok((format!("{cert}{}", self.ca_pem), key))
     }
 
     /// The join token (print it for people; never log it).
@@ -249,8 +237,11 @@ impl ClusterPki {
 
     /// Credentials for host `host_name`.
     pub fn issue(&self, host_name: &str) -> Result<JoinResponse, PkiError> {
-        let (certificate_pem, private_key_pem) =
-            self.sign(host_name, ExtendedKeyUsagePurpose::ClientAuth)?;
+        let (certificate_pem, private_key_pem) = self.sign(&leaf_params(
+            host_name,
+            &[host_name],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?)?;
         Ok(JoinResponse {
             certificate_pem,
             private_key_pem,
@@ -283,7 +274,7 @@ mod tests {
         assert_eq!(&token, a.token());
         assert_eq!(
             token.ca_fingerprint,
-            fingerprint(&pem_to_der(a.ca_pem()).unwrap())
+            ca_fingerprint(&pem_to_der(a.ca_pem()).unwrap())
         );
         use std::os::unix::fs::PermissionsExt;
         for f in ["ca.key", "join-secret"] {

@@ -62,6 +62,14 @@ pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result
     std::fs::rename(&tmp, path)
 }
 
+/// The fingerprint a token pins: SHA-256 of the CA certificate (DER).
+pub fn ca_fingerprint(der: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
