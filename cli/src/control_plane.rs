@@ -135,6 +135,7 @@ impl ControlPlane {
                 let token = api_token(&settings.data_dir)?;
                 let mut names = vec![
                     "127.0.0.1".to_string(),
+                    "::1".to_string(),
                     "localhost".to_string(),
                     crate::host_agent::machine_host_name(),
                 ];
@@ -169,7 +170,10 @@ impl ControlPlane {
         let kubeconfig = settings.data_dir.join("kubeconfig");
         // A client on this machine dials loopback when the API listens on
         // every address.
-        let api_url = api.url().replace("0.0.0.0", "127.0.0.1");
+        let api_url = api
+            .url()
+            .replace("0.0.0.0", "127.0.0.1")
+            .replace("[::]", "[::1]");
         match (&security, &pki) {
             (Some(sec), Some(pki)) => write_private(
                 &kubeconfig,
