@@ -136,12 +136,21 @@ pub fn stuck_reason(s: &Service) -> Option<String> {
     {
         return Some(c.message.clone().unwrap_or_else(|| "Unschedulable".into()));
     }
-    if let Some(c) = condition(conds, "Progressing")
-        && c.reason.as_deref() == Some("UpdatePaused")
-    {
-        return Some(c.message.clone().unwrap_or_else(|| "update paused".into()));
-    }
-    None
+    failed_rollout(conds)
+}
+
+/// A rollout that failed (paused, rolling back or rolled back), from the
+/// `Progressing` condition: its message.
+pub fn failed_rollout(conds: Option<&Vec<Condition>>) -> Option<String> {
+    let c = condition(conds, "Progressing")?;
+    let what = match c.reason.as_deref()? {
+        "UpdatePaused" => "update paused",
+        "RollingBack" => "update failed, rolling back",
+        "RolledBack" => "update rolled back",
+        "RollbackPaused" => "rollback paused",
+        _ => return None,
+    };
+    Some(c.message.clone().unwrap_or_else(|| what.into()))
 }
 
 /// Sorts tasks by service, slot (or host), then age (newest first within a slot).

@@ -25,7 +25,7 @@ pub use host::{Availability, Host, HostResources, HostSpec, HostStatus};
 pub use quantity::{ByteQuantity, CpuQuantity, DurationValue, QuantityError};
 pub use service::{
     FailureAction, HostLossPolicy, Placement, Service, ServiceMode, ServiceSpec, ServiceStatus,
-    UpdateConfig, UpdateOrder,
+    UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 pub use task::{
     DesiredState, FENCE_TIMEOUT, HealthState, Task, TaskPhase, TaskSpec, TaskStatus, fence_window,

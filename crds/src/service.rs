@@ -4,7 +4,7 @@
 // mistakes for duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -122,19 +122,23 @@ pub struct UpdateConfig {
     /// Tasks replaced at once; 0 means all at once. Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallelism: Option<i32>,
-    /// Pause between batches. Default: `0s`.
+    /// Pause after a batch's new tasks are ready before the next batch
+    /// starts. Default: `0s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<DurationValue>,
     /// `StopFirst` (stop the old task, then start the new) or `StartFirst`.
     /// Default: `StopFirst`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<UpdateOrder>,
-    /// What a failed update does: `Pause`, `Continue` or `Rollback`. Default:
-    /// `Pause`.
+    /// What a failed update does: `Pause` (replace no more tasks until the
+    /// template changes again), `Continue`, or `Rollback` (go back to the
+    /// template that ran before, `parallelism` tasks at a time; a failure
+    /// while rolling back pauses). Default: `Pause`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_action: Option<FailureAction>,
-    /// How long a new task is watched for failure after it starts. Default:
-    /// `5s`.
+    /// How long every new task must stay ready after it starts before the
+    /// update counts as complete; until then, a new task that restarts, turns
+    /// unhealthy, fails or is rejected counts as failed. Default: `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitor: Option<DurationValue>,
     /// Fraction of tasks (0 to 1) that may fail during an update before
@@ -163,6 +167,48 @@ pub enum FailureAction {
     Continue,
     /// Go back to the previous template.
     Rollback,
+}
+
+/// Where the rollout of a template change stands, written by the
+/// orchestrator (Swarm's `UpdateStatus`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStatus {
+    /// `Updating`, `Paused`, `Completed`, `RollingBack`, `RollbackPaused` or
+    /// `RolledBack`.
+    pub state: UpdateState,
+    /// The template hash (`shoal.dev/template-hash`) of the spec this rollout
+    /// is for. A new template starts a new rollout.
+    pub template_hash: String,
+    /// While rolling back and after: the template hash restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<String>,
+    /// When the rollout (or the rollback) started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// Why it paused or rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+// The states of a rollout.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum UpdateState {
+    /// Replacing tasks, `parallelism` at a time.
+    Updating,
+    /// Stopped after failures (`failureAction: Pause`); change the template
+    /// to go on.
+    Paused,
+    /// Every task runs the new template and stayed ready for `monitor`.
+    Completed,
+    /// Going back to the previous template after failures
+    /// (`failureAction: Rollback`).
+    RollingBack,
+    /// The rollback itself failed and stopped.
+    RollbackPaused,
+    /// Every task runs the previous template again. The spec's template is
+    /// not run until it changes.
+    RolledBack,
 }
 
 // What happens to the tasks of a host that is lost.
@@ -194,6 +240,10 @@ pub struct ServiceStatus {
     /// Tasks running the current template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_replicas: Option<i32>,
+    /// The last template change's rollout; absent until the template first
+    /// changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateStatus>,
     /// `Available`, `Progressing` and `Schedulable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,

@@ -17,8 +17,8 @@ use crate::quantity::{
     ByteQuantity, CpuQuantity, DurationValue, parse_bytes, parse_cpu, parse_duration,
 };
 use crate::{
-    API_VERSION, ContainerTemplate, FailureAction, HealthCheck, Host, MountType, Placement,
-    Protocol, Resources, RestartPolicy, Service, ServiceMode, Task, UpdateConfig, UpdateOrder,
+    API_VERSION, ContainerTemplate, HealthCheck, Host, MountType, Placement, Protocol, Resources,
+    RestartPolicy, Service, ServiceMode, Task, UpdateConfig,
 };
 
 /// One problem: the field's path (`spec.template.ports[1].hostPort`) and why.
@@ -156,9 +156,6 @@ impl Checker {
             path: path.into(),
             message: message.into(),
         });
-    }
-    fn not_supported(&mut self, path: impl Into<String>, what: &str) {
-        self.err(path, format!("{what} is not supported yet"));
     }
     fn finish(self) -> Result<(), ValidationErrors> {
         if self.errs.is_empty() {
@@ -766,36 +763,15 @@ fn check_update(u: &UpdateConfig, c: &mut Checker) {
             format!("{p} is negative (0 means all at once)"),
         );
     }
-    if let Some(d) = c.duration(u.delay.as_ref(), "spec.update.delay")
-        && !d.is_zero()
+    c.duration(u.delay.as_ref(), "spec.update.delay");
+    c.duration(u.monitor.as_ref(), "spec.update.monitor");
+    if let Some(r) = u.max_failure_ratio
+        && !(0.0..=1.0).contains(&r)
     {
-        c.not_supported("spec.update.delay", "a delay between update batches");
-    }
-    if u.order == Some(UpdateOrder::StartFirst) {
-        c.not_supported("spec.update.order", "StartFirst");
-    }
-    if let Some(fa) = u.failure_action
-        && fa != FailureAction::Pause
-    {
-        c.not_supported("spec.update.failureAction", &format!("{fa:?}"));
-    }
-    if let Some(m) = c.duration(u.monitor.as_ref(), "spec.update.monitor")
-        && m != std::time::Duration::from_secs(5)
-    {
-        c.not_supported("spec.update.monitor", "a monitor period other than 5s");
-    }
-    if let Some(r) = u.max_failure_ratio {
-        if !(0.0..=1.0).contains(&r) {
-            c.err(
-                "spec.update.maxFailureRatio",
-                format!("{r} must be between 0 and 1"),
-            );
-        } else if r != 0.0 {
-            c.not_supported(
-                "spec.update.maxFailureRatio",
-                "a failure ratio other than 0",
-            );
-        }
+        c.err(
+            "spec.update.maxFailureRatio",
+            format!("{r} must be between 0 and 1"),
+        );
     }
 }
 

@@ -35,7 +35,7 @@ fn base() -> Value {
             },
             "restartPolicy": { "condition": "Always", "delay": "0s", "maxDelay": "30s", "maxAttempts": 0, "window": "60s" },
             "placement": { "hostSelector": { "matchLabels": { "zone": "east" } }, "spreadBy": ["zone"], "maxPerHost": 1 },
-            "update": { "parallelism": 1, "delay": "0s", "order": "StopFirst", "failureAction": "Pause", "monitor": "5s", "maxFailureRatio": 0 },
+            "update": { "parallelism": 2, "delay": "10s", "order": "StartFirst", "failureAction": "Rollback", "monitor": "30s", "maxFailureRatio": 0.2 },
             "onHostLoss": "Reschedule"
         }
     })
@@ -470,24 +470,24 @@ fn cases() -> Vec<Case> {
             "at least 1",
         ),
         case(
-            vec![put("/spec/update/order", json!("StartFirst"))],
+            vec![put("/spec/update/order", json!("Sideways"))],
             "spec.update.order",
-            "not supported yet",
+            "unknown variant",
         ),
         case(
-            vec![put("/spec/update/failureAction", json!("Rollback"))],
+            vec![put("/spec/update/failureAction", json!("Retry"))],
             "spec.update.failureAction",
-            "not supported yet",
+            "unknown variant",
         ),
         case(
-            vec![put("/spec/update/delay", json!("5s"))],
+            vec![put("/spec/update/delay", json!("5 s"))],
             "spec.update.delay",
-            "not supported yet",
+            "spaces",
         ),
         case(
-            vec![put("/spec/update/monitor", json!("30s"))],
+            vec![put("/spec/update/monitor", json!("10d"))],
             "spec.update.monitor",
-            "not supported yet",
+            "unknown unit \"d\"",
         ),
         case(
             vec![put("/spec/update/maxFailureRatio", json!(2))],
@@ -596,14 +596,14 @@ fn several_problems_are_reported_together() {
         "/spec/template/ports/0/containerPort",
         Some(json!(0)),
     );
-    set(&mut v, "/spec/update", Some(json!({"order": "StartFirst"})));
+    set(&mut v, "/spec/update", Some(json!({"monitor": "soon"})));
     let e = validate(&v).unwrap_err();
     assert_eq!(
         e.paths(),
         [
             "spec.replicas",
             "spec.template.ports[0].containerPort",
-            "spec.update.order"
+            "spec.update.monitor"
         ]
     );
 }

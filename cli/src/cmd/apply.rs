@@ -332,13 +332,8 @@ pub fn judge(svc: Option<&Service>, tasks: &[Task], name: &str, generation: i64)
             view::last_error(t)
         ));
     }
-    if let Some(c) = view::condition(conds, "Progressing")
-        && c.reason.as_deref() == Some("UpdatePaused")
-    {
-        return Progress::Failed(format!(
-            "{line}: {}",
-            c.message.clone().unwrap_or_else(|| "update paused".into())
-        ));
+    if let Some(why) = view::failed_rollout(conds) {
+        return Progress::Failed(format!("{line}: {why}"));
     }
     let mut why = Vec::new();
     if let Some(r) = view::stuck_reason(svc) {

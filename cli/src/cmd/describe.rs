@@ -160,6 +160,24 @@ async fn service(conn: &Conn, name: &str) -> anyhow::Result<String> {
     if let Some(p) = &spec.placement {
         field(&mut out, "Placement", serde_json::to_string(p)?);
     }
+    if let Some(u) = &spec.update {
+        field(&mut out, "Update config", serde_json::to_string(u)?);
+    }
+    // Swarm's `UpdateStatus`: where the last template change stands.
+    if let Some(u) = st.and_then(|x| x.update.as_ref()) {
+        let mut line = format!("{:?} (template {}", u.state, u.template_hash);
+        if let Some(to) = &u.rollback_to {
+            line.push_str(&format!(", back to {to}"));
+        }
+        if let Some(at) = &u.started_at {
+            line.push_str(&format!(", started {} ago", age(Some(at))));
+        }
+        line.push(')');
+        if let Some(m) = &u.message {
+            line.push_str(&format!(": {m}"));
+        }
+        field(&mut out, "Update status", line);
+    }
     // Tasks that should run, per host, by phase: `host-a: 3 (3 Running)`.
     let mut per_host: std::collections::BTreeMap<
         String,

@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use k8s_openapi::jiff::Timestamp;
 use shoal_crds::{
     Condition, DesiredState, Host, Service, ServiceStatus, Task, TaskPhase, TaskSpec, TaskStatus,
+    UpdateState,
 };
 use shoal_store::events::{EventRecorder, ObjectRef, component};
 use shoal_store::typed::{self, StoreKind};
@@ -172,6 +173,57 @@ impl Orchestrator {
                 "Scaled",
                 &format!("Scaled from {before} to {now} replicas"),
             );
+        }
+    }
+
+    /// Records a rollout's change of state (`svc` as it was before `status`).
+    fn rollout_event(&self, svc: &Service, status: Option<&ServiceStatus>) {
+        let before = svc.status.as_ref().and_then(|s| s.update.as_ref());
+        let Some(after) = status.and_then(|s| s.update.as_ref()) else {
+            return;
+        };
+        if before.is_some_and(|b| b.state == after.state && b.template_hash == after.template_hash)
+        {
+            return;
+        }
+        let why = after.message.as_deref().unwrap_or("");
+        let obj = ObjectRef::of(svc);
+        match after.state {
+            UpdateState::Updating => self.events.normal(
+                &obj,
+                "UpdateStarted",
+                &format!("Rolling out template {}", after.template_hash),
+            ),
+            UpdateState::Completed => {
+                if before.is_some_and(|b| b.template_hash == after.template_hash) {
+                    self.events.normal(
+                        &obj,
+                        "UpdateCompleted",
+                        &format!("Every task runs template {}", after.template_hash),
+                    );
+                }
+            }
+            UpdateState::Paused => {
+                self.events
+                    .warning(&obj, "UpdatePaused", &format!("Update paused: {why}"))
+            }
+            UpdateState::RollingBack => self.events.warning(
+                &obj,
+                "RollbackStarted",
+                &format!("Rolling back to the previous template: {why}"),
+            ),
+            UpdateState::RollbackPaused => {
+                self.events
+                    .warning(&obj, "RollbackPaused", &format!("Rollback paused: {why}"))
+            }
+            UpdateState::RolledBack => self.events.normal(
+                &obj,
+                "RolledBack",
+                &format!(
+                    "Every task runs the previous template {} again",
+                    after.rollback_to.as_deref().unwrap_or("")
+                ),
+            ),
         }
     }
 
@@ -343,7 +395,15 @@ impl Orchestrator {
                     attempt,
                     rejections,
                 } => {
-                    let t = Self::new_task(&svc, &p.template_hash, slot, *attempt, *rejections);
+                    let mut t = Self::new_task(&svc, &p.template_hash, slot, *attempt, *rejections);
+                    // Rolling back: the restored template, as a Task has it.
+                    if let Some(from) = p.template_from.as_deref() {
+                        let Some(src) = by_name.get(from) else {
+                            continue;
+                        };
+                        t.spec.template = src.spec.template.clone();
+                        t.spec.restart_policy = src.spec.restart_policy.clone();
+                    }
                     match typed::create(store, &t).await {
                         Ok(_) => {}
                         // Another orchestrator created this very attempt.
@@ -361,7 +421,8 @@ impl Orchestrator {
                 let mut s = svc.clone();
                 s.status = Some(status);
                 match typed::update_status(store, &s).await {
-                    Ok(_) | Err(StoreError::NotFound(_)) => {}
+                    Ok(_) => self.rollout_event(&svc, s.status.as_ref()),
+                    Err(StoreError::NotFound(_)) => {}
                     Err(StoreError::Conflict { .. }) => conflicts += 1,
                     Err(e) => return Err(e.into()),
                 }

@@ -4,10 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use shoal_crds::{
-    Availability, Condition, ConditionStatus, DesiredState, HealthState, HostLossPolicy, Service,
-    ServiceMode, ServiceStatus, Task, TaskPhase, fence_window,
+    Availability, Condition, ConditionStatus, DesiredState, FailureAction, HealthState,
+    HostLossPolicy, Service, ServiceMode, ServiceStatus, Task, TaskPhase, UpdateOrder, UpdateState,
+    UpdateStatus, fence_window,
 };
 
 use super::hash::template_hash;
@@ -82,8 +84,12 @@ pub struct Plan {
     pub status: Option<ServiceStatus>,
     /// Look again after this long (a replacement waiting for its backoff).
     pub requeue_after: Option<Duration>,
-    /// The hash of the Service's current template (new Tasks carry it).
+    /// The hash of the template new Tasks carry: the Service's, or while
+    /// rolling back the one restored.
     pub template_hash: String,
+    /// Rolling back: new Tasks take their template and restart policy from
+    /// this Task (one of the restored template) instead of the Service.
+    pub template_from: Option<String>,
 }
 
 /// Everything the planner looks at.
@@ -120,6 +126,9 @@ struct View<'a> {
     created: Option<Timestamp>,
     ended_at: Option<Timestamp>,
     health: Option<HealthState>,
+    restarts: i32,
+    started_at: Option<Timestamp>,
+    reason: Option<&'a str>,
     /// `onHostLoss: Fence`.
     fence: bool,
     /// When it was orphaned (its host lost), if it was.
@@ -160,6 +169,9 @@ impl<'a> View<'a> {
                 .and_then(|s| s.finished_at.as_ref().or(s.last_transition_time.as_ref()))
                 .map(|t| t.0),
             health: status.and_then(|s| s.health),
+            restarts: status.and_then(|s| s.restart_count).unwrap_or(0),
+            started_at: status.and_then(|s| s.started_at.as_ref()).map(|t| t.0),
+            reason: status.and_then(|s| s.reason.as_deref()),
             fence: t.spec.on_host_loss == Some(HostLossPolicy::Fence),
             orphaned_at: status
                 .filter(|s| s.phase == Some(TaskPhase::Orphaned))
@@ -173,6 +185,25 @@ impl<'a> View<'a> {
     /// Its container may still run: bound and not terminal.
     fn may_run(&self) -> bool {
         self.host.is_some() && !self.terminal()
+    }
+    /// A sign that its template does not work: it ended `Failed` or was
+    /// `Rejected`, restarted, or turned unhealthy.
+    fn failing(&self) -> bool {
+        matches!(self.phase, TaskPhase::Failed | TaskPhase::Rejected)
+            || self.restarts > 0
+            || self.health == Some(HealthState::Unhealthy)
+    }
+    /// What [`View::failing`] saw, for messages.
+    fn failure(&self) -> String {
+        let what = match self.phase {
+            TaskPhase::Failed | TaskPhase::Rejected => format!("{:?}", self.phase),
+            _ if self.health == Some(HealthState::Unhealthy) => "unhealthy".to_owned(),
+            _ => format!("restarted {}x", self.restarts),
+        };
+        match self.reason {
+            Some(r) => format!("{} ({what}: {r})", self.name),
+            None => format!("{} ({what})", self.name),
+        }
     }
     fn ready(&self, has_healthcheck: bool) -> bool {
         self.phase == TaskPhase::Running
@@ -223,6 +254,44 @@ fn rejection_backoff(svc: &Service, rejections: u32) -> Duration {
     step.saturating_mul(factor).min(max)
 }
 
+/// A Service's rollout settings, defaulted.
+#[derive(Clone, Copy, Debug)]
+struct Rollout {
+    parallelism: i32,
+    delay: Duration,
+    start_first: bool,
+    failure_action: FailureAction,
+    monitor: Duration,
+    max_failure_ratio: f64,
+}
+
+impl Rollout {
+    fn of(svc: &Service) -> Self {
+        let u = svc.spec.update.as_ref();
+        let duration = |d: Option<&shoal_crds::DurationValue>, default: Duration| {
+            d.and_then(|d| d.parse().ok()).unwrap_or(default)
+        };
+        Rollout {
+            parallelism: u.and_then(|u| u.parallelism).unwrap_or(1),
+            delay: duration(u.and_then(|u| u.delay.as_ref()), Duration::ZERO),
+            start_first: u.and_then(|u| u.order) == Some(UpdateOrder::StartFirst),
+            failure_action: u.and_then(|u| u.failure_action).unwrap_or_default(),
+            monitor: duration(u.and_then(|u| u.monitor.as_ref()), Duration::from_secs(5)),
+            max_failure_ratio: u.and_then(|u| u.max_failure_ratio).unwrap_or(0.0),
+        }
+    }
+}
+
+/// How much of `wait` is left `since` that time, if any.
+fn left_of(wait: Duration, since: Timestamp, now: Timestamp) -> Option<Duration> {
+    let elapsed = Duration::try_from(now.duration_since(since)).unwrap_or_default();
+    wait.checked_sub(elapsed).filter(|d| !d.is_zero())
+}
+
+fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
 /// Decides what to do for one Service.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let svc = input.service;
@@ -253,7 +322,108 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         out.actions.push(Action::AddServiceFinalizer);
     }
 
-    let hash = template_hash(&svc.spec.template, svc.spec.restart_policy.as_ref());
+    let spec_hash = template_hash(&svc.spec.template, svc.spec.restart_policy.as_ref());
+    let rollout = Rollout::of(svc);
+    let ratio_base = match mode {
+        ServiceMode::Replicated => svc.spec.replicas().max(1),
+        ServiceMode::Global => i32::try_from(input.hosts.len().max(1)).unwrap_or(i32::MAX),
+    };
+
+    // The rollout on record for the spec's template (a new template starts a
+    // new one), and the template to run: the spec's, or the one a rollback
+    // restored, copied from a Task that has it.
+    let mut update: Option<UpdateStatus> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.update.clone())
+        .filter(|u| u.template_hash == spec_hash);
+    let source = |h: &str| {
+        views
+            .iter()
+            .filter(|v| v.hash == h)
+            .max_by_key(|v| (v.wanted, !v.marked, v.created, v.name))
+    };
+    let mut template_from: Option<&str> = None;
+    let mut hash = spec_hash.clone();
+    if let Some(u) = &update
+        && matches!(
+            u.state,
+            UpdateState::RollingBack | UpdateState::RollbackPaused | UpdateState::RolledBack
+        )
+    {
+        match u.rollback_to.as_deref().and_then(source) {
+            Some(v) => {
+                hash = v.hash.to_owned();
+                template_from = Some(v.name);
+            }
+            // Nothing of the restored template is left to copy: start over.
+            None => update = None,
+        }
+    }
+
+    // Failures of the tasks this rollout (or rollback) started decide
+    // `failureAction` before anything else is planned.
+    if let Some(u) = update.as_mut()
+        && matches!(u.state, UpdateState::Updating | UpdateState::RollingBack)
+    {
+        let since = u.started_at.as_ref().map(|t| t.0.as_second());
+        let failed: Vec<&View<'_>> = views
+            .iter()
+            .filter(|v| v.hash == hash && v.failing())
+            .filter(|v| since.is_none_or(|s| v.created.is_some_and(|c| c.as_second() >= s)))
+            .collect();
+        #[allow(clippy::cast_precision_loss)]
+        let too_many = !failed.is_empty()
+            && failed.len() as f64 > rollout.max_failure_ratio * f64::from(ratio_base);
+        if too_many {
+            let what = format!(
+                "{} of {ratio_base} new tasks failed: {}",
+                failed.len(),
+                failed
+                    .iter()
+                    .map(|v| v.failure())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            match (u.state, rollout.failure_action) {
+                (UpdateState::Updating, FailureAction::Continue) => {}
+                (UpdateState::Updating, FailureAction::Rollback) => {
+                    // The template the update was replacing: that of the
+                    // tasks still running it, else the newest ended one.
+                    let previous = views
+                        .iter()
+                        .filter(|v| v.hash != spec_hash)
+                        .max_by_key(|v| (v.wanted && !v.marked, v.may_run(), v.created, v.name));
+                    match previous {
+                        Some(v) => {
+                            *u = UpdateStatus {
+                                state: UpdateState::RollingBack,
+                                template_hash: spec_hash.clone(),
+                                rollback_to: Some(v.hash.to_owned()),
+                                started_at: Some(Time(input.now)),
+                                message: Some(what),
+                            };
+                            hash = v.hash.to_owned();
+                            template_from = Some(v.name);
+                        }
+                        None => {
+                            u.state = UpdateState::Paused;
+                            u.message =
+                                Some(format!("{what}; no earlier template to roll back to"));
+                        }
+                    }
+                }
+                (UpdateState::Updating, FailureAction::Pause) => {
+                    u.state = UpdateState::Paused;
+                    u.message = Some(what);
+                }
+                (_, _) => {
+                    u.state = UpdateState::RollbackPaused;
+                    u.message = Some(format!("rollback: {what}"));
+                }
+            }
+        }
+    }
     let has_healthcheck = svc
         .spec
         .template
@@ -299,9 +469,25 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         });
         if let Some((first, rest)) = wanted.split_first() {
             current.insert(k.clone(), first);
+            // Start first: one task of the old template runs on until its
+            // replacement is ready (or has failed for good and
+            // `failureAction: Continue` moves on).
+            let given_up = first.terminal() && rollout.failure_action == FailureAction::Continue;
+            let mut spare = rollout.start_first
+                && first.hash == hash
+                && !first.ready(has_healthcheck)
+                && !given_up;
             for v in rest {
+                if spare && v.hash != hash && v.may_run() {
+                    spare = false;
+                    continue;
+                }
                 shutdown.insert(v.name);
-                delete.insert(v.name);
+                // A replaced template's task stays in the history; a
+                // duplicate of the current one goes.
+                if v.hash == first.hash {
+                    delete.insert(v.name);
+                }
             }
         }
     }
@@ -400,15 +586,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 .any(|v| v.hash != hash && (v.wanted || v.may_run()))
         })
     });
-    let parallelism = svc
-        .spec
-        .update
-        .as_ref()
-        .and_then(|u| u.parallelism)
-        .unwrap_or(1);
     let mut in_flight = 0usize;
-    let mut failed_new: Vec<&str> = Vec::new();
-    let mut update_candidates: Vec<(&SlotKey, &str)> = Vec::new();
+    // Slots still on another template: (slot, its task, the next attempt).
+    let mut update_candidates: Vec<(&SlotKey, &str, u32)> = Vec::new();
     let mut requeue: Option<Duration> = None;
 
     for k in &keep {
@@ -430,11 +610,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 shutdown.insert(v.name);
                 cur = None;
             } else if v.hash != hash {
-                update_candidates.push((k, v.name));
+                let next = ts.iter().map(|v| v.attempt).max().unwrap_or(0) + 1;
+                update_candidates.push((k, v.name, next));
                 continue;
             } else if updating && v.phase == TaskPhase::Failed {
-                // A new task used up its restarts: failureAction Pause.
-                failed_new.push(v.name);
+                // Used up its restarts: counted by failureAction, not awaited.
             } else if updating && !v.ready(has_healthcheck) {
                 in_flight += 1;
             }
@@ -517,19 +697,77 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         });
     }
 
-    // Rolling update, stop first, `parallelism` slots at a time (0: all).
-    let paused = !failed_new.is_empty();
-    let budget = if paused {
+    // A rollout begins when a kept slot runs another template; a template
+    // changed back to what runs needs none.
+    let rollout_started = update
+        .as_ref()
+        .and_then(|u| u.started_at.as_ref())
+        .map(|t| t.0.as_second());
+    if update.is_none() && (updating || svc.status.as_ref().is_some_and(|s| s.update.is_some())) {
+        update = Some(UpdateStatus {
+            state: if updating {
+                UpdateState::Updating
+            } else {
+                UpdateState::Completed
+            },
+            template_hash: spec_hash.clone(),
+            rollback_to: None,
+            started_at: Some(Time(input.now)),
+            message: None,
+        });
+    }
+    let state = update.as_ref().map(|u| u.state);
+    let moving = matches!(
+        state,
+        Some(UpdateState::Updating | UpdateState::RollingBack)
+    );
+    let paused = matches!(
+        state,
+        Some(UpdateState::Paused | UpdateState::RollbackPaused)
+    );
+    // This rollout's new tasks (a rollback's restored template may also be
+    // that of tasks it never replaced).
+    let fresh = |v: &View<'_>| {
+        v.hash == hash
+            && rollout_started.is_none_or(|s| v.created.is_some_and(|c| c.as_second() >= s))
+    };
+    // `delay` after the latest new task became ready.
+    let delay_left = if moving && !rollout.delay.is_zero() {
+        views
+            .iter()
+            .filter(|v| v.wanted && fresh(v) && v.ready(has_healthcheck))
+            .filter_map(|v| v.started_at)
+            .max()
+            .and_then(|at| left_of(rollout.delay, at, input.now))
+    } else {
+        None
+    };
+    if let Some(left) = delay_left.filter(|_| !update_candidates.is_empty()) {
+        requeue = earliest(requeue, left);
+    }
+
+    // Rolling update, `parallelism` slots at a time (0: all): stop first
+    // shuts the old task down (its replacement follows once it stopped);
+    // start first creates the replacement beside it.
+    let budget = if paused || delay_left.is_some() {
         0
-    } else if parallelism <= 0 {
+    } else if rollout.parallelism <= 0 {
         usize::MAX
     } else {
-        usize::try_from(parallelism)
+        usize::try_from(rollout.parallelism)
             .unwrap_or(1)
             .saturating_sub(in_flight)
     };
-    for (_, name) in update_candidates.iter().take(budget) {
-        shutdown.insert(name);
+    for (slot, name, attempt) in update_candidates.iter().take(budget) {
+        if rollout.start_first {
+            creates.push(Action::Create {
+                slot: (*slot).clone(),
+                attempt: *attempt,
+                rejections: 0,
+            });
+        } else {
+            shutdown.insert(name);
+        }
     }
 
     // History: keep the newest `history_limit` ended tasks of each kept slot.
@@ -556,8 +794,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     out.actions
         .extend(delete.iter().map(|n| Action::Delete((*n).to_owned())));
     out.actions.extend(creates);
-    out.requeue_after = requeue;
     out.template_hash = hash.clone();
+    out.template_from = template_from.map(str::to_owned);
 
     // Status.
     let desired = match mode {
@@ -587,36 +825,97 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         },
         Some(format!("{ready}/{desired} replicas ready")),
     )];
-    let done = updated_ready >= desired
+    let mut done = updated_ready >= desired
         && replicas == desired
         && out.actions.iter().all(|a| matches!(a, Action::Delete(_)));
-    conditions.push(if done {
-        service_status_condition(
+    // A rollout completes once no task of another template may still run
+    // and every new task stayed ready for `monitor` since it started (or
+    // ended for good, which `failureAction: Continue` lets pass).
+    let tried = replicas == desired
+        && live
+            .iter()
+            .all(|v| v.hash == hash && (v.ready(has_healthcheck) || v.terminal()))
+        && out.actions.iter().all(|a| matches!(a, Action::Delete(_)));
+    let mut watching = None;
+    if let Some(u) = update.as_mut()
+        && moving
+        && tried
+        && !updating
+    {
+        let left = live
+            .iter()
+            .filter(|v| fresh(v) && !v.terminal())
+            .filter_map(|v| v.started_at)
+            .filter_map(|at| left_of(rollout.monitor, at, input.now))
+            .max();
+        match left {
+            Some(left) => {
+                requeue = earliest(requeue, left);
+                watching = Some(left);
+                done = false;
+            }
+            None => {
+                u.state = if u.state == UpdateState::RollingBack {
+                    UpdateState::RolledBack
+                } else {
+                    UpdateState::Completed
+                };
+            }
+        }
+    }
+    out.requeue_after = requeue;
+    let state = update.as_ref().map(|u| u.state);
+    let why = update
+        .as_ref()
+        .and_then(|u| u.message.as_deref())
+        .unwrap_or("failed");
+    let up_to_date = format!("{updated}/{desired} tasks up to date");
+    conditions.push(match state {
+        Some(UpdateState::RolledBack) if done => service_status_condition(
             "Progressing",
             false,
-            "Complete",
-            Some(format!("{updated}/{desired} tasks up to date")),
-        )
-    } else {
-        service_status_condition(
+            "RolledBack",
+            Some(format!(
+                "{up_to_date} with the previous template; the update was rolled back: {why}"
+            )),
+        ),
+        Some(UpdateState::Paused) => service_status_condition(
             "Progressing",
             true,
-            if paused {
-                "UpdatePaused"
-            } else if updating {
+            "UpdatePaused",
+            Some(format!("{up_to_date}; update paused: {why}")),
+        ),
+        Some(UpdateState::RollbackPaused) => service_status_condition(
+            "Progressing",
+            true,
+            "RollbackPaused",
+            Some(format!("{up_to_date}; rollback paused: {why}")),
+        ),
+        _ if done => service_status_condition("Progressing", false, "Complete", Some(up_to_date)),
+        Some(UpdateState::RollingBack) => service_status_condition(
+            "Progressing",
+            true,
+            "RollingBack",
+            Some(format!(
+                "{up_to_date} with the previous template, {ready} ready; the update failed: {why}"
+            )),
+        ),
+        _ => service_status_condition(
+            "Progressing",
+            true,
+            if updating || moving {
                 "Updating"
             } else {
                 "Converging"
             },
-            Some(if paused {
-                format!(
-                    "{updated}/{desired} tasks up to date; paused (failureAction Pause): {} failed",
-                    failed_new.join(", ")
-                )
-            } else {
-                format!("{updated}/{desired} tasks up to date, {ready} ready")
+            Some(match watching {
+                Some(left) => format!(
+                    "{up_to_date}, {ready} ready; watching the new tasks for {}s more",
+                    left.as_secs_f64().ceil()
+                ),
+                None => format!("{up_to_date}, {ready} ready"),
             }),
-        )
+        ),
     });
     conditions.push(match (unbound, input.unschedulable) {
         (n, Some(msg)) if n > 0 => {
@@ -629,6 +928,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         replicas: Some(replicas),
         ready_replicas: Some(ready),
         updated_replicas: Some(updated),
+        update,
         conditions: Some(conditions),
     });
     out

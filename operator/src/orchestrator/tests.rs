@@ -5,7 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::jiff::Timestamp;
 use shoal_crds::{
     Availability, ConditionStatus, ContainerTemplate, DesiredState, Placement, Service,
-    ServiceMode, ServiceSpec, Task, TaskPhase, TaskSpec, TaskStatus, UpdateConfig,
+    ServiceMode, ServiceSpec, ServiceStatus, Task, TaskPhase, TaskSpec, TaskStatus, UpdateConfig,
+    UpdateState, UpdateStatus,
 };
 
 use super::*;
@@ -104,6 +105,22 @@ fn stopped(mut t: Task) -> Task {
 fn old(mut t: Task) -> Task {
     t.spec.template_hash = "old".into();
     t
+}
+
+/// `s` with a rollout of its template on record, in `state` since `started`.
+fn rolling(s: &Service, state: UpdateState, started: i64) -> Service {
+    let mut s = s.clone();
+    s.status = Some(ServiceStatus {
+        update: Some(UpdateStatus {
+            state,
+            template_hash: hash_of(&s),
+            rollback_to: None,
+            started_at: Some(Time(ts(started))),
+            message: None,
+        }),
+        ..Default::default()
+    });
+    s
 }
 
 fn host(name: &str) -> SchedHost {
@@ -398,7 +415,7 @@ fn cases() -> Vec<Case> {
     ));
     cases.push(case(
         "update: a new task that failed pauses the rollout",
-        s.clone(),
+        rolling(&s, UpdateState::Updating, 0),
         vec![
             stopped(old(task(&s, 0, 1, Shutdown, Some("h1")))),
             task(&s, 0, 2, Failed, Some("h1")),
@@ -662,6 +679,9 @@ fn health_gates_readiness() {
     assert_eq!(p.status.as_ref().and_then(|s| s.ready_replicas), Some(1));
 }
 
+#[path = "rollout_tests.rs"]
+mod rollout;
+
 // ---- a simulated world: the planner's invariants under random events ----
 
 mod sim {
@@ -678,6 +698,11 @@ mod sim {
         Phase(usize, TaskPhase),
         /// The agents and the dispatcher make progress.
         Progress,
+        /// Task at this index (mod len) restarted in place, if it runs.
+        Restart(usize),
+        /// `update.failureAction` (0 Pause, 1 Continue, 2 Rollback) and
+        /// whether the order is StartFirst.
+        Policy(u8, bool),
     }
 
     fn arb_event() -> impl Strategy<Value = Event> {
@@ -688,6 +713,8 @@ mod sim {
                 TaskPhase::Rejected, TaskPhase::Orphaned, TaskPhase::Failed, TaskPhase::Running,
             ])).prop_map(|(i, p)| Event::Phase(i, p)),
             4 => Just(Event::Progress),
+            1 => (0usize..50).prop_map(Event::Restart),
+            1 => (0u8..3, any::<bool>()).prop_map(|(a, o)| Event::Policy(a, o)),
         ]
     }
 
@@ -700,7 +727,7 @@ mod sim {
     }
 
     impl World {
-        fn apply(&mut self, p: &Plan) {
+        fn apply(&mut self, p: &Plan) -> Result<(), TestCaseError> {
             for a in &p.actions {
                 match a {
                     Action::AddServiceFinalizer | Action::RemoveServiceFinalizer => {}
@@ -729,6 +756,17 @@ mod sim {
                     } => {
                         self.next_name += 1;
                         let mut t = task(&self.svc, *n, *attempt, TaskPhase::Pending, None);
+                        if let Some(from) = &p.template_from {
+                            let src = self
+                                .tasks
+                                .iter()
+                                .find(|t| t.metadata.name.as_ref() == Some(from));
+                            prop_assert!(src.is_some(), "template from {} which is gone", from);
+                            if let Some(src) = src {
+                                t.spec.template = src.spec.template.clone();
+                            }
+                        }
+                        t.spec.template_hash = p.template_hash.clone();
                         if *rejections > 0 {
                             t.metadata
                                 .labels
@@ -745,6 +783,8 @@ mod sim {
                     } => {}
                 }
             }
+            self.svc.status.clone_from(&p.status);
+            Ok(())
         }
 
         /// Binds and starts pending tasks, stops tasks asked to stop, and
@@ -803,18 +843,34 @@ mod sim {
                     _ => None,
                 })
                 .collect();
+            let start_first = self.svc.spec.update.as_ref().and_then(|u| u.order)
+                == Some(shoal_crds::UpdateOrder::StartFirst);
             for a in &p.actions {
                 if let Action::Create {
                     slot: SlotKey::Slot(n),
                     ..
                 } = a
                 {
-                    // Never a second wanted task in a slot.
-                    let taken = wanted.iter().any(|t| {
-                        t.spec.slot == Some(*n)
-                            && !shut.contains(t.metadata.name.as_deref().unwrap_or(""))
-                    });
-                    prop_assert!(!taken, "slot {} created while it has a task", n);
+                    // Never a second wanted task in a slot; start first: one
+                    // of another template may run on beside it.
+                    let taken: Vec<&&Task> = wanted
+                        .iter()
+                        .filter(|t| {
+                            t.spec.slot == Some(*n)
+                                && !shut.contains(t.metadata.name.as_deref().unwrap_or(""))
+                        })
+                        .collect();
+                    let beside = start_first
+                        && taken.len() == 1
+                        && taken[0].spec.template_hash != p.template_hash;
+                    prop_assert!(
+                        taken.is_empty() || beside,
+                        "slot {} created while it has a task",
+                        n
+                    );
+                    if start_first {
+                        continue;
+                    }
                     // Stop first: never while an earlier task of the slot may still run.
                     let running = self.tasks.iter().any(|t| {
                         let phase = t.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
@@ -840,11 +896,14 @@ mod sim {
                 .iter()
                 .filter(|t| !shut.contains(t.metadata.name.as_deref().unwrap_or("")))
                 .count();
+            let want = usize::try_from(self.svc.spec.replicas()).unwrap_or(0);
             prop_assert!(
                 kept + creates
-                    <= usize::try_from(self.svc.spec.replicas())
-                        .unwrap_or(0)
-                        .max(kept),
+                    <= if start_first {
+                        2 * want.max(kept)
+                    } else {
+                        want.max(kept)
+                    },
                 "more tasks than replicas: {} kept + {} created",
                 kept,
                 creates
@@ -870,11 +929,31 @@ mod sim {
                         }
                     }
                     Event::Progress => w.progress(),
+                    Event::Restart(i) => {
+                        let n = w.tasks.len();
+                        if n > 0 {
+                            let st = w.tasks[i % n].status.get_or_insert_with(Default::default);
+                            if st.phase == Some(TaskPhase::Running) {
+                                st.restart_count = Some(st.restart_count.unwrap_or(0) + 1);
+                            }
+                        }
+                    }
+                    Event::Policy(action, start_first) => {
+                        w.svc.spec.update = Some(UpdateConfig {
+                            failure_action: Some([
+                                shoal_crds::FailureAction::Pause,
+                                shoal_crds::FailureAction::Continue,
+                                shoal_crds::FailureAction::Rollback,
+                            ][usize::from(action)]),
+                            order: start_first.then_some(shoal_crds::UpdateOrder::StartFirst),
+                            ..Default::default()
+                        });
+                    }
                 }
                 w.now += 1;
                 let p = w.plan();
                 w.check(&p)?;
-                w.apply(&p);
+                w.apply(&p)?;
             }
             // A calm world converges: N tasks of the current template, running,
             // in distinct slots (Failed and Succeeded ones stay as they are).
@@ -883,27 +962,43 @@ mod sim {
                 w.progress();
                 let p = w.plan();
                 w.check(&p)?;
-                w.apply(&p);
+                w.apply(&p)?;
             }
             let want = usize::try_from(w.svc.spec.replicas()).unwrap_or(0);
-            let hash = template_hash(&w.svc.spec.template, None);
+            // The template that should run: the spec's, or the one a
+            // rollback restored; a paused rollout may leave others.
+            let update = w.svc.status.as_ref().and_then(|s| s.update.clone());
+            let state = update.as_ref().map(|u| u.state);
+            let hash = match &update {
+                Some(u) if matches!(u.state, UpdateState::RolledBack | UpdateState::RollbackPaused) => {
+                    u.rollback_to.clone().unwrap_or_default()
+                }
+                _ => template_hash(&w.svc.spec.template, None),
+            };
+            prop_assert!(
+                !matches!(state, Some(UpdateState::Updating | UpdateState::RollingBack)),
+                "a calm world finishes its rollout: {:?}", update
+            );
+            let paused = matches!(state, Some(UpdateState::Paused | UpdateState::RollbackPaused));
+            let start_first = w.svc.spec.update.as_ref().and_then(|u| u.order)
+                == Some(shoal_crds::UpdateOrder::StartFirst);
             let wanted: Vec<&Task> = w.tasks.iter()
                 .filter(|t| t.spec.desired_state() == DesiredState::Running && t.metadata.deletion_timestamp.is_none())
                 .collect();
-            prop_assert_eq!(wanted.len(), want);
+            if start_first && paused {
+                // A failed new task keeps its old one beside it.
+                prop_assert!(wanted.len() >= want && wanted.len() <= 2 * want);
+            } else {
+                prop_assert_eq!(wanted.len(), want);
+            }
             let slots: BTreeSet<i32> = wanted.iter().filter_map(|t| t.spec.slot).collect();
             prop_assert_eq!(slots.len(), want);
-            // A new task that failed pauses a rollout (failureAction Pause).
-            let paused = wanted.iter().any(|t| {
-                t.spec.template_hash == hash
-                    && t.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Failed)
-            });
             for t in &wanted {
                 let phase = t.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
-                prop_assert!(paused || t.spec.template_hash == hash || phase == TaskPhase::Failed, "{:?}", t.metadata.name);
+                prop_assert!(paused || t.spec.template_hash == hash || phase == TaskPhase::Failed, "{:?} {:?}", t.metadata.name, update);
                 prop_assert!(matches!(phase, TaskPhase::Running | TaskPhase::Failed), "{:?} {:?}", t.metadata.name, phase);
             }
-            // History is bounded: at most 2 ended tasks per slot besides the current one.
+            // History is bounded: at most 2 ended tasks per slot besides the live ones.
             let mut per_slot: BTreeMap<i32, usize> = BTreeMap::new();
             for t in &w.tasks {
                 if let Some(s) = t.spec.slot {
@@ -911,7 +1006,8 @@ mod sim {
                 }
             }
             for (s, n) in per_slot {
-                prop_assert!(n <= 3, "slot {} keeps {} tasks", s, n);
+                // Start first: an old task may run beside the current one.
+                prop_assert!(n <= 3 + usize::from(start_first), "slot {} keeps {} tasks", s, n);
             }
         }
     }
