@@ -150,7 +150,10 @@ pub fn failed_rollout(conds: Option<&Vec<Condition>>) -> Option<String> {
         "RollbackPaused" => "rollback paused",
         _ => return None,
     };
-    Some(c.message.clone().unwrap_or_else(|| what.into()))
+    Some(match &c.message {
+        Some(m) => format!("{what}: {m}"),
+        None => what.into(),
+    })
 }
 
 /// Sorts tasks by service, slot (or host), then age (newest first within a slot).

@@ -491,6 +491,7 @@ mod tests {
             replicas: Some(ready),
             ready_replicas: Some(ready),
             updated_replicas: Some(ready),
+            update: None,
             conditions: Some(conditions),
         }
     }
@@ -624,8 +625,38 @@ mod tests {
         let Progress::Failed(why) = judge(Some(&s), &[], "web", 2) else {
             panic!("not failed");
         };
-        assert!(why.contains("paused (failureAction Pause)"), "{why}");
+        assert!(why.contains("update paused: 0/1 tasks up to date"), "{why}");
         assert!(matches!(judge(None, &[], "web", 1), Progress::Failed(_)));
+    }
+
+    #[test]
+    fn a_rolled_back_update_fails_even_with_every_replica_ready() {
+        for (st, reason, says) in [
+            (
+                ConditionStatus::True,
+                "RollingBack",
+                "update failed, rolling back",
+            ),
+            (ConditionStatus::False, "RolledBack", "update rolled back"),
+            (ConditionStatus::True, "RollbackPaused", "rollback paused"),
+        ] {
+            let s = svc(
+                1,
+                2,
+                status(
+                    2,
+                    1,
+                    vec![cond("Progressing", st, reason, "1 of 1 new tasks failed")],
+                ),
+            );
+            let Progress::Failed(why) = judge(Some(&s), &[], "web", 2) else {
+                panic!("{reason}: not failed");
+            };
+            assert!(
+                why.contains(&format!("{says}: 1 of 1 new tasks failed")),
+                "{why}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,288 @@
+//! Rollouts end to end against `shoal up` on a real engine: a template
+//! change with `order: StartFirst` never has fewer running containers than
+//! replicas (judged from the engine's own start/die events), `apply --wait`
+//! waits out `monitor`; a template that crashes is rolled back by
+//! `failureAction: Rollback` (the engine runs the previous template again,
+//! the crashing one nowhere), `apply --wait` fails saying so, and `describe`
+//! and `events` tell the story.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{Killed, eventually, ok, shoal};
+use shoal_tests::{Engine, RemoveClusterOnDrop, main_docker_host, shoal_up_command};
+
+const HOST: &str = "e2e-rollout";
+
+/// The service at `version`: `command` runs in its containers.
+fn service(version: &str, command: &str) -> String {
+    format!(
+        r#"apiVersion: shoal.dev/v1alpha1
+kind: Service
+metadata: {{ name: roll, namespace: default }}
+spec:
+  replicas: 3
+  template:
+    image: shoal-test/busybox:1
+    command: ["sh", "-c", "{command}"]
+    env: [{{ name: VERSION, value: "{version}" }}]
+    stopGracePeriod: 1s
+  restartPolicy: {{ condition: Always, delay: 0s, maxDelay: 1s }}
+  update:
+    parallelism: 1
+    order: StartFirst
+    failureAction: Rollback
+    monitor: 2s
+"#
+    )
+}
+
+const SERVES: &str = "trap 'exit 0' TERM; while true; do sleep 1; done";
+const CRASHES: &str = "sleep 1; exit 7";
+
+fn apply(kc: &Path, dir: &Path, yaml: &str) -> (Option<i32>, String) {
+    let file = dir.join("roll.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let o = shoal(
+        kc,
+        &[
+            "apply",
+            "-f",
+            file.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    (
+        o.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+fn docker(args: &[&str]) -> String {
+    let o = Command::new("docker")
+        .arg("-H")
+        .arg(main_docker_host())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "docker {args:?}: {o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The template hash of each running container of the service.
+fn running_hashes(cluster: &str) -> Vec<String> {
+    docker(&[
+        "ps",
+        "--filter",
+        &format!("label=shoal.dev/cluster={cluster}"),
+        "--filter",
+        "label=shoal.dev/service=roll",
+        "--format",
+        "{{.Label \"shoal.dev/template-hash\"}}",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+fn update_status(kc: &Path) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(kc, &["get", "service", "roll", "-o", "json"])).unwrap();
+    v["status"]["update"].clone()
+}
+
+/// The fewest containers of the service running at once between `since`
+/// and `until` (unix seconds), replayed from the engine's start and die
+/// events in the order the engine recorded them.
+fn fewest_running(cluster: &str, since: u64, until: u64) -> (usize, usize) {
+    let out = docker(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &until.to_string(),
+        "--filter",
+        "type=container",
+        "--filter",
+        &format!("label=shoal.dev/cluster={cluster}"),
+        "--filter",
+        "label=shoal.dev/service=roll",
+        "--format",
+        "{{json .}}",
+    ]);
+    let mut running: BTreeSet<String> = running_at_start(cluster, &out);
+    let mut fewest = running.len();
+    let mut starts = 0;
+    for line in out.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = e["id"].as_str().unwrap().to_owned();
+        match e["Action"].as_str().unwrap() {
+            "start" => {
+                starts += 1;
+                running.insert(id);
+            }
+            "die" => {
+                running.remove(&id);
+                fewest = fewest.min(running.len());
+            }
+            _ => {}
+        }
+    }
+    (fewest, starts)
+}
+
+/// Containers running when the event window opened: those running now, plus
+/// those that died in the window, minus those that started in it.
+fn running_at_start(cluster: &str, events: &str) -> BTreeSet<String> {
+    let mut now: BTreeSet<String> = docker(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=shoal.dev/cluster={cluster}"),
+        "--filter",
+        "label=shoal.dev/service=roll",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    for line in events.lines().rev() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = e["id"].as_str().unwrap().to_owned();
+        match e["Action"].as_str().unwrap() {
+            "start" => {
+                now.remove(&id);
+            }
+            "die" => {
+                now.insert(id);
+            }
+            _ => {}
+        }
+    }
+    now
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn start_first_and_rollback_on_a_real_engine() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(Engine::main()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = std::fs::File::create(tmp.path().join("up.log")).unwrap();
+    let up = shoal_up_command(
+        Path::new(env!("CARGO_BIN_EXE_shoal")),
+        &data,
+        HOST,
+        &main_docker_host(),
+    )
+    .stdout(Stdio::null())
+    .stderr(log)
+    .spawn()
+    .unwrap();
+    let kc = data.join("kubeconfig");
+    eventually("the kubeconfig", 30, || {
+        std::fs::read_to_string(&kc).is_ok_and(|s| s.contains("server:"))
+    });
+    let cluster = std::fs::read_to_string(data.join("cluster-id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    // Drop order: `shoal up` first, then its containers.
+    let _cleanup = RemoveClusterOnDrop(Some(cluster.clone()));
+    let _up = Killed(up);
+    eventually("the host to join", 30, || {
+        let o = shoal(&kc, &["host", "ls"]);
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(HOST)
+    });
+
+    let (code, out) = apply(&kc, tmp.path(), &service("v1", SERVES));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(running_hashes(&cluster).len(), 3);
+
+    // A good template change, start first: never fewer than 3 running, and
+    // --wait returns only once the new tasks stayed ready for `monitor`.
+    let since = unix_now();
+    let t0 = Instant::now();
+    let (code, out) = apply(&kc, tmp.path(), &service("v2", SERVES));
+    assert_eq!(code, Some(0), "{out}");
+    let took = t0.elapsed();
+    let u = update_status(&kc);
+    assert_eq!(u["state"], "Completed", "{u}");
+    let v2 = u["templateHash"].as_str().unwrap().to_owned();
+    assert!(took >= Duration::from_secs(2), "--wait took only {took:?}");
+    let hashes = running_hashes(&cluster);
+    assert_eq!(hashes, vec![v2.clone(); 3], "{hashes:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let (fewest, starts) = fewest_running(&cluster, since, unix_now());
+    assert_eq!(starts, 3, "three new containers");
+    assert!(fewest >= 3, "start first dropped to {fewest} running");
+
+    // A template that crashes: the first new task restarts, the rollout
+    // turns around, and the engine runs v2 again.
+    let (code, out) = apply(&kc, tmp.path(), &service("v3", CRASHES));
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.contains("rolling back") || out.contains("rolled back"),
+        "{out}"
+    );
+    eventually("the rollback to finish", 60, || {
+        update_status(&kc)["state"] == "RolledBack"
+    });
+    let u = update_status(&kc);
+    assert_eq!(u["rollbackTo"], v2.as_str(), "{u}");
+    assert!(u["message"].as_str().unwrap().contains("restarted"), "{u}");
+    eventually("only v2 containers running", 30, || {
+        running_hashes(&cluster) == vec![v2.clone(); 3]
+    });
+    // And it stays that way: the spec's crashing template is not retried.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(running_hashes(&cluster), vec![v2.clone(); 3]);
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&kc, &["get", "service", "roll", "-o", "json"])).unwrap();
+    assert_eq!(
+        v["spec"]["template"]["env"][0]["value"], "v3",
+        "the spec is the user's"
+    );
+
+    let d = ok(&kc, &["describe", "service", "roll"]);
+    assert!(d.contains("RolledBack (template"), "{d}");
+    let ev = ok(&kc, &["events"]);
+    for reason in [
+        "UpdateStarted",
+        "UpdateCompleted",
+        "RollbackStarted",
+        "RolledBack",
+    ] {
+        assert!(ev.contains(reason), "no {reason} in\n{ev}");
+    }
+
+    // A new template rolls out again.
+    let (code, out) = apply(&kc, tmp.path(), &service("v4", SERVES));
+    assert_eq!(code, Some(0), "{out}");
+    let u = update_status(&kc);
+    assert_eq!(u["state"], "Completed", "{u}");
+    assert_eq!(
+        running_hashes(&cluster),
+        vec![u["templateHash"].as_str().unwrap().to_owned(); 3]
+    );
+}
