@@ -1,4 +1,4 @@
-//! Time until 50 replicas run on a fresh engine: Shoal (`shoal up` + kubectl apply) vs Docker Swarm mode vs Docker Compose.
+//! Time until 50 replicas run on a fresh engine: Shoal (`shoal up` + kubectl apply) vs Docker Swarm mode vs Docker Compose, beside the engine's own floor.
 //!
 //! Starts a fresh extra engine (`scripts/test-env host start conv-PID-N`, its own network
 //! namespace, stopped at the end) and runs the same workload on it with each system: 50
@@ -24,21 +24,37 @@
 //!   figure is `unavailable` if that fails); the clock starts and
 //!   `docker-compose -p convbench up -d --scale conv=50` runs. Counted: label
 //!   `com.docker.compose.project=convbench`. Afterwards `docker-compose down -t 1`.
+//! - Engine floor (`engine_floor_50_ms`): no orchestrator at all. The clock starts and
+//!   this process creates and starts the 50 containers itself, straight through the
+//!   Engine API (the same client as the other systems' polling), 8 create+start pairs in
+//!   flight, `NetworkMode: none`, no name, restart policy `no`. Counted: label
+//!   `shoal.dev/bench=engine-floor`. Afterwards they are force-removed.
+//! - Engine floor with a namespace network (`engine_floor_netns_50_ms`): the same, each
+//!   container on a user-defined bridge network (`shoal-convfloor`, created before the
+//!   clock starts, like Shoal's per-namespace `shoal-<namespace>`) with the DNS alias
+//!   `conv`, so it pays for Docker's embedded DNS as Shoal's and Compose's containers do.
+//!   Counted: label `shoal.dev/bench=engine-floor-netns`; the network is removed after.
 //!
-//! Every system is timed the same way: from just before its command is spawned until one
-//! polling function, listing the engine's running containers with the system's label every
-//! 50 ms, counts 50. Each run also reports (stderr) the CPU time the engine's process tree
-//! (dockerd, containerd, shims) and `shoal up` used meanwhile, and the engine's own
-//! timeline (its container `create`/`start` events relative to the start). The systems take turns (Shoal, Swarm, Compose, then again), so load
-//! from elsewhere on the machine spreads over all three; every run starts from zero
-//! containers. Median of `SHOAL_BENCH_RUNS` runs each (default 3).
+//! Every system is timed the same way: from just before its command is spawned (for the
+//! floors: its first request) until one polling function, listing the engine's running
+//! containers with the system's label every 50 ms, counts 50. Each run also reports
+//! (stderr) the CPU time the engine's process tree (dockerd, containerd, shims) and
+//! `shoal up` used meanwhile, and the engine's own timeline (its container
+//! `create`/`start` events relative to the start). The systems take turns (Shoal, Swarm,
+//! Swarm with an overlay, Compose, the two floors, then again), so load from elsewhere on
+//! the machine spreads over all of them; every run starts from zero containers. Median of
+//! `SHOAL_BENCH_RUNS` runs each (default 3).
+//!
+//! The floors bound what any orchestrator can reach on this engine: `swarm_vs_floor` and
+//! `swarm_vs_floor_netns` (Swarm's median over each floor's) below 1.5 mean that being
+//! 1.5× faster than Swarm would take less time than the engine alone needs.
 //!
 //! The `shoal` binary is built first (`cargo build --release -p shoal-cli`, into the
 //! directory holding this executable) unless `SHOAL_BIN` names one. Logs of every run
 //! (`shoal up`'s stderr, the commands' output) go to `converge-logs/` beside this
-//! executable. Prints `swarm_converge_50_ms`, `swarm_overlay_converge_50_ms`,
-//! `compose_converge_50_ms` and, last,
-//! `converge_50_ms`.
+//! executable. Prints `engine_floor_50_ms`, `engine_floor_netns_50_ms`, `converge_runs`,
+//! `swarm_converge_50_ms`, `swarm_overlay_converge_50_ms`, `compose_converge_50_ms`,
+//! `swarm_vs_floor`, `swarm_vs_floor_netns` and, last, `converge_50_ms`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -48,6 +64,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+    RestartPolicy, RestartPolicyNameEnum,
+};
+use futures::TryStreamExt;
 use shoal_bench::{
     SLEEP_SHELL, ShoalUp, clear, finish, list_ms, loadavg, logs_dir, median, ms, run_logged,
     runs_from_env, shoal_bin, sleep_service_yaml, spawn_logged, wait_running,
@@ -61,6 +82,14 @@ const SHOAL_HOST_NAME: &str = "conv-bench";
 const SWARM_SERVICE: &str = "conv";
 const SWARM_NETWORK: &str = "convnet";
 const COMPOSE_PROJECT: &str = "convbench";
+/// The label key of the engine floors' containers and network (value: the floor's tag).
+const FLOOR_LABEL: &str = "shoal.dev/bench";
+/// The floor's namespace network, named like Shoal's `shoal-<namespace>`.
+const FLOOR_NETWORK: &str = "shoal-convfloor";
+/// The floor's DNS alias on that network (Shoal gives each task its service's name).
+const FLOOR_ALIAS: &str = "conv";
+/// Create+start pairs the floor keeps in flight.
+const FLOOR_CONCURRENCY: usize = 8;
 
 /// The time since `t0` until the engine runs 50 containers with `label`: the one polling
 /// function every system is measured with (every 50 ms).
@@ -556,6 +585,102 @@ async fn compose_run(
     Ok(d)
 }
 
+/// The floor's container: the test image running [`SLEEP_SHELL`], 1 s stop grace, restart
+/// policy `no`, labelled `labels`; on [`FLOOR_NETWORK`] with alias [`FLOOR_ALIAS`] when
+/// `netns`, else `NetworkMode: none`.
+fn floor_container(labels: &HashMap<String, String>, netns: bool) -> ContainerCreateBody {
+    let (network_mode, networking_config) = if netns {
+        let endpoint = EndpointSettings {
+            aliases: Some(vec![FLOOR_ALIAS.to_string()]),
+            ..Default::default()
+        };
+        (
+            FLOOR_NETWORK.to_string(),
+            Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(FLOOR_NETWORK.to_string(), endpoint)])),
+            }),
+        )
+    } else {
+        ("none".to_string(), None)
+    };
+    ContainerCreateBody {
+        image: Some(TEST_IMAGE.to_string()),
+        cmd: Some(vec!["sh".into(), "-c".into(), SLEEP_SHELL.into()]),
+        labels: Some(labels.clone()),
+        stop_timeout: Some(1),
+        host_config: Some(HostConfig {
+            network_mode: Some(network_mode),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        }),
+        networking_config,
+        ..Default::default()
+    }
+}
+
+/// One engine-floor run: the 50 containers created and started by this process straight
+/// through the Engine API, [`FLOOR_CONCURRENCY`] create+start pairs in flight, timed from
+/// the first request to 50 running; then force-removed. With `netns` they join
+/// [`FLOOR_NETWORK`] (created before the clock starts, removed after).
+async fn floor_run(host: &Host, docker: &Docker, run: usize, netns: bool) -> Result<Duration> {
+    let tag = if netns {
+        "engine-floor-netns"
+    } else {
+        "engine-floor"
+    };
+    let label = format!("{FLOOR_LABEL}={tag}");
+    let labels = HashMap::from([(FLOOR_LABEL.to_string(), tag.to_string())]);
+    if netns {
+        docker
+            .create_network(NetworkCreateRequest {
+                name: FLOOR_NETWORK.to_string(),
+                driver: Some("bridge".into()),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("creating network {FLOOR_NETWORK}"))?;
+    }
+    let body = floor_container(&labels, netns);
+    let measured = async {
+        let mut timeline = Timeline::start(docker, &label).await;
+        let cpu = CpuMeter::start(engine_pid(host), None);
+        timeline.mark();
+        let t0 = Instant::now();
+        let started = futures::stream::iter((0..REPLICAS).map(Ok::<usize, anyhow::Error>))
+            .try_for_each_concurrent(FLOOR_CONCURRENCY, |i| {
+                let body = body.clone();
+                async move {
+                    let created = docker
+                        .create_container(None, body)
+                        .await
+                        .with_context(|| format!("creating container {i}"))?;
+                    docker
+                        .start_container(&created.id, None)
+                        .await
+                        .with_context(|| format!("starting container {i}"))
+                }
+            });
+        let ((), d) = tokio::try_join!(started, converged(docker, &label, t0))?;
+        eprintln!(
+            "  {tag} run {run}: 50 running {:.0} ms after the first create ({})",
+            ms(d),
+            cpu.report()
+        );
+        eprintln!("    {}", timeline.report().await);
+        Ok::<Duration, anyhow::Error>(d)
+    }
+    .await;
+    // Force-removes the containers (and, with `netns`, the network: it carries the label).
+    let cleared = clear(docker, &label, 0, netns).await;
+    let d = measured?;
+    cleared?;
+    Ok(d)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let runs = runs_from_env(3)?;
@@ -588,6 +713,8 @@ async fn main() -> Result<()> {
     let mut swarm = Vec::new();
     let mut swarm_overlay = Vec::new();
     let mut comp = Vec::new();
+    let mut floor = Vec::new();
+    let mut floor_netns = Vec::new();
     let mut failure = None;
     for run in 1..=runs {
         match shoal_run(&bin, &host, &docker, &logs, run).await {
@@ -620,6 +747,22 @@ async fn main() -> Result<()> {
                 }
             }
         }
+        // The floors last in each round: a fresh engine's first starts fall on Shoal, as
+        // before the floors were measured, not on the bound.
+        match floor_run(&host, &docker, run, false).await {
+            Ok(d) => floor.push(ms(d)),
+            Err(e) => {
+                failure = Some(e.context(format!("engine-floor run {run}")));
+                break;
+            }
+        }
+        match floor_run(&host, &docker, run, true).await {
+            Ok(d) => floor_netns.push(ms(d)),
+            Err(e) => {
+                failure = Some(e.context(format!("engine-floor-netns run {run}")));
+                break;
+            }
+        }
     }
     eprintln!(
         "measured in {:.0} s; load average now {}",
@@ -637,7 +780,12 @@ async fn main() -> Result<()> {
     eprintln!("swarm runs (ms):   {}", list_ms(&swarm));
     eprintln!("swarm overlay runs (ms): {}", list_ms(&swarm_overlay));
     eprintln!("compose runs (ms): {}", list_ms(&comp));
+    eprintln!("engine floor runs (ms): {}", list_ms(&floor));
+    eprintln!("engine floor netns runs (ms): {}", list_ms(&floor_netns));
     let (s, w) = (median(shoal), median(swarm));
+    let (f, fnet) = (median(floor), median(floor_netns));
+    println!("engine_floor_50_ms: {f:.0}");
+    println!("engine_floor_netns_50_ms: {fnet:.0}");
     println!("converge_runs: {runs}");
     println!("swarm_converge_50_ms: {w:.0}");
     if swarm_overlay.len() == runs {
@@ -662,6 +810,16 @@ async fn main() -> Result<()> {
         println!("compose_converge_50_ms: unavailable");
         eprintln!("shoal vs swarm: {:.2}x faster", w / s);
     }
+    println!("swarm_vs_floor: {:.2}", w / f);
+    println!("swarm_vs_floor_netns: {:.2}", w / fnet);
+    let target = w / 1.5;
+    let side = |floor: f64| if target < floor { "below" } else { "above" };
+    eprintln!(
+        "1.5x faster than swarm = {target:.0} ms: {} the engine floor ({f:.0} ms), {} the floor with a namespace network ({fnet:.0} ms); shoal takes {:.2}x the latter",
+        side(f),
+        side(fnet),
+        s / fnet
+    );
     println!("converge_50_ms: {s:.0}");
     Ok(())
 }
