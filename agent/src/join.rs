@@ -115,6 +115,20 @@ impl Credentials {
         }))
     }
 
+    /// Deletes the credentials kept in `dir` (revoked: the host must join
+    /// again); missing files are fine.
+    pub fn forget(dir: &Path) -> Result<(), JoinError> {
+        for f in Self::FILES {
+            let path = dir.join(f);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(JoinError::Io { path, source }),
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps the credentials in `dir` (created if missing; files readable
     /// by their owner only, each replaced atomically).
     pub fn save(&self, dir: &Path) -> Result<(), JoinError> {

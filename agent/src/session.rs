@@ -116,13 +116,17 @@ pub enum SessionError {
 /// Runs sessions until shutdown, publishing assignments on `assigned` (the
 /// reconciler's input) and sending the reconciler's status changes that
 /// arrive on `reports`. The control plane must be of cluster `cluster_id`.
+///
+/// Returns `None` at shutdown, or why the control plane refused this host's
+/// certificate for good (the host was removed from the cluster, or joined
+/// again elsewhere): retrying cannot help, the host must join again.
 pub async fn run(
     cfg: SessionConfig,
     assigned: watch::Sender<Option<Assignments>>,
     mut reports: mpsc::UnboundedReceiver<StatusUpdate>,
     logs: Arc<dyn LogSource>,
     shutdown: CancellationToken,
-) {
+) -> Option<String> {
     // Latest status per task, re-sent on every new session so the control
     // plane is current after a reconnect.
     let mut latest: HashMap<String, StatusUpdate> = HashMap::new();
@@ -141,7 +145,7 @@ pub async fn run(
         if !immediate {
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return None,
             }
             backoff = (backoff * 2).min(cfg.max_backoff);
         }
@@ -157,10 +161,19 @@ pub async fn run(
         )
         .await;
         if shutdown.is_cancelled() {
-            return;
+            return None;
         }
         match res {
             Ok(()) => tracing::info!("session closed by the control plane"),
+            Err(SessionError::Stream(s))
+                if cfg.tls.is_some() && s.code() == tonic::Code::PermissionDenied =>
+            {
+                tracing::error!(why = %s.message(), "the control plane refused this host");
+                // No longer of the cluster: its replicas run elsewhere, so
+                // its containers go (a complete, empty assignment set).
+                assigned.send_replace(Some(Arc::new(Vec::new())));
+                return Some(s.message().to_owned());
+            }
             Err(e) => tracing::warn!(error = %e, "session ended"),
         }
         // A session that lived a while resets the backoff and earns an

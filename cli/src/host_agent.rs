@@ -140,13 +140,22 @@ pub struct AgentSettings {
     pub tls: Option<shoal_agent::join::Credentials>,
 }
 
+/// The agent's two tasks.
+pub struct AgentTasks {
+    /// The reconciler; ends at `stop`.
+    pub reconciler: JoinHandle<()>,
+    /// The session; ends at `stop` (`None`), or when the control plane
+    /// refused this host for good (why), once its containers are gone.
+    pub session: JoinHandle<Option<String>>,
+}
+
 /// Starts the reconciler and the session; both stop when `stop` is
 /// cancelled. Containers keep running.
 pub fn start(
     host: EngineHost,
     settings: AgentSettings,
     stop: CancellationToken,
-) -> anyhow::Result<[JoinHandle<()>; 2]> {
+) -> anyhow::Result<AgentTasks> {
     if let Some(e) = shoal_crds::labels::dns_subdomain_error(&settings.host_name) {
         anyhow::bail!("host name {:?}: {e}", settings.host_name);
     }
@@ -172,22 +181,42 @@ pub fn start(
             .instrument(tracing::info_span!("agent", host = %host_name)),
     );
     let logs = Arc::new(EngineLogs {
-        engine,
+        engine: engine.clone(),
         cluster_id: settings.cluster_id.clone(),
     });
+    let cluster = settings.cluster_id.clone();
     let session_task = tokio::spawn(
-        shoal_agent::session::run(
-            SessionConfig {
-                engine_state: Some(engine_state),
-                tls: settings.tls,
-                ..SessionConfig::new(settings.dispatcher_url, settings.cluster_id, info)
-            },
-            assigned_tx,
-            status_rx,
-            logs,
-            stop,
-        )
+        async move {
+            let refused = shoal_agent::session::run(
+                SessionConfig {
+                    engine_state: Some(engine_state),
+                    tls: settings.tls,
+                    ..SessionConfig::new(settings.dispatcher_url, settings.cluster_id, info)
+                },
+                assigned_tx,
+                status_rx,
+                logs,
+                stop.clone(),
+            )
+            .await?;
+            // The reconciler removes the cluster's containers: wait for it.
+            let label = [(shoal_agent::labels::CLUSTER.to_string(), cluster)];
+            for _ in 0..150 {
+                match engine.list(&label).await {
+                    Ok(l) if l.is_empty() => break,
+                    _ => {}
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                    () = stop.cancelled() => break,
+                }
+            }
+            Some(refused)
+        }
         .instrument(tracing::info_span!("agent-session", host = %host_name)),
     );
-    Ok([reconciler_task, session_task])
+    Ok(AgentTasks {
+        reconciler: reconciler_task,
+        session: session_task,
+    })
 }

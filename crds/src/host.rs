@@ -77,6 +77,15 @@ pub enum Availability {
     Drain,
 }
 
+/// Annotation on a Host joined over mutual TLS: the SHA-256 (hex) of the
+/// one certificate that speaks for it, written when it joins. Deleting the
+/// Host revokes that certificate; joining again replaces it.
+pub const CERTIFICATE_ANNOTATION: &str = "shoal.dev/certificate-sha256";
+
+/// Annotation on a Host once its agent's `--label`s were applied (at its
+/// first session): from then on the labels are the users'.
+pub const AGENT_LABELS_ANNOTATION: &str = "shoal.dev/agent-labels-applied";
+
 /// CPU and memory of a host.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct HostResources {

@@ -21,7 +21,10 @@ pub mod template;
 pub mod validate;
 
 pub use condition::{Condition, ConditionStatus};
-pub use host::{Availability, Host, HostResources, HostSpec, HostStatus};
+pub use host::{
+    AGENT_LABELS_ANNOTATION, Availability, CERTIFICATE_ANNOTATION, Host, HostResources, HostSpec,
+    HostStatus,
+};
 pub use quantity::{ByteQuantity, CpuQuantity, DurationValue, QuantityError};
 pub use service::{
     FailureAction, HostLossPolicy, Placement, Service, ServiceMode, ServiceSpec, ServiceStatus,

@@ -4,8 +4,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use shoal_crds::{
-    ByteQuantity, Condition, ConditionStatus, CpuQuantity, Host, HostResources, HostSpec,
-    HostStatus, Task, TaskPhase,
+    AGENT_LABELS_ANNOTATION, ByteQuantity, CERTIFICATE_ANNOTATION, Condition, ConditionStatus,
+    CpuQuantity, Host, HostResources, HostSpec, HostStatus, Task, TaskPhase,
 };
 use shoal_proto::Hello;
 use shoal_store::{ClusterStore, ListOptions, StoreError, typed};
@@ -48,25 +48,24 @@ pub async fn register(
     address: Option<String>,
 ) -> Result<Host, DispatchError> {
     let name = hello.host_name.as_str();
-    let existing = typed::get::<Host>(store, None, name).await?;
-    let mut host =
-        match existing {
-            Some(h) => h,
-            None => {
-                let mut h = Host::new(name, HostSpec::default());
-                if !hello.labels.is_empty() {
-                    h.metadata.labels = Some(hello.labels.clone());
-                }
-                match typed::create(store, &h).await {
-                    Ok(h) => h,
-                    // Another session of the same host won the race: use its object.
-                    Err(StoreError::AlreadyExists(_)) => typed::get::<Host>(store, None, name)
-                        .await?
-                        .ok_or_else(|| DispatchError::Store(StoreError::NotFound(name.into())))?,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
+    let mut host = get_or_create(store, name).await?;
+    // The agent's `--label`s seed the labels once (a host that joined over
+    // TLS was created at its join, before any hello); then they are the
+    // users'.
+    let annotations = host
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    if !annotations.contains_key(AGENT_LABELS_ANNOTATION) {
+        annotations.insert(AGENT_LABELS_ANNOTATION.into(), "true".into());
+        if !hello.labels.is_empty() {
+            host.metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .extend(hello.labels.clone());
+        }
+        host = typed::update(store, &host).await?;
+    }
     let resources = hello.capacity.as_ref().map(|c| HostResources {
         cpu: Some(CpuQuantity::new(format!("{}m", c.cpu_millicores))),
         memory: Some(ByteQuantity::new(c.memory_bytes.to_string())),
@@ -93,6 +92,109 @@ pub async fn register(
 
 /// Marks a host NotReady and its live tasks `Orphaned`, so the orchestrator
 /// replaces them. Returns how many tasks were orphaned.
+/// The Host named `name`, created (bare) if missing: another session of the
+/// same host may win the race, then its object is used.
+async fn get_or_create(store: &dyn ClusterStore, name: &str) -> Result<Host, DispatchError> {
+    if let Some(h) = typed::get::<Host>(store, None, name).await? {
+        return Ok(h);
+    }
+    match typed::create(store, &Host::new(name, HostSpec::default())).await {
+        Ok(h) => Ok(h),
+        Err(StoreError::AlreadyExists(_)) => typed::get::<Host>(store, None, name)
+            .await?
+            .ok_or_else(|| DispatchError::Store(StoreError::NotFound(name.into()))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records that the certificate with SHA-256 `fingerprint` (hex) speaks for
+/// host `name` from now on (its join), creating the Host if needed; an
+/// earlier certificate of the host stops working.
+pub async fn enroll(
+    store: &dyn ClusterStore,
+    name: &str,
+    fingerprint: &str,
+) -> Result<(), DispatchError> {
+    for _ in 0..5 {
+        let mut host = get_or_create(store, name).await?;
+        host.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(CERTIFICATE_ANNOTATION.into(), fingerprint.into());
+        match typed::update(store, &host).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(DispatchError::Store(StoreError::Unavailable(format!(
+        "host {name} kept changing while it joined"
+    ))))
+}
+
+/// Whether the certificate with SHA-256 `fingerprint` (hex) still speaks
+/// for host `name`: `Err` says why not. A host that joined before hosts
+/// recorded their certificate adopts the one it presents.
+pub async fn admit(
+    store: &dyn ClusterStore,
+    name: &str,
+    fingerprint: &str,
+) -> Result<Result<(), String>, DispatchError> {
+    let Some(mut host) = typed::get::<Host>(store, None, name).await? else {
+        return Ok(Err(format!(
+            "host {name:?} is not in the cluster (removed with `shoal host rm`?), so its certificate no longer admits it; join again with a join token"
+        )));
+    };
+    let annotations = host
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    match annotations.get(CERTIFICATE_ANNOTATION) {
+        Some(f) if f == fingerprint => Ok(Ok(())),
+        Some(_) => Ok(Err(format!(
+            "host {name:?} joined again since this certificate was issued, so it no longer admits it; join again with a join token"
+        ))),
+        None => {
+            annotations.insert(CERTIFICATE_ANNOTATION.into(), fingerprint.into());
+            typed::update(store, &host).await?;
+            Ok(Ok(()))
+        }
+    }
+}
+
+/// Marks the live tasks bound to host `name` `Orphaned` (reason `reason`,
+/// `message`) so the orchestrator replaces them and their finalizers can
+/// go; returns how many.
+pub async fn orphan_tasks(
+    store: &dyn ClusterStore,
+    name: &str,
+    reason: &str,
+    message: &str,
+) -> Result<usize, DispatchError> {
+    let (tasks, _) = typed::list::<Task>(store, &ListOptions::default()).await?;
+    let mut orphaned = 0;
+    for mut t in tasks
+        .into_iter()
+        .filter(|t| t.spec.host_name.as_deref() == Some(name))
+    {
+        let status = t.status.get_or_insert_with(Default::default);
+        if status.phase.is_some_and(TaskPhase::is_terminal) {
+            continue;
+        }
+        status.phase = Some(TaskPhase::Orphaned);
+        status.reason = Some(reason.into());
+        status.message = Some(message.into());
+        status.last_transition_time = Some(now());
+        t.metadata.resource_version = None;
+        match typed::update_status(store, &t).await {
+            Ok(_) => orphaned += 1,
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(orphaned)
+}
+
 pub async fn mark_lost(
     store: &dyn ClusterStore,
     name: &str,
@@ -108,26 +210,11 @@ pub async fn mark_lost(
         host.metadata.resource_version = None;
         typed::update_status(store, &host).await?;
     }
-    let (tasks, _) = typed::list::<Task>(store, &ListOptions::default()).await?;
-    let mut orphaned = 0;
-    for mut t in tasks
-        .into_iter()
-        .filter(|t| t.spec.host_name.as_deref() == Some(name))
-    {
-        let status = t.status.get_or_insert_with(Default::default);
-        if status.phase.is_some_and(TaskPhase::is_terminal) {
-            continue;
-        }
-        status.phase = Some(TaskPhase::Orphaned);
-        status.reason = Some("HostLost".into());
-        status.message = Some(format!("host {name} was lost ({reason})"));
-        status.last_transition_time = Some(now());
-        t.metadata.resource_version = None;
-        match typed::update_status(store, &t).await {
-            Ok(_) => orphaned += 1,
-            Err(StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(orphaned)
+    orphan_tasks(
+        store,
+        name,
+        "HostLost",
+        &format!("host {name} was lost ({reason})"),
+    )
+    .await
 }

@@ -83,6 +83,8 @@ type ControlTx = mpsc::Sender<Result<ControlMessage, tonic::Status>>;
 struct SessionSlot {
     id: u64,
     tx: ControlTx,
+    /// Ends the session from the control plane's side (the host was removed).
+    end: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -218,6 +220,10 @@ impl Dispatcher {
         loops.spawn(
             async move { me.release_loop().await }.instrument(tracing::info_span!("task-release")),
         );
+        let me = self.clone();
+        loops.spawn(
+            async move { me.removal_loop().await }.instrument(tracing::info_span!("host-removal")),
+        );
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let res = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -319,10 +325,116 @@ impl Dispatcher {
         }
     }
 
+    /// Whether host `name` has a session open now.
+    pub(crate) fn connected(&self, name: &str) -> bool {
+        self.shared().hosts.get(name).is_some_and(|h| {
+            h.session.is_some() && !matches!(h.entry.link, Link::Disconnected { .. })
+        })
+    }
+
     /// Watches tasks and releases the finalizer of those marked for deletion
     /// whose container is gone (the status writer does it too, as reports
     /// arrive; this catches tasks marked after their last report).
     async fn release_loop(&self) {
+        let store = self.inner.store.clone();
+        self.watch_loop(Kind::Task, |ev| {
+            let store = store.clone();
+            async move {
+                match ev {
+                    Seen::Listed(v) | Seen::Changed(v) => {
+                        if let Ok(t) = typed::from_value::<Task>(v) {
+                            status::release_if_gone(store.as_ref(), t).await?;
+                        }
+                        Ok(())
+                    }
+                    Seen::Deleted(_) | Seen::ListDone(_) => Ok(()),
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Watches hosts: a deleted Host (`shoal host rm`) loses its session at
+    /// once (its certificate no longer admits it, see `hosts::admit`) and its
+    /// live tasks become `Orphaned`, so they are replaced and their Task
+    /// objects can go; tasks bound to a host that is gone while the
+    /// dispatcher was down are orphaned the same way.
+    async fn removal_loop(&self) {
+        let me = self.clone();
+        self.watch_loop(Kind::Host, |ev| {
+            let me = me.clone();
+            async move {
+                match ev {
+                    Seen::Deleted(v) => {
+                        if let Ok(h) = typed::from_value::<Host>(v) {
+                            me.host_removed(h.metadata.name.as_deref().unwrap_or_default())
+                                .await?;
+                        }
+                    }
+                    Seen::ListDone(present) => {
+                        let (tasks, _) =
+                            typed::list::<Task>(me.inner.store.as_ref(), &ListOptions::default())
+                                .await?;
+                        let gone: std::collections::BTreeSet<String> = tasks
+                            .iter()
+                            .filter(|t| {
+                                !t.status
+                                    .as_ref()
+                                    .and_then(|s| s.phase)
+                                    .is_some_and(shoal_crds::TaskPhase::is_terminal)
+                            })
+                            .filter_map(|t| t.spec.host_name.clone())
+                            .filter(|h| !present.contains(h))
+                            .collect();
+                        for h in gone {
+                            // Looked up again: it may have joined since the list.
+                            if typed::get::<Host>(me.inner.store.as_ref(), None, &h)
+                                .await?
+                                .is_none()
+                            {
+                                me.host_removed(&h).await?;
+                            }
+                        }
+                    }
+                    Seen::Listed(_) | Seen::Changed(_) => {}
+                }
+                Ok(())
+            }
+        })
+        .await;
+    }
+
+    async fn host_removed(&self, name: &str) -> Result<(), StoreError> {
+        let had_session = match self.shared().hosts.remove(name).and_then(|h| h.session) {
+            Some(s) => {
+                s.end.cancel();
+                true
+            }
+            None => false,
+        };
+        let n = hosts::orphan_tasks(
+            self.inner.store.as_ref(),
+            name,
+            "HostRemoved",
+            &format!("host {name} was removed from the cluster"),
+        )
+        .await
+        .map_err(|e| match e {
+            DispatchError::Store(e) => e,
+            other => StoreError::Unavailable(other.to_string()),
+        })?;
+        tracing::warn!(host = %name, orphaned = n, session_closed = had_session, "host removed");
+        Ok(())
+    }
+
+    /// Lists `kind` (each object, then the names seen), then follows its
+    /// watch, handing everything to `on`; on a store error it starts over
+    /// with backoff, until shutdown.
+    async fn watch_loop<F, Fut>(&self, kind: Kind, mut on: F)
+    where
+        F: FnMut(Seen) -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
         let store = self.inner.store.clone();
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -330,14 +442,17 @@ impl Dispatcher {
                 return;
             }
             let res = async {
-                let list = store.list(Kind::Task, &ListOptions::default()).await?;
+                let list = store.list(kind, &ListOptions::default()).await?;
+                let mut names = std::collections::BTreeSet::new();
                 for v in list.items {
-                    if let Ok(t) = typed::from_value::<Task>(v) {
-                        status::release_if_gone(store.as_ref(), t).await?;
+                    if let Some(n) = v.pointer("/metadata/name").and_then(|n| n.as_str()) {
+                        names.insert(n.to_owned());
                     }
+                    on(Seen::Listed(v)).await?;
                 }
+                on(Seen::ListDone(names)).await?;
                 let mut w = store
-                    .watch(Kind::Task, list.revision, &ListOptions::default())
+                    .watch(kind, list.revision, &ListOptions::default())
                     .await?;
                 loop {
                     let ev = tokio::select! {
@@ -346,13 +461,12 @@ impl Dispatcher {
                     };
                     match ev {
                         Some(Ok(WatchEvent::Modified(v) | WatchEvent::Added(v))) => {
-                            if let Ok(t) = typed::from_value::<Task>(v) {
-                                status::release_if_gone(store.as_ref(), t).await?;
-                            }
+                            on(Seen::Changed(v)).await?;
                         }
+                        Some(Ok(WatchEvent::Deleted(v))) => on(Seen::Deleted(v)).await?,
                         Some(Ok(_)) => {}
                         Some(Err(e)) => return Err(e),
-                        None => return Err(StoreError::Unavailable("task watch ended".into())),
+                        None => return Err(StoreError::Unavailable("watch ended".into())),
                     }
                 }
             }
@@ -360,7 +474,7 @@ impl Dispatcher {
             match res {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::debug!(error = %e, "task release watch restarts");
+                    tracing::debug!(error = %e, ?kind, "watch restarts");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
                         () = self.inner.shutdown.cancelled() => return,
@@ -370,4 +484,16 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// What [`Dispatcher::watch_loop`] saw.
+enum Seen {
+    /// An object of the initial list.
+    Listed(serde_json::Value),
+    /// The names of the initial list, after its objects.
+    ListDone(std::collections::BTreeSet<String>),
+    /// Added or modified since.
+    Changed(serde_json::Value),
+    /// Deleted since (its last state).
+    Deleted(serde_json::Value),
 }

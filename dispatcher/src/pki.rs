@@ -85,7 +85,7 @@ fn random_hex(bytes: usize) -> Result<String, PkiError> {
 
 fn pem_to_der(pem_str: &str) -> Result<Vec<u8>, PkiError> {
     let p = x509_parser::pem::parse_x509_pem(pem_str.as_bytes())
-        .map_err(|e| PkiError::Crypto(format!("reading the CA certificate: {e}")))?;
+        .map_err(|e| PkiError::Crypto(format!("reading a PEM certificate: {e}")))?;
     Ok(p.1.contents)
 }
 
@@ -248,6 +248,17 @@ impl ClusterPki {
             ca_pem: self.ca_pem.clone(),
         })
     }
+}
+
+/// The SHA-256 (hex) of a certificate, as the Host's
+/// [`shoal_crds::CERTIFICATE_ANNOTATION`] records it.
+pub fn fingerprint(cert_der: &[u8]) -> String {
+    hex(&shoal_proto::join::ca_fingerprint(cert_der))
+}
+
+/// [`fingerprint`] of a PEM certificate.
+pub fn fingerprint_pem(cert_pem: &str) -> Result<String, PkiError> {
+    Ok(fingerprint(&pem_to_der(cert_pem)?))
 }
 
 /// The host a client certificate was issued for (its common name). The TLS

@@ -38,8 +38,9 @@ pub struct Service {
 
 impl Service {
     /// The host a call comes from, when it must prove it: `Ok(None)` on the
-    /// loopback listener (no TLS), the certificate's host on the TLS one.
-    fn caller<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+    /// loopback listener (no TLS); on the TLS one the certificate's host and
+    /// the certificate's fingerprint.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Option<(String, String)>, Status> {
         if self.pki.is_none() {
             return Ok(None);
         }
@@ -48,11 +49,12 @@ impl Service {
                 "no client certificate: join the cluster first (shoal agent --join-token)",
             )
         })?;
-        let host = certs
+        let cert = certs
             .first()
-            .and_then(|c| crate::pki::host_of(c.as_ref()))
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let host = crate::pki::host_of(cert.as_ref())
             .ok_or_else(|| Status::unauthenticated("the client certificate names no host"))?;
-        Ok(Some(host))
+        Ok(Some((host, crate::pki::fingerprint(cert.as_ref()))))
     }
 }
 
@@ -82,19 +84,29 @@ impl shoal_proto::Dispatcher for Service {
         if let Some(e) = shoal_crds::labels::dns_subdomain_error(&hello.host_name) {
             return Err(Status::invalid_argument(format!("host name: {e}")));
         }
-        if let Some(host) = certified
-            && host != hello.host_name
-        {
-            return Err(Status::permission_denied(format!(
-                "this certificate is host {host:?}'s, not {:?}'s",
-                hello.host_name
-            )));
-        }
         let d = self.d.clone();
+        if let Some((host, fingerprint)) = certified {
+            if host != hello.host_name {
+                return Err(Status::permission_denied(format!(
+                    "this certificate is host {host:?}'s, not {:?}'s",
+                    hello.host_name
+                )));
+            }
+            // Removing the Host, or joining it again, revokes the certificate.
+            match hosts::admit(d.inner.store.as_ref(), &host, &fingerprint).await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => {
+                    tracing::warn!(%host, "session refused: {why}");
+                    return Err(Status::permission_denied(why));
+                }
+                Err(e) => return Err(Status::unavailable(format!("cannot check the host: {e}"))),
+            }
+        }
         hosts::register(d.inner.store.as_ref(), &hello, address)
             .await
             .map_err(|e| Status::unavailable(format!("cannot register host: {e}")))?;
         let (tx, rx) = mpsc::channel(CONTROL_BUFFER);
+        let end = d.inner.shutdown.child_token();
         let session_id = {
             let mut sh = d.shared();
             sh.next_id += 1;
@@ -119,7 +131,11 @@ impl shoal_proto::Dispatcher for Service {
             };
             // A newer session replaces an older one of the same host: dropping
             // the old sender ends the old outbound stream.
-            state.session = Some(SessionSlot { id, tx: tx.clone() });
+            state.session = Some(SessionSlot {
+                id,
+                tx: tx.clone(),
+                end: end.clone(),
+            });
             id
         };
         let welcome = Welcome {
@@ -136,7 +152,7 @@ impl shoal_proto::Dispatcher for Service {
         .map_err(|_| Status::cancelled("session closed"))?;
         let span = tracing::info_span!("session", host = %hello.host_name, session = session_id);
         tracing::info!(parent: &span, agent = %hello.agent_version, engine = %hello.engine_version, "agent connected");
-        tokio::spawn(run_session(d, hello, session_id, inbound, tx).instrument(span));
+        tokio::spawn(run_session(d, hello, session_id, inbound, tx, end).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -157,9 +173,20 @@ impl shoal_proto::Dispatcher for Service {
         if let Some(e) = shoal_crds::labels::dns_subdomain_error(&req.host_name) {
             return Err(Status::invalid_argument(format!("host_name: {e}")));
         }
+        if self.d.connected(&req.host_name) {
+            return Err(Status::already_exists(format!(
+                "a host named {:?} is connected: give this one another --host-name, or remove that one first (shoal host rm)",
+                req.host_name
+            )));
+        }
         let creds = pki
             .issue(&req.host_name)
             .map_err(|e| Status::internal(format!("cannot issue a certificate: {e}")))?;
+        let fingerprint = crate::pki::fingerprint_pem(&creds.certificate_pem)
+            .map_err(|e| Status::internal(format!("cannot read the new certificate: {e}")))?;
+        hosts::enroll(self.d.inner.store.as_ref(), &req.host_name, &fingerprint)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot record the host: {e}")))?;
         tracing::info!(?address, host = %req.host_name, "host joined: certificate issued");
         Ok(Response::new(creds))
     }
@@ -228,9 +255,9 @@ async fn run_session(
     session_id: u64,
     mut inbound: Streaming<AgentMessage>,
     tx: Tx,
+    end: tokio_util::sync::CancellationToken,
 ) {
     let host = hello.host_name.clone();
-    let shutdown = d.inner.shutdown.clone();
     let assign = assignments(&d, &host, &tx);
     tokio::pin!(assign);
     loop {
@@ -252,7 +279,17 @@ async fn run_session(
                     }
                 }
             },
-            () = shutdown.cancelled() => break,
+            // Shutdown, or the host was removed: its certificate is revoked.
+            () = end.cancelled() => {
+                if !d.inner.shutdown.is_cancelled() {
+                    let _ = tx
+                        .send(Err(Status::permission_denied(format!(
+                            "host {host:?} was removed from the cluster, so its certificate no longer admits it; join again with a join token"
+                        ))))
+                        .await;
+                }
+                break;
+            }
         }
     }
     let mut sh = d.shared();

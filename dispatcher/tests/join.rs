@@ -1,7 +1,7 @@
 //! The join listener over real TLS: a host joins with the token and then
 //! holds a session as itself only; a wrong secret, a token of another CA, a
 //! session without a certificate and a session in another host's name are
-//! refused.
+//! refused; removing the Host, or joining it again, revokes its certificate.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_agent::join::{Credentials, JoinError, join};
+use shoal_crds::{CERTIFICATE_ANNOTATION, Host};
 use shoal_dispatcher::pki::ClusterPki;
 use shoal_dispatcher::{Dispatcher, DispatcherConfig};
 use shoal_proto::join::{DISPATCHER_TLS_NAME, JoinToken};
 use shoal_proto::v1::agent_message::Message as FromAgent;
 use shoal_proto::v1::control_message::Message as ToAgent;
 use shoal_proto::{AgentMessage, DispatcherClient, Hello};
-use shoal_store::{ClusterStore, MemStore};
+use shoal_store::{ClusterStore, MemStore, typed};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 struct Plane {
     url: String,
+    store: Arc<dyn ClusterStore>,
     token: JoinToken,
     ca_pem: String,
     shutdown: CancellationToken,
@@ -45,12 +47,18 @@ async fn plane() -> Plane {
         cluster_id: "c0ffee".into(),
         ..Default::default()
     };
-    let d = Dispatcher::new(store, config, shutdown.clone());
+    let d = Dispatcher::new(store.clone(), config, shutdown.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
-    tokio::spawn(d.serve_join(listener, pki.clone()));
+    tokio::spawn(d.clone().serve_join(listener, pki.clone()));
+    // The loopback listener runs the dispatcher's loops (host removal among them).
+    let loopback = Dispatcher::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    tokio::spawn(d.serve(loopback));
     Plane {
         url,
+        store,
         token: pki.token().clone(),
         ca_pem: pki.ca_pem().to_string(),
         shutdown,
@@ -60,6 +68,16 @@ async fn plane() -> Plane {
 
 /// Opens a session saying hello as `host`; the first answer, or the error.
 async fn session(url: &str, tls: ClientTlsConfig, host: &str) -> Result<ToAgent, tonic::Status> {
+    let (first, _open) = open_session(url, tls, host).await?;
+    Ok(first)
+}
+
+/// Like [`session`], and the session itself, still open.
+async fn open_session(
+    url: &str,
+    tls: ClientTlsConfig,
+    host: &str,
+) -> Result<(ToAgent, OpenSession), tonic::Status> {
     let channel = Endpoint::from_shared(url.to_string())
         .unwrap()
         .tls_config(tls)
@@ -85,8 +103,90 @@ async fn session(url: &str, tls: ClientTlsConfig, host: &str) -> Result<ToAgent,
     let first = tokio::time::timeout(Duration::from_secs(5), inbound.message())
         .await
         .expect("an answer within 5 s")?;
-    drop(tx);
-    Ok(first.and_then(|m| m.message).expect("a message"))
+    Ok((
+        first.and_then(|m| m.message).expect("a message"),
+        OpenSession { _tx: tx, inbound },
+    ))
+}
+
+/// A session's two directions, kept open.
+struct OpenSession {
+    _tx: mpsc::Sender<AgentMessage>,
+    inbound: tonic::Streaming<shoal_proto::ControlMessage>,
+}
+
+impl OpenSession {
+    /// Whether the control plane ends the session within `secs` (messages
+    /// before the end are skipped).
+    async fn ends_within(&mut self, secs: u64) -> bool {
+        tokio::time::timeout(Duration::from_secs(secs), async {
+            while let Ok(Some(_)) = self.inbound.message().await {}
+        })
+        .await
+        .is_ok()
+    }
+}
+
+#[tokio::test]
+async fn removing_a_host_or_joining_it_again_revokes_its_certificate() {
+    let p = plane().await;
+    let first = join(&p.url, &p.token, "node-2").await.unwrap();
+    // The join records the certificate on the Host it creates.
+    let host = typed::get::<Host>(p.store.as_ref(), None, "node-2")
+        .await
+        .unwrap()
+        .expect("the Host exists from the join on");
+    let recorded = host
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CERTIFICATE_ANNOTATION))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(recorded.len(), 64, "{host:?}");
+
+    // Joined again (e.g. a reinstalled machine): the new certificate works,
+    // the first one no longer does.
+    let (welcome, mut open) = open_session(&p.url, first.client_tls(), "node-2")
+        .await
+        .unwrap();
+    assert!(matches!(welcome, ToAgent::Welcome(_)));
+    // Not while the host is connected, though.
+    let e = join(&p.url, &p.token, "node-2").await.unwrap_err();
+    assert!(e.to_string().contains("is connected"), "{e}");
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = join(&p.url, &p.token, "node-2").await.unwrap();
+    let e = session(&p.url, first.client_tls(), "node-2")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("joined again"), "{e:?}");
+
+    // Removing the Host cuts its open session and refuses the next.
+    let (welcome, o) = open_session(&p.url, second.client_tls(), "node-2")
+        .await
+        .unwrap();
+    assert!(matches!(welcome, ToAgent::Welcome(_)));
+    open = o;
+    let key = typed::key::<Host>(None, "node-2");
+    p.store.delete(&key, &Default::default()).await.unwrap();
+    assert!(
+        open.ends_within(5).await,
+        "the removed host's session stays open"
+    );
+    let e = session(&p.url, second.client_tls(), "node-2")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("not in the cluster"), "{e:?}");
+    assert!(
+        typed::get::<Host>(p.store.as_ref(), None, "node-2")
+            .await
+            .unwrap()
+            .is_none(),
+        "a refused session must not bring the Host back"
+    );
 }
 
 #[tokio::test]

@@ -286,11 +286,13 @@ async fn a_session_from_hello_to_finalizer_release() {
 async fn a_closed_stream_loses_the_host_after_the_grace_and_orphans_its_tasks() {
     let p = plane().await;
     let store = p.store.as_ref();
+    let mut agent = Agent::connect(&p.addr, "h1").await;
+    agent.next().await;
+    // Bound once the host exists (a task of a host that is not in the
+    // store is orphaned as removed).
     typed::create(store, &task("web-0-ddddd", "h1"))
         .await
         .unwrap();
-    let mut agent = Agent::connect(&p.addr, "h1").await;
-    agent.next().await;
     agent.next().await;
     // Reconnecting within the grace keeps the host Ready.
     drop(agent);

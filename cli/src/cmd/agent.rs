@@ -191,12 +191,26 @@ async fn joined(args: Args, dispatcher: String) -> anyhow::Result<()> {
         host = %host_name,
         "starting the agent"
     );
-    let tasks = crate::host_agent::start(host, settings, shutdown.child_token())?;
-    let why = crate::control_plane::stop_signal().await?;
-    tracing::info!("{why}: stopping (containers keep running)");
+    let mut tasks = crate::host_agent::start(host, settings, shutdown.child_token())?;
+    let (refused, session_ended) = tokio::select! {
+        why = crate::control_plane::stop_signal() => {
+            tracing::info!("{}: stopping (containers keep running)", why?);
+            (None, false)
+        }
+        refused = &mut tasks.session => (refused.ok().flatten(), true),
+    };
     shutdown.cancel();
-    for t in tasks {
-        let _ = t.await;
+    let _ = tasks.reconciler.await;
+    if !session_ended {
+        let _ = tasks.session.await;
+    }
+    if let Some(why) = refused {
+        // The certificate is revoked: keeping it would only be refused again.
+        Credentials::forget(&args.state_dir)?;
+        anyhow::bail!(
+            "the control plane refused this host: {why}. Its containers of the cluster were removed and its credentials in {} deleted; to join again: shoal agent --dispatcher {dispatcher} --join-token TOKEN",
+            args.state_dir.display()
+        );
     }
     Ok(())
 }

@@ -107,7 +107,10 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         },
         tls: None,
     };
-    let [reconciler_task, session_task] = host_agent::start(host, agent, cp.child_token())?;
+    let host_agent::AgentTasks {
+        reconciler: reconciler_task,
+        session: session_task,
+    } = host_agent::start(host, agent, cp.child_token())?;
 
     println!("Shoal is up on {host_name} (cluster {}).", cp.cluster_id);
     if cp.api_url.starts_with("https://") {
