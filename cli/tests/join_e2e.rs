@@ -411,3 +411,153 @@ fn fence_keeps_at_most_n_replicas_across_a_partition() {
         &["delete", "service", "guarded", "--wait", "--timeout", "60s"],
     );
 }
+
+/// Containers of the cluster on an engine (running or not).
+fn cluster_containers(docker_host: &str, cluster: &str) -> usize {
+    let o = Command::new("docker")
+        .args(["-H", docker_host, "ps", "-aq"])
+        .args(["--filter", &format!("label=shoal.dev/cluster={cluster}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .count()
+}
+
+#[test]
+fn hosts_are_drained_relabelled_and_removed_and_a_removed_host_is_cut_off() {
+    let listen = format!("{ROOT_ADDRESS}:0");
+    let h = TwoHosts::start_with("rm-main", "rm", &["--join-listen", &listen]);
+    let join = h.join.clone().expect("shoal up printed a join address");
+    let token = std::fs::read_to_string(h.data.join("join-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let state = h.tmp.path().join("agent-state");
+    let state_arg = state.to_str().unwrap();
+    let with_token = [
+        "--dispatcher",
+        &join,
+        "--join-token",
+        &token,
+        "--state-dir",
+        state_arg,
+    ];
+    let mut agent = Killed(
+        agent_in_netns(&h, &with_token, "agent.log")
+            .spawn()
+            .unwrap(),
+    );
+    h.wait_ready(&[&h.main, &h.extra.name]);
+    let extra = h.extra.name.as_str();
+
+    // Labels: added and removed, shown by `host ls -o wide`.
+    ok(
+        &h.kc,
+        &[
+            "host",
+            "update",
+            extra,
+            "--label-add",
+            "zone=far",
+            "--label-add",
+            "rack=r1",
+        ],
+    );
+    ok(&h.kc, &["host", "update", extra, "--label-rm", "rack"]);
+    let wide = ok(&h.kc, &["host", "ls", "-o", "wide"]);
+    let line = wide.lines().find(|l| l.starts_with(extra)).unwrap();
+    assert!(
+        line.contains("zone=far") && !line.contains("rack"),
+        "{wide}"
+    );
+    let o = common::shoal(
+        &h.kc,
+        &["host", "update", "nowhere", "--availability", "Drain"],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not found"), "{err}");
+
+    // Drain: the extra host's tasks move to the main host.
+    let manifest = h.tmp.path().join("spread.yaml");
+    std::fs::write(&manifest, SERVICE).unwrap();
+    ok(
+        &h.kc,
+        &["apply", "-f", manifest.to_str().unwrap(), "--wait"],
+    );
+    assert!(
+        task_hosts(&h.kc, "spread")
+            .iter()
+            .any(|(_, host, _)| host == extra),
+        "spread over both hosts"
+    );
+    ok(&h.kc, &["host", "update", extra, "--availability", "Drain"]);
+    common::eventually("the drained host to run nothing", 60, || {
+        let tasks = task_hosts(&h.kc, "spread");
+        let running: Vec<_> = tasks.iter().filter(|(_, _, p)| p == "Running").collect();
+        running.len() == 4 && running.iter().all(|(_, host, _)| host == &h.main)
+    });
+    common::eventually("its containers to go", 30, || {
+        cluster_containers(&h.extra.docker_host, &h.cluster) == 0
+    });
+    ok(
+        &h.kc,
+        &["host", "update", extra, "--availability", "Active"],
+    );
+    ok(&h.kc, &["scale", "spread=6"]);
+    common::eventually("new tasks on the active host again", 60, || {
+        task_hosts(&h.kc, "spread")
+            .iter()
+            .any(|(_, host, phase)| host == extra && phase == "Running")
+    });
+
+    // A Ready host is not removed without --force.
+    let o = common::shoal(&h.kc, &["host", "rm", extra]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is Ready"));
+
+    // Forced: its agent is cut off, removes the cluster's containers,
+    // forgets its credentials and stops; its tasks run on the main host.
+    let out = ok(&h.kc, &["host", "rm", "--force", extra]);
+    assert!(out.contains(&format!("host/{extra} removed")), "{out}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = agent.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the removed host's agent runs on"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(h.tmp.path().join("agent.log")).unwrap();
+    assert!(log.contains("was removed from the cluster"), "{log}");
+    assert_eq!(cluster_containers(&h.extra.docker_host, &h.cluster), 0);
+    assert!(!state.join("host.key").exists(), "revoked credentials kept");
+    common::eventually("six replicas on the main host", 60, || {
+        let tasks = task_hosts(&h.kc, "spread");
+        tasks
+            .iter()
+            .filter(|(_, host, p)| p == "Running" && host == &h.main)
+            .count()
+            == 6
+    });
+    let hosts = ok(&h.kc, &["host", "ls"]);
+    assert!(!hosts.contains(extra), "{hosts}");
+
+    // The machine joins again with a token.
+    agent = Killed(
+        agent_in_netns(&h, &with_token, "rejoin.log")
+            .spawn()
+            .unwrap(),
+    );
+    h.wait_ready(&[extra]);
+    drop(agent);
+    ok(
+        &h.kc,
+        &["delete", "service", "spread", "--wait", "--timeout", "60s"],
+    );
+}

@@ -42,8 +42,8 @@ enum HostCommand {
 struct UpdateArgs {
     /// The host.
     name: String,
-    /// Active, Pause or Drain.
-    #[arg(long, value_enum)]
+    /// Active, Pause or Drain (any case).
+    #[arg(long, value_enum, ignore_case = true)]
     availability: Option<AvailabilityArg>,
     /// Add or change a label (KEY=VALUE); repeatable.
     #[arg(long = "label-add", value_name = "KEY=VALUE", value_parser = crate::host_agent::parse_label)]
