@@ -4,7 +4,8 @@
 //! waits out `monitor`; a template that crashes is rolled back by
 //! `failureAction: Rollback` (the engine runs the previous template again,
 //! the crashing one nowhere), `apply --wait` fails saying so, and `describe`
-//! and `events` tell the story.
+//! and `events` tell the story; `shoal rollback` restores the template that
+//! ran before the current one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -285,4 +286,15 @@ fn start_first_and_rollback_on_a_real_engine() {
         running_hashes(&cluster),
         vec![u["templateHash"].as_str().unwrap().to_owned(); 3]
     );
+
+    // And `shoal rollback` goes back to what ran before it: v2.
+    let out = ok(&kc, &["rollback", "roll", "--wait", "--timeout", "60s"]);
+    assert!(
+        out.contains(&format!("rolled back to template {v2}")),
+        "{out}"
+    );
+    assert_eq!(running_hashes(&cluster), vec![v2.clone(); 3]);
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&kc, &["get", "service", "roll", "-o", "json"])).unwrap();
+    assert_eq!(v["spec"]["template"]["env"][0]["value"], "v2");
 }
