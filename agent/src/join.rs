@@ -20,7 +20,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use shoal_proto::join::{DISPATCHER_TLS_NAME, JoinToken, ca_fingerprint, hex};
-use shoal_proto::{DispatcherClient, JoinRequest};
+use shoal_proto::{DispatcherClient, JoinRequest, RenewRequest};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// Why joining failed.
@@ -90,6 +92,24 @@ impl Credentials {
         let der = CertificateDer::from_pem_slice(self.ca_pem.as_bytes())
             .map_err(|e| JoinError::Invalid(format!("the CA certificate: {e}")))?;
         Ok(ca_fingerprint(der.as_ref()))
+    }
+
+    /// When the host's certificate became valid and when it stops being
+    /// valid (unix seconds).
+    pub fn validity(&self) -> Result<(i64, i64), JoinError> {
+        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| JoinError::Invalid(format!("the host certificate: {e}")))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| JoinError::Invalid(format!("the host certificate: {e}")))?;
+        let v = cert.validity();
+        Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+    }
+
+    /// When to renew the certificate (unix seconds): once a third of its
+    /// validity is left.
+    pub fn renew_at(&self) -> Result<i64, JoinError> {
+        let (from, until) = self.validity()?;
+        Ok(until - (until - from) / 3)
     }
 
     const FILES: [&'static str; 3] = ["ca.crt", "host.crt", "host.key"];
@@ -350,6 +370,107 @@ pub async fn join(url: &str, token: &JoinToken, host_name: &str) -> Result<Crede
         ));
     }
     Ok(creds)
+}
+
+/// Trades the host's certificate, still valid, for a new one through the
+/// dispatcher at `url` (its mutual TLS listener).
+pub async fn renew(url: &str, creds: &Credentials) -> Result<Credentials, JoinError> {
+    let unreachable = |message: String| JoinError::Unreachable {
+        address: url.to_string(),
+        message,
+    };
+    let channel = Endpoint::from_shared(url.to_string())
+        .map_err(|e| JoinError::Invalid(format!("--dispatcher {url:?}: {e}")))?
+        .connect_timeout(TIMEOUT)
+        .timeout(TIMEOUT)
+        .tls_config(creds.client_tls())
+        .map_err(|e| JoinError::Invalid(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let resp = DispatcherClient::new(channel)
+        .renew(RenewRequest {})
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                unreachable(s.message().to_string())
+            }
+            _ => JoinError::Refused(format!(
+                "the dispatcher refused to renew this host's certificate: {}",
+                s.message()
+            )),
+        })?
+        .into_inner();
+    let new = Credentials {
+        ca_pem: resp.ca_pem,
+        cert_pem: resp.certificate_pem,
+        key_pem: resp.private_key_pem,
+    };
+    if new.ca_fingerprint()? != creds.ca_fingerprint()? {
+        return Err(JoinError::Refused(
+            "the dispatcher renewed with another CA than the cluster's".into(),
+        ));
+    }
+    Ok(new)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Keeps the host's certificate fresh until `shutdown`: once a third of its
+/// validity is left, renews it through `url`, keeps the new credentials in
+/// `state_dir` and publishes them on `current` (the session's next
+/// connection uses them). While the dispatcher cannot be reached it tries
+/// again every 30 s; it gives up when the control plane refuses (the
+/// session is refused then too, and says why).
+pub async fn keep_renewed(
+    url: String,
+    state_dir: PathBuf,
+    current: watch::Sender<Credentials>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let creds = current.borrow().clone();
+        let due = match creds.renew_at() {
+            Ok(at) => at - unix_now(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the host certificate; it will not be renewed");
+                return;
+            }
+        };
+        if due > 0 {
+            // Looked at again at least hourly (the clock may jump).
+            let wait = Duration::from_secs(u64::try_from(due).unwrap_or(0).min(3600));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => continue,
+                () = shutdown.cancelled() => return,
+            }
+        }
+        match renew(&url, &creds).await {
+            Ok(new) => {
+                if let Err(e) = new.save(&state_dir) {
+                    tracing::error!(error = %e, "cannot keep the renewed certificate");
+                }
+                let until = new.validity().map(|v| v.1).unwrap_or_default();
+                current.send_replace(new);
+                tracing::info!(valid_until = until, "host certificate renewed");
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "cannot renew the host certificate yet; trying again in 30s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the host certificate was not renewed");
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

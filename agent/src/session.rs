@@ -73,7 +73,9 @@ pub struct SessionConfig {
     pub engine_state: Option<watch::Receiver<Option<String>>>,
     /// Mutual TLS with these credentials (an `https://` endpoint, the
     /// dispatcher's join listener); without, plain HTTP/2 (loopback).
-    pub tls: Option<crate::join::Credentials>,
+    /// The host's credentials, current: renewal replaces them (see
+    /// [`crate::join::keep_renewed`]) and the next connection uses the new ones.
+    pub tls: Option<watch::Receiver<crate::join::Credentials>>,
 }
 
 impl SessionConfig {
@@ -227,7 +229,7 @@ async fn session(
         .keep_alive_timeout(Duration::from_secs(10));
     let endpoint = match &cfg.tls {
         Some(creds) => endpoint
-            .tls_config(creds.client_tls())
+            .tls_config(creds.borrow().client_tls())
             .map_err(SessionError::Connect)?,
         None => endpoint,
     };

@@ -136,8 +136,8 @@ pub struct AgentSettings {
     /// Reconciler settings.
     pub config: AgentConfig,
     /// Mutual TLS credentials (a joined host on the dispatcher's join
-    /// listener); `None` on loopback.
-    pub tls: Option<shoal_agent::join::Credentials>,
+    /// listener), kept current by renewal; `None` on loopback.
+    pub tls: Option<watch::Receiver<shoal_agent::join::Credentials>>,
 }
 
 /// The agent's two tasks.

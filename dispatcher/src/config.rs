@@ -20,6 +20,9 @@ pub struct DispatcherConfig {
     pub status_batch_window: Duration,
     /// Version reported to agents.
     pub server_version: String,
+    /// How long a host's certificate is valid (its agent renews it when a
+    /// third of that is left). Default 90 days.
+    pub host_cert_validity: Duration,
 }
 
 impl Default for DispatcherConfig {
@@ -31,6 +34,7 @@ impl Default for DispatcherConfig {
             reconnect_grace: Duration::from_secs(1),
             status_batch_window: Duration::from_millis(20),
             server_version: env!("CARGO_PKG_VERSION").into(),
+            host_cert_validity: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }

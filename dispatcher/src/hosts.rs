@@ -152,7 +152,7 @@ pub async fn admit(
     match annotations.get(CERTIFICATE_ANNOTATION) {
         Some(f) if f == fingerprint => Ok(Ok(())),
         Some(_) => Ok(Err(format!(
-            "host {name:?} joined again since this certificate was issued, so it no longer admits it; join again with a join token"
+            "host {name:?} was issued a newer certificate since this one (it joined again, or renewed), so this one no longer admits it; join again with a join token"
         ))),
         None => {
             annotations.insert(CERTIFICATE_ANNOTATION.into(), fingerprint.into());

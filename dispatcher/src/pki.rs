@@ -8,6 +8,7 @@
 //! at every start, for [`DISPATCHER_TLS_NAME`].
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -235,13 +236,18 @@ impl ClusterPki {
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 
-    /// Credentials for host `host_name`.
-    pub fn issue(&self, host_name: &str) -> Result<JoinResponse, PkiError> {
-        let (certificate_pem, private_key_pem) = self.sign(&leaf_params(
-            host_name,
-            &[host_name],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        )?)?;
+    /// Credentials for host `host_name`, valid for `validity` from now, and
+    /// from a little before (a tenth of it, at most a minute: clocks differ).
+    pub fn issue(&self, host_name: &str, validity: Duration) -> Result<JoinResponse, PkiError> {
+        let mut params = leaf_params(host_name, &[host_name], ExtendedKeyUsagePurpose::ClientAuth)?;
+        let span = |d: Duration| {
+            time::Duration::try_from(d)
+                .map_err(|e| PkiError::Crypto(format!("certificate validity: {e}")))
+        };
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - span((validity / 10).min(Duration::from_secs(60)))?;
+        params.not_after = now + span(validity)?;
+        let (certificate_pem, private_key_pem) = self.sign(&params)?;
         Ok(JoinResponse {
             certificate_pem,
             private_key_pem,
@@ -304,7 +310,9 @@ mod tests {
     fn issued_certificates_name_their_host_and_chain_to_the_ca() {
         let dir = tempfile::tempdir().unwrap();
         let pki = ClusterPki::load_or_create(dir.path(), "abc123").unwrap();
-        let creds = pki.issue("node-2").unwrap();
+        let creds = pki
+            .issue("node-2", Duration::from_secs(90 * 24 * 3600))
+            .unwrap();
         let der = x509_parser::pem::parse_x509_pem(creds.certificate_pem.as_bytes())
             .unwrap()
             .1
@@ -316,5 +324,11 @@ mod tests {
         assert_eq!(cert.issuer(), ca.subject());
         assert!(cert.verify_signature(Some(ca.public_key())).is_ok());
         assert!(creds.private_key_pem.contains("PRIVATE KEY"));
+        // Valid for the validity asked for, from a minute ago.
+        let v = cert.validity();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let days = (v.not_after.timestamp() - now) as f64 / 86400.0;
+        assert!((89.9..=90.0).contains(&days), "{days} days");
+        assert!((55..=65).contains(&(now - v.not_before.timestamp())));
     }
 }

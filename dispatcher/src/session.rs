@@ -7,8 +7,8 @@ use shoal_crds::Task;
 use shoal_proto::v1::agent_message::Message as FromAgent;
 use shoal_proto::v1::control_message::Message as ToAgent;
 use shoal_proto::{
-    AgentMessage, ControlMessage, DataAck, Hello, JoinRequest, JoinResponse, LogChunk, StatsChunk,
-    Welcome,
+    AgentMessage, ControlMessage, DataAck, Hello, JoinRequest, JoinResponse, LogChunk,
+    RenewRequest, StatsChunk, Welcome,
 };
 use shoal_store::{Kind, ListOptions, StoreError, WatchEvent, typed};
 use tokio::sync::mpsc;
@@ -180,7 +180,7 @@ impl shoal_proto::Dispatcher for Service {
             )));
         }
         let creds = pki
-            .issue(&req.host_name)
+            .issue(&req.host_name, self.d.inner.config.host_cert_validity)
             .map_err(|e| Status::internal(format!("cannot issue a certificate: {e}")))?;
         let fingerprint = crate::pki::fingerprint_pem(&creds.certificate_pem)
             .map_err(|e| Status::internal(format!("cannot read the new certificate: {e}")))?;
@@ -188,6 +188,33 @@ impl shoal_proto::Dispatcher for Service {
             .await
             .map_err(|e| Status::unavailable(format!("cannot record the host: {e}")))?;
         tracing::info!(?address, host = %req.host_name, "host joined: certificate issued");
+        Ok(Response::new(creds))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<JoinResponse>, Status> {
+        let (Some(pki), Some((host, fingerprint))) = (&self.pki, self.caller(&request)?) else {
+            return Err(Status::failed_precondition(
+                "renewal is served on the control plane's join listener, to joined hosts",
+            ));
+        };
+        let store = self.d.inner.store.as_ref();
+        match hosts::admit(store, &host, &fingerprint).await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Err(Status::permission_denied(why)),
+            Err(e) => return Err(Status::unavailable(format!("cannot check the host: {e}"))),
+        }
+        let creds = pki
+            .issue(&host, self.d.inner.config.host_cert_validity)
+            .map_err(|e| Status::internal(format!("cannot issue a certificate: {e}")))?;
+        let new = crate::pki::fingerprint_pem(&creds.certificate_pem)
+            .map_err(|e| Status::internal(format!("cannot read the new certificate: {e}")))?;
+        hosts::enroll(store, &host, &new)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot record the host: {e}")))?;
+        tracing::info!(%host, "certificate renewed");
         Ok(Response::new(creds))
     }
 

@@ -1,7 +1,8 @@
 //! The join listener over real TLS: a host joins with the token and then
 //! holds a session as itself only; a wrong secret, a token of another CA, a
 //! session without a certificate and a session in another host's name are
-//! refused; removing the Host, or joining it again, revokes its certificate.
+//! refused; removing the Host, or joining it again, revokes its certificate;
+//! certificates expire and the agent renews them in time.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -39,12 +40,18 @@ impl Drop for Plane {
 }
 
 async fn plane() -> Plane {
+    plane_with(DispatcherConfig::default().host_cert_validity).await
+}
+
+/// A control plane whose host certificates are valid for `validity`.
+async fn plane_with(validity: Duration) -> Plane {
     let dir = tempfile::tempdir().unwrap();
     let pki = Arc::new(ClusterPki::load_or_create(dir.path(), "c0ffee").unwrap());
     let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
     let shutdown = CancellationToken::new();
     let config = DispatcherConfig {
         cluster_id: "c0ffee".into(),
+        host_cert_validity: validity,
         ..Default::default()
     };
     let d = Dispatcher::new(store.clone(), config, shutdown.clone());
@@ -161,7 +168,7 @@ async fn removing_a_host_or_joining_it_again_revokes_its_certificate() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
-    assert!(e.message().contains("joined again"), "{e:?}");
+    assert!(e.message().contains("newer certificate"), "{e:?}");
 
     // Removing the Host cuts its open session and refuses the next.
     let (welcome, o) = open_session(&p.url, second.client_tls(), "node-2")
@@ -246,4 +253,90 @@ async fn a_wrong_secret_or_another_clusters_ca_is_refused() {
         .await
         .unwrap_err();
     assert!(e.is_retryable(), "{e:?}");
+}
+
+#[tokio::test]
+async fn certificates_expire_and_are_renewed_in_time() {
+    // Host certificates valid for 6 s: renewed with 2 s left.
+    let p = plane_with(Duration::from_secs(6)).await;
+    let first = join(&p.url, &p.token, "node-2").await.unwrap();
+    let (from, until) = first.validity().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (5..=7).contains(&(until - now)),
+        "valid for {}s",
+        until - now
+    );
+    assert_eq!(first.renew_at().unwrap(), until - (until - from) / 3);
+
+    // Renewed by hand: a new certificate, and only it admits the host.
+    let second = shoal_agent::join::renew(&p.url, &first).await.unwrap();
+    assert_ne!(second.cert_pem, first.cert_pem);
+    assert!(matches!(
+        session(&p.url, second.client_tls(), "node-2")
+            .await
+            .unwrap(),
+        ToAgent::Welcome(_)
+    ));
+    let e = session(&p.url, first.client_tls(), "node-2")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // The revoked one cannot renew either.
+    let e = shoal_agent::join::renew(&p.url, &first).await.unwrap_err();
+    assert!(!e.is_retryable(), "{e:?}");
+
+    // The agent's renewal keeps the host admitted past the first
+    // certificate's expiry, and keeps each new one in its state directory.
+    let state = tempfile::tempdir().unwrap();
+    second.save(state.path()).unwrap();
+    let (tx, mut rx) = tokio::sync::watch::channel(second.clone());
+    let stop = CancellationToken::new();
+    let renewal = tokio::spawn(shoal_agent::join::keep_renewed(
+        p.url.clone(),
+        state.path().to_owned(),
+        tx,
+        stop.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut renewals = 0;
+    while tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            r = rx.changed() => { r.unwrap(); renewals += 1; }
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+    assert!(
+        renewals >= 2,
+        "renewed {renewals} times in 10 s of 6 s certificates"
+    );
+    let current = rx.borrow().clone();
+    let (_, until) = current.validity().unwrap();
+    assert!(
+        until > now + 6,
+        "the current certificate outlives the first"
+    );
+    let kept = Credentials::load(state.path()).unwrap().unwrap();
+    assert_eq!(kept.cert_pem, current.cert_pem);
+    // 10 s after joining, the first certificate has expired: the TLS
+    // handshake itself fails; the renewed one is welcome.
+    let e = session(&p.url, first.client_tls(), "node-2")
+        .await
+        .unwrap_err();
+    assert_ne!(
+        e.code(),
+        tonic::Code::PermissionDenied,
+        "refused at the handshake: {e:?}"
+    );
+    assert!(matches!(
+        session(&p.url, current.client_tls(), "node-2")
+            .await
+            .unwrap(),
+        ToAgent::Welcome(_)
+    ));
+    stop.cancel();
+    renewal.await.unwrap();
 }

@@ -92,6 +92,6 @@ pub use v1::dispatcher_server::{Dispatcher, DispatcherServer};
 pub use v1::{
     AgentMessage, Assignment, AssignmentDelta, AssignmentSet, CancelRequest, ContainerEvent,
     ControlMessage, DataAck, EnvVarList, Heartbeat, HeartbeatAck, Hello, JoinRequest, JoinResponse,
-    LogChunk, LogsRequest, MountList, PortMappingList, RequestError, StatsChunk, StatsRequest,
-    StringList, StringMap, TaskStatusBatch, Welcome,
+    LogChunk, LogsRequest, MountList, PortMappingList, RenewRequest, RequestError, StatsChunk,
+    StatsRequest, StringList, StringMap, TaskStatusBatch, Welcome,
 };

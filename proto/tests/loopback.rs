@@ -80,6 +80,13 @@ impl Dispatcher for FakeDispatcher {
         Err(Status::unimplemented("not in this test"))
     }
 
+    async fn renew(
+        &self,
+        _request: Request<shoal_proto::RenewRequest>,
+    ) -> Result<Response<shoal_proto::JoinResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
     async fn send_stats(
         &self,
         _request: Request<Streaming<StatsChunk>>,

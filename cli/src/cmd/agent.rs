@@ -153,16 +153,17 @@ async fn joined(args: Args, dispatcher: String) -> anyhow::Result<()> {
         .host_name
         .clone()
         .unwrap_or_else(crate::host_agent::machine_host_name);
-    let (cluster_id, tls) = if dispatcher.starts_with("https://") {
+    let (cluster_id, tls, tls_updates) = if dispatcher.starts_with("https://") {
         let (id, creds) = credentials(&args, &dispatcher, &host_name).await?;
-        (id, Some(creds))
+        let (tx, rx) = watch::channel(creds);
+        (id, Some(rx), Some(tx))
     } else {
         if args.join_token.is_some() {
             anyhow::bail!(
                 "--join-token: joining needs the control plane's join address (https://HOST:PORT, its --join-listen), not {dispatcher}"
             );
         }
-        (args.cluster_id.clone(), None)
+        (args.cluster_id.clone(), None, None)
     };
     if cluster_id == "local" {
         anyhow::bail!(
@@ -191,6 +192,18 @@ async fn joined(args: Args, dispatcher: String) -> anyhow::Result<()> {
         host = %host_name,
         "starting the agent"
     );
+    // The certificate is renewed in the background while the agent runs.
+    let renewal = tls_updates.map(|current| {
+        tokio::spawn(
+            shoal_agent::join::keep_renewed(
+                dispatcher.clone(),
+                args.state_dir.clone(),
+                current,
+                shutdown.child_token(),
+            )
+            .instrument(tracing::info_span!("certificate-renewal")),
+        )
+    });
     let mut tasks = crate::host_agent::start(host, settings, shutdown.child_token())?;
     let (refused, session_ended) = tokio::select! {
         why = crate::control_plane::stop_signal() => {
@@ -203,6 +216,9 @@ async fn joined(args: Args, dispatcher: String) -> anyhow::Result<()> {
     let _ = tasks.reconciler.await;
     if !session_ended {
         let _ = tasks.session.await;
+    }
+    if let Some(r) = renewal {
+        let _ = r.await;
     }
     if let Some(why) = refused {
         // The certificate is revoked: keeping it would only be refused again.
