@@ -1,6 +1,7 @@
-//! Generates the Rust code of `proto/shoal/agent/v1/agent.proto` into
-//! `OUT_DIR` (client and server), so the code can never drift from the
-//! `.proto`.
+//! Generates the Rust code of `proto/shoal/agent/v1/agent.proto` (agents ⇄
+//! control plane) and `proto/shoal/control/v1/raft.proto` (control plane ⇄
+//! control plane) into `OUT_DIR` (clients and servers), so the code can
+//! never drift from the `.proto`s.
 //!
 //! `protoc` is `$PROTOC` if set, else the one vendored by
 //! `protoc-bin-vendored`; it is handed to prost's `Config` explicitly — no
@@ -10,7 +11,10 @@ use std::error::Error;
 use std::path::PathBuf;
 
 const PROTO_DIR: &str = "proto";
-const PROTO_FILE: &str = "proto/shoal/agent/v1/agent.proto";
+const PROTO_FILES: [&str; 2] = [
+    "proto/shoal/agent/v1/agent.proto",
+    "proto/shoal/control/v1/raft.proto",
+];
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO_DIR}");
@@ -35,6 +39,6 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_with_config(config, &[PathBuf::from(PROTO_FILE)], &includes)?;
+        .compile_with_config(config, &PROTO_FILES.map(PathBuf::from), &includes)?;
     Ok(())
 }

@@ -9,6 +9,12 @@
 //! 3. Sessions present the certificate; the credentials are kept in the
 //!    agent's state directory (the key readable by its owner only), so a
 //!    restarted agent needs no token.
+//!
+//! With several dispatchers (a highly available control plane, where only
+//! the leader serves agents), [`join_any`], [`renew_any`] and
+//! [`keep_renewed`] try them in turn: one that cannot be reached, or that
+//! is not the leader (it answers `Unavailable`), gives way to the next; a
+//! real refusal (a wrong secret, another cluster's CA) stops at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -414,6 +420,60 @@ pub async fn renew(url: &str, creds: &Credentials) -> Result<Credentials, JoinEr
     Ok(new)
 }
 
+/// Tries `attempt` on each of `urls` in turn until one answers: the first
+/// answer, or the first error that is not retryable; when none could be
+/// reached, an [`JoinError::Unreachable`] naming them all.
+async fn any_of<'a, T, F, Fut>(urls: &'a [String], mut attempt: F) -> Result<T, JoinError>
+where
+    F: FnMut(&'a str) -> Fut,
+    Fut: std::future::Future<Output = Result<T, JoinError>>,
+{
+    let mut unreachable = Vec::new();
+    for url in urls {
+        match attempt(url).await {
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(%url, error = %e, "trying the next dispatcher");
+                unreachable.push(e);
+            }
+            done => return done,
+        }
+    }
+    if unreachable.len() > 1 {
+        let message = unreachable
+            .iter()
+            .map(|e| match e {
+                JoinError::Unreachable { address, message } => format!("{address}: {message}"),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(JoinError::Unreachable {
+            address: format!("any of {}", urls.join(", ")),
+            message,
+        });
+    }
+    unreachable.pop().map_or_else(
+        || Err(JoinError::Invalid("no dispatcher address".into())),
+        Err,
+    )
+}
+
+/// Joins like [`join`] through the first of the dispatchers at `urls` that
+/// answers (tried in turn; see [`any_of`]).
+pub async fn join_any(
+    urls: &[String],
+    token: &JoinToken,
+    host_name: &str,
+) -> Result<Credentials, JoinError> {
+    any_of(urls, |url| join(url, token, host_name)).await
+}
+
+/// Renews like [`renew`] through the first of the dispatchers at `urls`
+/// that answers (tried in turn).
+pub async fn renew_any(urls: &[String], creds: &Credentials) -> Result<Credentials, JoinError> {
+    any_of(urls, |url| renew(url, creds)).await
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -421,13 +481,14 @@ fn unix_now() -> i64 {
 }
 
 /// Keeps the host's certificate fresh until `shutdown`: once a third of its
-/// validity is left, renews it through `url`, keeps the new credentials in
+/// validity is left, renews it through the first of the dispatchers at
+/// `urls` that answers (tried in turn), keeps the new credentials in
 /// `state_dir` and publishes them on `current` (the session's next
-/// connection uses them). While the dispatcher cannot be reached it tries
+/// connection uses them). While no dispatcher can be reached it tries
 /// again every 30 s; it gives up when the control plane refuses (the
 /// session is refused then too, and says why).
 pub async fn keep_renewed(
-    url: String,
+    urls: Vec<String>,
     state_dir: PathBuf,
     current: watch::Sender<Credentials>,
     shutdown: CancellationToken,
@@ -449,7 +510,7 @@ pub async fn keep_renewed(
                 () = shutdown.cancelled() => return,
             }
         }
-        match renew(&url, &creds).await {
+        match renew_any(&urls, &creds).await {
             Ok(new) => {
                 if let Err(e) = new.save(&state_dir) {
                     tracing::error!(error = %e, "cannot keep the renewed certificate");
@@ -510,6 +571,73 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o077, 0, "{mode:o}");
         assert!(!format!("{c:?}").contains("key"));
+    }
+
+    #[tokio::test]
+    async fn dispatchers_are_tried_in_turn_until_one_answers_or_refuses() {
+        let urls: Vec<String> = ["https://a:1", "https://b:1", "https://c:1"]
+            .map(String::from)
+            .to_vec();
+        let unreachable = |url: &str| JoinError::Unreachable {
+            address: url.trim_start_matches("https://").into(),
+            message: "connection refused".into(),
+        };
+        // Unreachable, then an answer: the answer; the rest is not tried.
+        let mut tried = Vec::new();
+        let got = any_of(&urls, |url| {
+            tried.push(url.to_string());
+            let r = if url.contains('a') {
+                Err(unreachable(url))
+            } else {
+                Ok(url.to_string())
+            };
+            async move { r }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, "https://b:1");
+        assert_eq!(tried, ["https://a:1", "https://b:1"]);
+
+        // A real refusal stops.
+        let e = any_of(&urls, |url| {
+            let r: Result<(), _> = if url.contains('a') {
+                Err(unreachable(url))
+            } else {
+                Err(JoinError::Refused(format!("{url} says no")))
+            };
+            async move { r }
+        })
+        .await
+        .unwrap_err();
+        assert!(!e.is_retryable());
+        assert_eq!(e.to_string(), "https://b:1 says no");
+
+        // None reachable: retryable, naming each.
+        let e = any_of(&urls, |url| {
+            let r: Result<(), _> = Err(unreachable(url));
+            async move { r }
+        })
+        .await
+        .unwrap_err();
+        assert!(e.is_retryable());
+        let text = e.to_string();
+        for a in ["a:1: connection refused", "b:1: connection refused", "c:1"] {
+            assert!(text.contains(a), "{text}");
+        }
+        // One: its own error, as before.
+        let e = any_of(&urls[..1], |url| {
+            let r: Result<(), _> = Err(unreachable(url));
+            async move { r }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot reach the dispatcher at a:1: connection refused"
+        );
+        // None at all: invalid, not retried forever.
+        let e = any_of(&[], |_| async { Ok(()) }).await.unwrap_err();
+        assert!(!e.is_retryable(), "{e:?}");
     }
 
     #[test]

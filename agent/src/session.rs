@@ -6,9 +6,16 @@
 //! The session is a feeder of the local reconciler, like `--assignments
 //! FILE`: it publishes the assigned tasks on a `watch` channel — `None` until
 //! a complete set arrived, so nothing is removed on a guess — and takes the
-//! reconciler's status reports from a channel. Reconnects use exponential
-//! backoff, except the first attempt after a session ends, which is
-//! immediate.
+//! reconciler's status reports from a channel.
+//!
+//! The agent may know several dispatchers (the servers of a highly
+//! available control plane, of which only the leader serves agents): it
+//! dials them in turn, moving to the next one when a connection fails, a
+//! server refuses the session (one that is not the leader answers
+//! `Unavailable`) or a session ends. Reconnects use exponential backoff, but
+//! only once a whole round of dispatchers failed, so that a leader change
+//! costs one quick hop; the first attempt after a session that lived a
+//! while is immediate.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -56,8 +63,10 @@ pub struct HostInfo {
 /// Session settings.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// The dispatcher's address, e.g. `http://127.0.0.1:7444`.
-    pub endpoint: String,
+    /// The dispatchers' addresses, e.g. `http://127.0.0.1:7444`, dialled in
+    /// turn (the first first); all `https://` with [`Self::tls`], else all
+    /// `http://`. Never empty.
+    pub endpoints: Vec<String>,
     /// The cluster this agent belongs to; a control plane of another cluster
     /// is refused.
     pub cluster_id: String,
@@ -79,10 +88,21 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
-    /// Settings with the defaults (backoff up to 5 s, 10 ms status batches).
+    /// Settings with the defaults (backoff up to 5 s, 10 ms status batches)
+    /// for one dispatcher.
     pub fn new(endpoint: impl Into<String>, cluster_id: impl Into<String>, host: HostInfo) -> Self {
+        Self::with_endpoints([endpoint], cluster_id, host)
+    }
+
+    /// Settings with the defaults for several dispatchers, dialled in turn
+    /// (see [`run`]).
+    pub fn with_endpoints<S: Into<String>>(
+        endpoints: impl IntoIterator<Item = S>,
+        cluster_id: impl Into<String>,
+        host: HostInfo,
+    ) -> Self {
         Self {
-            endpoint: endpoint.into(),
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
             cluster_id: cluster_id.into(),
             host,
             max_backoff: Duration::from_secs(5),
@@ -119,19 +139,29 @@ pub enum SessionError {
 /// reconciler's input) and sending the reconciler's status changes that
 /// arrive on `reports`. The control plane must be of cluster `cluster_id`.
 ///
+/// The endpoints are dialled in turn, starting with the first: a failed
+/// connection, a refused session (e.g. `Unavailable` from a server that is
+/// not the leader) or a session that ends moves to the next at once; the
+/// backoff (100 ms doubling up to `max_backoff`) comes only after a whole
+/// round of endpoints failed, and a session that lived more than 2 s resets
+/// it.
+///
 /// Returns `None` at shutdown, or why the control plane refused this host's
 /// certificate for good (the host was removed from the cluster, or joined
 /// again elsewhere): retrying cannot help, the host must join again.
 pub async fn run(
     cfg: SessionConfig,
     assigned: watch::Sender<Option<Assignments>>,
-    mut reports: mpsc::UnboundedReceiver<StatusUpdate>,
+    reports: mpsc::UnboundedReceiver<StatusUpdate>,
     logs: Arc<dyn LogSource>,
     shutdown: CancellationToken,
 ) -> Option<String> {
     // Latest status per task, re-sent on every new session so the control
     // plane is current after a reconnect.
-    let mut latest: HashMap<String, StatusUpdate> = HashMap::new();
+    let mut reports = Reports {
+        rx: reports,
+        latest: HashMap::new(),
+    };
     // When the control plane was last heard from (ms since SESSION_START;
     // NEVER before the first session): Fence tasks go when it is too long.
     let heard = Arc::new(AtomicU64::new(NEVER));
@@ -141,23 +171,29 @@ pub async fn run(
             .instrument(tracing::info_span!("fence-watchdog")),
     );
     let _stop_watchdog = AbortOnDrop(watchdog);
-    let mut backoff = Duration::from_millis(100);
-    let mut immediate = true;
+    if cfg.endpoints.is_empty() {
+        tracing::error!("no dispatcher address: the agent cannot reach the control plane");
+        shutdown.cancelled().await;
+        return None;
+    }
+    let several = cfg.endpoints.len() > 1;
+    let mut rotation = Rotation::new(cfg.endpoints.len(), cfg.max_backoff);
+    let mut wait = Duration::ZERO;
     loop {
-        if !immediate {
+        if !wait.is_zero() {
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => return None,
             }
-            backoff = (backoff * 2).min(cfg.max_backoff);
         }
+        let endpoint = cfg.endpoints[rotation.current()].as_str();
         let started = tokio::time::Instant::now();
         let res = session(
             &cfg,
+            endpoint,
             &assigned,
             &heard,
             &mut reports,
-            &mut latest,
             &logs,
             &shutdown,
         )
@@ -166,24 +202,112 @@ pub async fn run(
             return None;
         }
         match res {
-            Ok(()) => tracing::info!("session closed by the control plane"),
+            Ok(()) => tracing::info!(endpoint, "session closed by the control plane"),
             Err(SessionError::Stream(s))
                 if cfg.tls.is_some() && s.code() == tonic::Code::PermissionDenied =>
             {
-                tracing::error!(why = %s.message(), "the control plane refused this host");
+                tracing::error!(endpoint, why = %s.message(), "the control plane refused this host");
                 // No longer of the cluster: its replicas run elsewhere, so
                 // its containers go (a complete, empty assignment set).
                 assigned.send_replace(Some(Arc::new(Vec::new())));
                 return Some(s.message().to_owned());
             }
-            Err(e) => tracing::warn!(error = %e, "session ended"),
+            // With several dispatchers, those that do not serve agents (not
+            // the leader) are expected: no warning for each.
+            Err(SessionError::Stream(s))
+                if several
+                    && matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::FailedPrecondition
+                    ) =>
+            {
+                tracing::info!(endpoint, why = %s.message(), "this dispatcher does not serve agents now; trying the next");
+            }
+            Err(SessionError::Connect(e)) if several => {
+                tracing::info!(endpoint, error = %chain(&e), "cannot connect to this dispatcher; trying the next");
+            }
+            Err(e) => tracing::warn!(endpoint, error = %chain(&e), "session ended"),
         }
         // A session that lived a while resets the backoff and earns an
         // immediate first reconnect.
-        immediate = started.elapsed() > Duration::from_secs(2);
-        if immediate {
-            backoff = Duration::from_millis(100);
+        wait = rotation.next(started.elapsed() > Duration::from_secs(2));
+        if several && !wait.is_zero() {
+            tracing::warn!(
+                endpoints = cfg.endpoints.len(),
+                retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "no dispatcher serves this agent; trying them again"
+            );
         }
+    }
+}
+
+/// An error with its causes (a transport error alone says only "transport
+/// error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// Which endpoint to dial next, and how long to wait first: the endpoints
+/// in turn, the next one at once after each attempt, and the backoff only
+/// once a whole round of attempts failed in a row.
+#[derive(Debug, Clone)]
+struct Rotation {
+    /// How many endpoints (at least 1).
+    len: usize,
+    /// The endpoint to dial.
+    current: usize,
+    /// Attempts that failed in a row since the last session that lived.
+    failures: usize,
+    /// The next wait after a failed round.
+    backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl Rotation {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+    fn new(len: usize, max_backoff: Duration) -> Self {
+        Self {
+            len: len.max(1),
+            current: 0,
+            failures: 0,
+            backoff: Self::FIRST_BACKOFF,
+            max_backoff,
+        }
+    }
+
+    /// The index of the endpoint to dial.
+    fn current(&self) -> usize {
+        self.current
+    }
+
+    /// The attempt on the current endpoint ended (`lived`: it held a session
+    /// for a while, which resets the backoff): moves to the next endpoint,
+    /// and says how long to wait before dialling it.
+    fn next(&mut self, lived: bool) -> Duration {
+        self.current = (self.current + 1) % self.len;
+        if lived {
+            self.failures = 0;
+            self.backoff = Self::FIRST_BACKOFF;
+            return Duration::ZERO;
+        }
+        self.failures += 1;
+        if !self.failures.is_multiple_of(self.len) {
+            return Duration::ZERO;
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(self.max_backoff);
+        wait
     }
 }
 
@@ -212,19 +336,33 @@ fn hello(h: &HostInfo, last_applied: Option<u64>) -> Hello {
 static SESSION_START: std::sync::LazyLock<std::time::Instant> =
     std::sync::LazyLock::new(std::time::Instant::now);
 
+/// The reconciler's status reports, and the latest of each task (re-sent on
+/// every new session).
+#[derive(Debug)]
+struct Reports {
+    rx: mpsc::UnboundedReceiver<StatusUpdate>,
+    latest: HashMap<String, StatusUpdate>,
+}
+
 async fn session(
     cfg: &SessionConfig,
+    url: &str,
     assigned: &watch::Sender<Option<Assignments>>,
     heard: &AtomicU64,
-    reports: &mut mpsc::UnboundedReceiver<StatusUpdate>,
-    latest: &mut HashMap<String, StatusUpdate>,
+    reports: &mut Reports,
     logs: &Arc<dyn LogSource>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(cfg.endpoint.clone())
+    // With other dispatchers to try, a silent one is given up sooner.
+    let connect_timeout = if cfg.endpoints.len() > 1 {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(5)
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
         .map_err(SessionError::Connect)?
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10));
     let endpoint = match &cfg.tls {
@@ -247,7 +385,7 @@ async fn session(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sequence: Option<u64> = None;
     let mut tasks: BTreeMap<String, Task> = BTreeMap::new();
-    let mut pending: Vec<TaskStatusUpdate> = latest.values().map(to_update).collect();
+    let mut pending: Vec<TaskStatusUpdate> = reports.latest.values().map(to_update).collect();
     let mut flush = tokio::time::interval(cfg.status_batch_window.max(Duration::from_millis(1)));
     let session_token = shutdown.child_token();
     let _guard = session_token.clone().drop_guard();
@@ -275,7 +413,7 @@ async fn session(
                         let every = Duration::from_millis(u64::from(w.heartbeat_interval_ms.max(10)));
                         heartbeat = tokio::time::interval(every);
                         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        tracing::info!(cluster = %cfg.cluster_id, "welcomed by the control plane");
+                        tracing::info!(endpoint = %url, cluster = %cfg.cluster_id, "welcomed by the control plane");
                     }
                     Some(FromPlane::AssignmentSet(set)) => {
                         tasks.clear();
@@ -331,10 +469,10 @@ async fn session(
                     Some(FromPlane::HeartbeatAck(_)) | None => {}
                 }
             }
-            r = reports.recv() => {
+            r = reports.rx.recv() => {
                 let Some(r) = r else { return Ok(()) };
                 pending.push(to_update(&r));
-                latest.insert(r.uid.clone(), r);
+                reports.latest.insert(r.uid.clone(), r);
             }
             _ = flush.tick(), if !pending.is_empty() => {
                 let batch = TaskStatusBatch { updates: std::mem::take(&mut pending) };
@@ -576,5 +714,85 @@ impl LogSource for EngineLogs {
                 }))
             });
         Ok(lines.boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Dials `attempts` times, each failing except those listed in `lived`:
+    /// the endpoint of each attempt and the wait after it.
+    fn trace(r: &mut Rotation, attempts: usize, lived: &[usize]) -> Vec<(usize, Duration)> {
+        (0..attempts)
+            .map(|i| {
+                let at = r.current();
+                (at, r.next(lived.contains(&i)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn endpoints_are_dialled_in_turn_with_backoff_only_after_a_failed_round() {
+        let mut r = Rotation::new(3, Duration::from_secs(5));
+        let z = Duration::ZERO;
+        assert_eq!(
+            trace(&mut r, 9, &[]),
+            [
+                (0, z),
+                (1, z),
+                (2, ms(100)),
+                (0, z),
+                (1, z),
+                (2, ms(200)),
+                (0, z),
+                (1, z),
+                (2, ms(400)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_session_that_lived_moves_on_at_once_and_resets_the_backoff() {
+        let mut r = Rotation::new(3, Duration::from_secs(5));
+        let z = Duration::ZERO;
+        // A leader change: the session on 1 ends, 2 is tried at once, and
+        // the round (2, 0) fails only back on 1.
+        assert_eq!(
+            trace(&mut r, 9, &[4]),
+            [
+                (0, z),
+                (1, z),
+                (2, ms(100)),
+                (0, z),
+                (1, z), // lived
+                (2, z),
+                (0, z),
+                (1, ms(100)),
+                (2, z),
+            ]
+        );
+    }
+
+    #[test]
+    fn one_endpoint_keeps_the_plain_backoff() {
+        let mut r = Rotation::new(1, ms(300));
+        assert_eq!(
+            trace(&mut r, 6, &[3]),
+            [
+                (0, ms(100)),
+                (0, ms(200)),
+                (0, ms(300)),
+                (0, Duration::ZERO),
+                (0, ms(100)),
+                (0, ms(200)),
+            ]
+        );
+        // No endpoint at all still names one (run refuses that case).
+        assert_eq!(Rotation::new(0, ms(300)).current(), 0);
     }
 }

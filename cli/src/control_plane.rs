@@ -16,6 +16,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Where the control plane keeps its state and listens.
+/// One server of a highly available control plane: this node's id, where
+/// it listens for its peers, and the peers.
+#[derive(Debug, Clone)]
+pub struct HaSettings {
+    /// This server's Raft node id (non-zero, unique in the cluster).
+    pub node_id: u64,
+    /// Where the other servers reach this one (mutual TLS, cluster CA).
+    pub raft_listen: SocketAddr,
+    /// The other servers: node id → `https://HOST:PORT` of their
+    /// `raft_listen`.
+    pub peers: std::collections::BTreeMap<u64, String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Data directory: `store/` (the Raft store), `cluster-id`, `kubeconfig`.
@@ -33,6 +46,8 @@ pub struct Settings {
     pub api_names: Vec<String>,
     /// Largest accepted API request body (larger ones get 413).
     pub max_body_bytes: usize,
+    /// One server of several (Raft peers); `None`: a lone server.
+    pub ha: Option<HaSettings>,
 }
 
 /// A running control plane.
@@ -81,7 +96,10 @@ pub fn cluster_id(data_dir: &Path) -> anyhow::Result<String> {
 }
 
 impl ControlPlane {
-    /// Opens the store and starts every component.
+    /// Opens the store and starts every component. In a highly available
+    /// control plane (`settings.ha`), the store is one Raft voter among the
+    /// peers, and the orchestrator, the scheduler and the dispatcher run
+    /// only while this server leads (the API serves on every server).
     pub async fn start(settings: &Settings) -> anyhow::Result<ControlPlane> {
         if !settings.dispatcher_listen.ip().is_loopback() {
             anyhow::bail!(
@@ -96,28 +114,13 @@ impl ControlPlane {
             )
         })?;
         let cluster_id = cluster_id(&settings.data_dir)?;
-        let store_dir = settings.data_dir.join("store");
-        let store_dir_for_open = store_dir.clone();
-        // Opening replays the log: blocking work, off the async threads.
-        let raft = tokio::task::spawn_blocking(move || RaftStore::open_single(store_dir_for_open))
-            .await
-            .context("opening the store")?
-            .with_context(|| format!("opening the store in {}", store_dir.display()))?;
-        let store: Arc<dyn ClusterStore> = Arc::new(raft);
         let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
 
-        let dispatcher = Dispatcher::new(
-            store.clone(),
-            DispatcherConfig {
-                cluster_id: cluster_id.clone(),
-                ..Default::default()
-            },
-            shutdown.child_token(),
-        );
-        // The cluster CA: for the join listener and for an API beyond
-        // loopback.
+        // The cluster CA: for the join listener, for an API beyond loopback,
+        // and between the servers of a highly available control plane.
         let secure_api = !settings.api_listen.ip().is_loopback();
-        let pki = if settings.join_listen.is_some() || secure_api {
+        let pki = if settings.join_listen.is_some() || secure_api || settings.ha.is_some() {
             let dir = settings.data_dir.join("pki");
             let id = cluster_id.clone();
             let pki = tokio::task::spawn_blocking(move || {
@@ -130,6 +133,24 @@ impl ControlPlane {
         } else {
             None
         };
+
+        let store_dir = settings.data_dir.join("store");
+        let raft = match (&settings.ha, &pki) {
+            (Some(ha), Some(pki)) => {
+                open_replicated(ha, pki, &store_dir, &shutdown, &mut tasks).await?
+            }
+            _ => {
+                let dir = store_dir.clone();
+                // Opening replays the log: blocking work, off the async threads.
+                tokio::task::spawn_blocking(move || RaftStore::open_single(dir))
+                    .await
+                    .context("opening the store")?
+                    .with_context(|| format!("opening the store in {}", store_dir.display()))?
+            }
+        };
+        let raft = Arc::new(raft);
+        let store: Arc<dyn ClusterStore> = raft.clone();
+
         let security = match (&pki, secure_api) {
             (Some(pki), true) => {
                 let token = api_token(&settings.data_dir)?;
@@ -156,11 +177,12 @@ impl ControlPlane {
             }
             _ => None,
         };
+        // The dispatcher of the moment (none while another server leads):
+        // logs are read through it.
+        let (current, current_rx) = tokio::sync::watch::channel(None);
         let api_config = shoal_apiserver::Config {
             max_body_bytes: settings.max_body_bytes,
-            logs: Some(Arc::new(crate::task_logs::DispatcherLogs(
-                dispatcher.clone(),
-            ))),
+            logs: Some(Arc::new(crate::task_logs::DispatcherLogs(current_rx))),
             security: security.clone(),
             ..shoal_apiserver::Config::default()
         };
@@ -188,61 +210,51 @@ impl ControlPlane {
                 .with_context(|| format!("writing {}", kubeconfig.display()))?,
         }
 
-        let mut tasks = Vec::new();
-        tasks.extend(shoal_operator::spawn_controllers(
-            store.clone(),
-            Default::default(),
-            Default::default(),
-            shutdown.child_token(),
-        ));
-
-        let join = match (settings.join_listen, &pki) {
-            (Some(addr), Some(pki)) => {
+        let join_token = match (settings.join_listen, &pki) {
+            (Some(_), Some(pki)) => {
                 let token = pki.token().to_string();
                 write_private(&settings.data_dir.join("join-token"), &format!("{token}\n"))?;
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding the join listener on {addr}"))?;
-                let local = listener.local_addr().context("join listener address")?;
-                let join_address = settings.data_dir.join("join-address");
-                std::fs::write(&join_address, format!("https://{local}\n"))
-                    .with_context(|| format!("writing {}", join_address.display()))?;
-                let d = dispatcher.clone();
-                let pki = pki.clone();
-                tasks.push(tokio::spawn(
-                    async move {
-                        if let Err(e) = d.serve_join(listener, pki).await {
-                            tracing::error!(error = %e, "join listener stopped");
-                        }
-                    }
-                    .instrument(tracing::info_span!("join-listener")),
-                ));
-                Some((format!("https://{local}"), token))
+                Some(token)
             }
             _ => None,
         };
-
-        let listener = Dispatcher::bind(settings.dispatcher_listen)
-            .await
-            .with_context(|| format!("binding the dispatcher on {}", settings.dispatcher_listen))?;
-        let dispatcher_url = format!(
-            "http://{}",
-            listener.local_addr().context("dispatcher address")?
-        );
-        tasks.push(tokio::spawn(
-            async move {
-                if let Err(e) = dispatcher.serve(listener).await {
-                    tracing::error!(error = %e, "dispatcher stopped");
-                }
-            }
-            .instrument(tracing::info_span!("dispatcher")),
-        ));
+        let leader = Leader {
+            store: store.clone(),
+            cluster_id: cluster_id.clone(),
+            pki: pki.clone(),
+            dispatcher_listen: settings.dispatcher_listen,
+            join_listen: settings.join_listen.filter(|_| join_token.is_some()),
+            data_dir: settings.data_dir.clone(),
+            current,
+            // After a leader change agents look for the new leader first.
+            startup_grace: settings.ha.as_ref().map(|_| HA_STARTUP_GRACE),
+        };
+        let (dispatcher_url, join_url) = if settings.ha.is_none() {
+            // A lone server leads from the start: its listeners' errors
+            // are start-up errors.
+            let running = leader.start(shutdown.child_token()).await?;
+            let urls = (running.dispatcher_url.clone(), running.join_url.clone());
+            tasks.extend(running.tasks);
+            urls
+        } else {
+            let urls = (
+                format!("http://{}", settings.dispatcher_listen),
+                settings.join_listen.map(|a| format!("https://{a}")),
+            );
+            let r = raft.clone();
+            let stop = shutdown.child_token();
+            tasks.push(tokio::spawn(
+                async move { lead_while_leader(r, leader, stop).await }
+                    .instrument(tracing::info_span!("leadership")),
+            ));
+            urls
+        };
         Ok(ControlPlane {
             store,
             cluster_id,
             api_url,
             dispatcher_url,
-            join,
+            join: join_url.zip(join_token),
             kubeconfig,
             api,
             tasks,
@@ -269,6 +281,200 @@ impl ControlPlane {
         let store = self.store;
         let _ = tokio::task::spawn_blocking(move || drop(store)).await;
         api.context("stopping the API server")
+    }
+}
+
+/// How long a new leader's dispatcher waits for the hosts it has not heard
+/// from yet before it declares them lost: they first have to find it.
+const HA_STARTUP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens this server's Raft voter among its peers: the peer listener (mutual
+/// TLS with the cluster CA) and the network transport first, then the store,
+/// which waits for a quorum.
+async fn open_replicated(
+    ha: &HaSettings,
+    pki: &Arc<shoal_dispatcher::pki::ClusterPki>,
+    store_dir: &Path,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<RaftStore> {
+    use shoal_dispatcher::peers::{NetTransport, serve_peers};
+    if ha.peers.contains_key(&ha.node_id) {
+        anyhow::bail!("--peer: node {} is this server (--node-id)", ha.node_id);
+    }
+    NetTransport::check_peers(&ha.peers).context("--peer")?;
+    let listener = tokio::net::TcpListener::bind(ha.raft_listen)
+        .await
+        .with_context(|| format!("binding the peer listener on {}", ha.raft_listen))?;
+    let transport = NetTransport::new(
+        ha.node_id,
+        ha.peers.clone(),
+        pki.peer_client_tls(ha.node_id)
+            .context("issuing this server's peer certificate")?,
+        tokio::runtime::Handle::current(),
+        shutdown.child_token(),
+    );
+    let (p, id, t, stop) = (
+        pki.clone(),
+        ha.node_id,
+        transport.clone(),
+        shutdown.child_token(),
+    );
+    tasks.push(tokio::spawn(
+        async move {
+            if let Err(e) = serve_peers(listener, p, id, t, stop).await {
+                tracing::error!(error = %e, "peer listener stopped");
+            }
+        }
+        .instrument(tracing::info_span!("raft-peers")),
+    ));
+    let mut voters: Vec<u64> = ha.peers.keys().copied().collect();
+    voters.push(ha.node_id);
+    voters.sort_unstable();
+    // A shorter tick than a lone server's: a dead leader is replaced after
+    // 0.5-1 s without a word from it.
+    let config = shoal_store::raft::RaftConfig {
+        id: ha.node_id,
+        voters,
+        tick: std::time::Duration::from_millis(50),
+        ..shoal_store::raft::RaftConfig::single(store_dir)
+    };
+    let dir = store_dir.to_owned();
+    let transport: Arc<dyn shoal_store::raft::Transport> = transport;
+    tokio::task::spawn_blocking(move || RaftStore::open(config, transport))
+        .await
+        .context("opening the store")?
+        .with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+/// What runs only on the leader: the orchestrator, the scheduler and the
+/// dispatcher (its listeners too, so agents find the leader by trying the
+/// servers in turn).
+#[derive(Clone)]
+struct Leader {
+    store: Arc<dyn ClusterStore>,
+    cluster_id: String,
+    pki: Option<Arc<shoal_dispatcher::pki::ClusterPki>>,
+    dispatcher_listen: SocketAddr,
+    join_listen: Option<SocketAddr>,
+    data_dir: PathBuf,
+    current: tokio::sync::watch::Sender<Option<Dispatcher>>,
+    startup_grace: Option<std::time::Duration>,
+}
+
+/// The leader's components, running.
+struct Running {
+    tasks: Vec<JoinHandle<()>>,
+    dispatcher_url: String,
+    join_url: Option<String>,
+}
+
+impl Leader {
+    /// Starts the components; they stop at `stop`.
+    async fn start(&self, stop: CancellationToken) -> anyhow::Result<Running> {
+        let mut config = DispatcherConfig {
+            cluster_id: self.cluster_id.clone(),
+            ..Default::default()
+        };
+        if let Some(g) = self.startup_grace {
+            config.startup_grace = Some(g);
+        }
+        let dispatcher = Dispatcher::new(self.store.clone(), config, stop.clone());
+        let mut tasks: Vec<JoinHandle<()>> = shoal_operator::spawn_controllers(
+            self.store.clone(),
+            Default::default(),
+            Default::default(),
+            stop.clone(),
+        )
+        .into();
+        let join_url = match (self.join_listen, &self.pki) {
+            (Some(addr), Some(pki)) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the join listener on {addr}"))?;
+                let local = listener.local_addr().context("join listener address")?;
+                let join_address = self.data_dir.join("join-address");
+                std::fs::write(&join_address, format!("https://{local}\n"))
+                    .with_context(|| format!("writing {}", join_address.display()))?;
+                let d = dispatcher.clone();
+                let pki = pki.clone();
+                tasks.push(tokio::spawn(
+                    async move {
+                        if let Err(e) = d.serve_join(listener, pki).await {
+                            tracing::error!(error = %e, "join listener stopped");
+                        }
+                    }
+                    .instrument(tracing::info_span!("join-listener")),
+                ));
+                Some(format!("https://{local}"))
+            }
+            _ => None,
+        };
+        let listener = Dispatcher::bind(self.dispatcher_listen)
+            .await
+            .with_context(|| format!("binding the dispatcher on {}", self.dispatcher_listen))?;
+        let dispatcher_url = format!(
+            "http://{}",
+            listener.local_addr().context("dispatcher address")?
+        );
+        self.current.send_replace(Some(dispatcher.clone()));
+        tasks.push(tokio::spawn(
+            async move {
+                if let Err(e) = dispatcher.serve(listener).await {
+                    tracing::error!(error = %e, "dispatcher stopped");
+                }
+            }
+            .instrument(tracing::info_span!("dispatcher")),
+        ));
+        Ok(Running {
+            tasks,
+            dispatcher_url,
+            join_url,
+        })
+    }
+}
+
+/// Runs the leader's components while this server leads, until `stop`.
+async fn lead_while_leader(raft: Arc<RaftStore>, leader: Leader, stop: CancellationToken) {
+    let poll = std::time::Duration::from_millis(50);
+    loop {
+        // Wait to lead.
+        while !raft.status().is_leader {
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+        let term = stop.child_token();
+        let running = match leader.start(term.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                // E.g. the old listener's port not yet free: again shortly.
+                tracing::warn!(error = %format!("{e:#}"), "cannot start leading yet");
+                term.cancel();
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_millis(200)) => continue,
+                    () = stop.cancelled() => return,
+                }
+            }
+        };
+        tracing::info!(status = ?raft.status().term, "leading: orchestrator, scheduler and dispatcher started");
+        // Lead until another server does (or this one stops).
+        while raft.status().is_leader && !stop.is_cancelled() {
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                () = stop.cancelled() => {}
+            }
+        }
+        term.cancel();
+        leader.current.send_replace(None);
+        for t in running.tasks {
+            let _ = t.await;
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+        tracing::warn!("no longer the leader: orchestrator, scheduler and dispatcher stopped");
     }
 }
 

@@ -124,8 +124,10 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
 /// Who the agent is and where it reports.
 #[derive(Debug, Clone)]
 pub struct AgentSettings {
-    /// `http://HOST:PORT` of the dispatcher.
-    pub dispatcher_url: String,
+    /// The dispatchers' addresses (`http://HOST:PORT` on loopback, or the
+    /// `https://` join addresses of a control plane's servers), dialled in
+    /// turn; at least one.
+    pub dispatcher_urls: Vec<String>,
     /// The cluster id (the agent refuses another cluster's control plane and
     /// touches only containers labelled with it).
     pub cluster_id: String,
@@ -191,7 +193,11 @@ pub fn start(
                 SessionConfig {
                     engine_state: Some(engine_state),
                     tls: settings.tls,
-                    ..SessionConfig::new(settings.dispatcher_url, settings.cluster_id, info)
+                    ..SessionConfig::with_endpoints(
+                        settings.dispatcher_urls,
+                        settings.cluster_id,
+                        info,
+                    )
                 },
                 assigned_tx,
                 status_rx,

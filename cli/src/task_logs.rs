@@ -14,9 +14,10 @@ use shoal_proto::convert::{timestamp_from_jiff, timestamp_to_jiff};
 /// How long the task's agent may take to start answering.
 const FIRST_ANSWER: Duration = Duration::from_secs(10);
 
-/// [`TaskLogs`] over the dispatcher.
+/// [`TaskLogs`] over the dispatcher of the moment (`None` while another
+/// server of a replicated control plane leads).
 #[derive(Debug, Clone)]
-pub struct DispatcherLogs(pub Dispatcher);
+pub struct DispatcherLogs(pub tokio::sync::watch::Receiver<Option<Dispatcher>>);
 
 fn lines_of(chunk: DataChunk) -> Vec<LogLine> {
     match chunk {
@@ -58,7 +59,12 @@ impl TaskLogs for DispatcherLogs {
                 // Always: the API adds them when asked.
                 timestamps: true,
             };
-            let mut rx = self.0.logs(task, opts).await.map_err(|e| match e {
+            let Some(dispatcher) = self.0.borrow().clone() else {
+                return Err(LogError::Unavailable(
+                    "this server does not lead the control plane: read logs through the leader's API".into(),
+                ));
+            };
+            let mut rx = dispatcher.logs(task, opts).await.map_err(|e| match e {
                 DispatchError::NotConnected(h) => LogError::Unavailable(format!(
                     "host {h} cannot be reached: its agent is not connected"
                 )),

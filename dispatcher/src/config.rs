@@ -23,6 +23,11 @@ pub struct DispatcherConfig {
     /// How long a host's certificate is valid (its agent renews it when a
     /// third of that is left). Default 90 days.
     pub host_cert_validity: Duration,
+    /// How long a host this dispatcher has not heard from yet may take to
+    /// connect after it starts, before it is lost. Default (`None`): the
+    /// longer of the heartbeat timeout and the reconnect grace. A new leader
+    /// of a replicated control plane gives more: agents look for it first.
+    pub startup_grace: Option<Duration>,
 }
 
 impl Default for DispatcherConfig {
@@ -35,6 +40,7 @@ impl Default for DispatcherConfig {
             status_batch_window: Duration::from_millis(20),
             server_version: env!("CARGO_PKG_VERSION").into(),
             host_cert_validity: Duration::from_secs(90 * 24 * 3600),
+            startup_grace: None,
         }
     }
 }

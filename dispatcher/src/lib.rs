@@ -24,6 +24,7 @@ mod config;
 mod hosts;
 mod liveness;
 mod logs;
+pub mod peers;
 pub mod pki;
 mod session;
 mod status;
@@ -46,6 +47,7 @@ pub use config::DispatcherConfig;
 pub use hosts::is_ready;
 pub use liveness::{Entry, Link, LostReason, lost_hosts};
 pub use logs::{Answer, DataChunk, LogOptions};
+pub use peers::{NetTransport, PeerError, serve_peers};
 pub use status::container_gone;
 
 /// Dispatcher errors.
@@ -262,7 +264,10 @@ impl Dispatcher {
         // After a (re)start every host gets a fresh grace: a Ready host with
         // no session counts as disconnected from now, for at least a
         // heartbeat timeout (agents reconnect at once, without backoff).
-        let startup_grace = cfg.heartbeat_timeout().max(cfg.reconnect_grace);
+        let startup_grace = cfg
+            .startup_grace
+            .unwrap_or_else(|| cfg.heartbeat_timeout().max(cfg.reconnect_grace))
+            .max(cfg.reconnect_grace);
         let start = Instant::now() + (startup_grace - cfg.reconnect_grace);
         match typed::list::<Host>(self.inner.store.as_ref(), &ListOptions::default()).await {
             Ok((hosts, _)) => {

@@ -33,7 +33,18 @@ pub enum PkiError {
     /// Generating or parsing a key or a certificate.
     #[error("{0}")]
     Crypto(String),
+    /// A certificate that must not be issued (e.g. for peer id 0).
+    #[error("{0}")]
+    Invalid(String),
 }
+
+/// The TLS name control-plane peers dial each other by (every peer
+/// certificate is valid for it), like [`DISPATCHER_TLS_NAME`] for agents.
+pub const PEER_TLS_NAME: &str = "shoal-peer";
+
+/// The common name of a peer certificate is this followed by the peer's Raft
+/// id (`shoal-peer-3`).
+pub const PEER_NAME_PREFIX: &str = "shoal-peer-";
 
 fn crypto(what: &str) -> impl Fn(rcgen::Error) -> PkiError + '_ {
     move |e| PkiError::Crypto(format!("{what}: {e}"))
@@ -207,6 +218,50 @@ impl ClusterPki {
         Ok((format!("{cert}{}", self.ca_pem), key))
     }
 
+    /// A certificate and its key (PEM each) for control-plane peer `id` (the
+    /// Raft id of a `shoal server`): common name `shoal-peer-<id>`, valid for
+    /// [`PEER_TLS_NAME`], for both serving and dialling (its peers dial it,
+    /// and it dials them with the same identity). See [`peer_of`].
+    pub fn issue_peer(&self, id: u64) -> Result<(String, String), PkiError> {
+        if id == 0 {
+            return Err(PkiError::Invalid("a peer id must not be 0".into()));
+        }
+        let mut params = leaf_params(
+            &format!("{PEER_NAME_PREFIX}{id}"),
+            &[PEER_TLS_NAME],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(&params)
+    }
+
+    /// TLS for the peer listener of control-plane peer `id`: a new
+    /// certificate of [`ClusterPki::issue_peer`], and client certificates of
+    /// the cluster CA required (whether a client certificate is a peer's is
+    /// for the caller to check, with [`peer_of`]).
+    pub fn peer_server_tls(&self, id: u64) -> Result<tonic::transport::ServerTlsConfig, PkiError> {
+        let (cert, key) = self.issue_peer(id)?;
+        Ok(tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert, key))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .client_auth_optional(false))
+    }
+
+    /// TLS for control-plane peer `id` dialling its peers: the cluster CA as
+    /// the only root, [`PEER_TLS_NAME`] as the name the server certificate
+    /// must carry, and a new certificate of [`ClusterPki::issue_peer`] as
+    /// the client's.
+    pub fn peer_client_tls(&self, id: u64) -> Result<tonic::transport::ClientTlsConfig, PkiError> {
+        let (cert, key) = self.issue_peer(id)?;
+        Ok(tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .domain_name(PEER_TLS_NAME)
+            .identity(tonic::transport::Identity::from_pem(cert, key)))
+    }
+
     /// The join token (print it for people; never log it).
     pub fn token(&self) -> &JoinToken {
         &self.token
@@ -275,6 +330,37 @@ pub fn host_of(cert_der: &[u8]) -> Option<String> {
     cn.as_str().ok().map(str::to_owned)
 }
 
+/// The control-plane peer a certificate was issued for by
+/// [`ClusterPki::issue_peer`]: its Raft id, from a common name
+/// `shoal-peer-<id>`. The TLS layer has already checked that the cluster CA
+/// signed it. `None` for any other certificate — an agent's host
+/// certificate in particular, even for a host named `shoal-peer-<n>`: a peer
+/// certificate must also be valid for [`PEER_TLS_NAME`] and for serving,
+/// which a host certificate never is.
+pub fn peer_of(cert_der: &[u8]) -> Option<u64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let mut cns = cert.subject().iter_common_name();
+    let cn = cns.next()?.as_str().ok()?;
+    if cns.next().is_some() {
+        return None;
+    }
+    let digits = cn.strip_prefix(PEER_NAME_PREFIX)?;
+    // Canonical decimal only: `shoal-peer-03` or `shoal-peer-+3` is not peer 3.
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let id: u64 = digits.parse().ok()?;
+    let eku = cert.extended_key_usage().ok()??.value;
+    if !(eku.server_auth && eku.client_auth) {
+        return None;
+    }
+    let san = cert.subject_alternative_name().ok()??.value;
+    let named = san.general_names.iter().any(
+        |n| matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if *d == PEER_TLS_NAME),
+    );
+    named.then_some(id)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -330,5 +416,106 @@ mod tests {
         let days = (v.not_after.timestamp() - now) as f64 / 86400.0;
         assert!((89.9..=90.0).contains(&days), "{days} days");
         assert!((55..=65).contains(&(now - v.not_before.timestamp())));
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        pem_to_der(pem).unwrap()
+    }
+
+    #[test]
+    fn peer_certificates_name_their_peer_and_serve_and_dial() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ClusterPki::load_or_create(dir.path(), "abc123").unwrap();
+        let (cert_pem, key_pem) = pki.issue_peer(42).unwrap();
+        assert!(key_pem.contains("PRIVATE KEY"));
+        let cert_der = der(&cert_pem);
+        assert_eq!(peer_of(&cert_der), Some(42));
+        // Its common name is also what `host_of` reads: peers are told apart
+        // by `peer_of`, not by the name alone.
+        assert_eq!(host_of(&cert_der).as_deref(), Some("shoal-peer-42"));
+
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).unwrap();
+        let ca_der = der(pki.ca_pem());
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        assert_eq!(cert.issuer(), ca.subject());
+        assert!(cert.verify_signature(Some(ca.public_key())).is_ok());
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let san = cert.subject_alternative_name().unwrap().unwrap().value;
+        assert_eq!(
+            san.general_names,
+            vec![x509_parser::extensions::GeneralName::DNSName(PEER_TLS_NAME)]
+        );
+
+        assert_eq!(peer_of(&der(&pki.issue_peer(1).unwrap().0)), Some(1));
+        assert_eq!(
+            peer_of(&der(&pki.issue_peer(u64::MAX).unwrap().0)),
+            Some(u64::MAX)
+        );
+        assert!(matches!(pki.issue_peer(0), Err(PkiError::Invalid(_))));
+        assert!(pki.peer_server_tls(3).is_ok());
+        assert!(pki.peer_client_tls(3).is_ok());
+        assert!(pki.peer_client_tls(0).is_err());
+    }
+
+    #[test]
+    fn other_certificates_are_not_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ClusterPki::load_or_create(dir.path(), "abc123").unwrap();
+        let validity = Duration::from_secs(3600);
+        // Host certificates, even of hosts named like a peer.
+        for host in ["node-2", "shoal-peer-7", "shoal-peer"] {
+            let creds = pki.issue(host, validity).unwrap();
+            assert_eq!(peer_of(&der(&creds.certificate_pem)), None, "{host}");
+        }
+        // The API server's and the dispatcher's serving certificates.
+        let (api, _) = pki
+            .issue_server(&["shoal-peer".into(), "127.0.0.1".into()])
+            .unwrap();
+        assert_eq!(peer_of(&der(&api)), None);
+        assert_eq!(peer_of(&der(&pki.server_cert_pem)), None);
+        assert_eq!(peer_of(&der(pki.ca_pem())), None);
+        // Right usages and name, but not a canonical peer id.
+        for cn in [
+            "shoal-peer-",
+            "shoal-peer-07",
+            "shoal-peer-+7",
+            "shoal-peer-x",
+            "shoal-peer-0",
+        ] {
+            let mut params =
+                leaf_params(cn, &[PEER_TLS_NAME], ExtendedKeyUsagePurpose::ServerAuth).unwrap();
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let (cert, _) = pki.sign(&params).unwrap();
+            assert_eq!(peer_of(&der(&cert)), None, "{cn}");
+        }
+        // A peer's name without the peer's usages or TLS name.
+        let (cert, _) = pki
+            .sign(
+                &leaf_params(
+                    "shoal-peer-7",
+                    &[PEER_TLS_NAME],
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(peer_of(&der(&cert)), None);
+        let mut params = leaf_params(
+            "shoal-peer-7",
+            &["other"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+        .unwrap();
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let (cert, _) = pki.sign(&params).unwrap();
+        assert_eq!(peer_of(&der(&cert)), None);
+        assert_eq!(peer_of(b"not a certificate"), None);
     }
 }

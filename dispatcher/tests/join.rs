@@ -296,7 +296,7 @@ async fn certificates_expire_and_are_renewed_in_time() {
     let (tx, mut rx) = tokio::sync::watch::channel(second.clone());
     let stop = CancellationToken::new();
     let renewal = tokio::spawn(shoal_agent::join::keep_renewed(
-        p.url.clone(),
+        vec![p.url.clone()],
         state.path().to_owned(),
         tx,
         stop.clone(),
@@ -339,4 +339,187 @@ async fn certificates_expire_and_are_renewed_in_time() {
     ));
     stop.cancel();
     renewal.await.unwrap();
+}
+
+/// A control-plane server that is not the leader: it answers every call
+/// with `Unavailable`, over TLS with the cluster's server certificate (as
+/// the followers of a highly available control plane would).
+struct Follower;
+
+#[tonic::async_trait]
+impl shoal_proto::Dispatcher for Follower {
+    type SessionStream = tokio_stream::Empty<Result<shoal_proto::ControlMessage, tonic::Status>>;
+
+    async fn session(
+        &self,
+        _: tonic::Request<tonic::Streaming<AgentMessage>>,
+    ) -> Result<tonic::Response<Self::SessionStream>, tonic::Status> {
+        Err(tonic::Status::unavailable("not the leader"))
+    }
+
+    async fn join(
+        &self,
+        _: tonic::Request<shoal_proto::JoinRequest>,
+    ) -> Result<tonic::Response<shoal_proto::JoinResponse>, tonic::Status> {
+        Err(tonic::Status::unavailable("not the leader"))
+    }
+
+    async fn renew(
+        &self,
+        _: tonic::Request<shoal_proto::RenewRequest>,
+    ) -> Result<tonic::Response<shoal_proto::JoinResponse>, tonic::Status> {
+        Err(tonic::Status::unavailable("not the leader"))
+    }
+
+    async fn send_logs(
+        &self,
+        _: tonic::Request<tonic::Streaming<shoal_proto::LogChunk>>,
+    ) -> Result<tonic::Response<shoal_proto::DataAck>, tonic::Status> {
+        Err(tonic::Status::unavailable("not the leader"))
+    }
+
+    async fn send_stats(
+        &self,
+        _: tonic::Request<tonic::Streaming<shoal_proto::StatsChunk>>,
+    ) -> Result<tonic::Response<shoal_proto::DataAck>, tonic::Status> {
+        Err(tonic::Status::unavailable("not the leader"))
+    }
+}
+
+/// A follower of the plane `p` (same CA and server certificate): its
+/// `https://` address.
+async fn follower(p: &Plane) -> String {
+    let pki = ClusterPki::load_or_create(p._dir.path(), "c0ffee").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let server = tonic::transport::Server::builder()
+        .tls_config(pki.server_tls())
+        .unwrap()
+        .add_service(shoal_proto::DispatcherServer::new(Follower))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            p.shutdown.clone().cancelled_owned(),
+        );
+    tokio::spawn(server);
+    url
+}
+
+/// An `https://` address where nothing listens.
+fn dead_address() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("https://{}", l.local_addr().unwrap())
+}
+
+/// Logs of no task (the session test serves none).
+struct NoLogs;
+
+#[tonic::async_trait]
+impl shoal_agent::session::LogSource for NoLogs {
+    async fn logs(
+        &self,
+        _: &shoal_proto::LogsRequest,
+    ) -> Result<futures::stream::BoxStream<'static, shoal_proto::v1::LogLine>, String> {
+        Err("no logs here".into())
+    }
+}
+
+#[tokio::test]
+async fn joining_tries_the_dispatchers_in_turn_until_one_answers() {
+    let p = plane().await;
+    let (dead, follower) = (dead_address(), follower(&p).await);
+
+    // A closed port and a follower refusing: both passed over.
+    let started = std::time::Instant::now();
+    let creds = shoal_agent::join::join_any(
+        &[dead.clone(), follower.clone(), p.url.clone()],
+        &p.token,
+        "node-2",
+    )
+    .await
+    .unwrap();
+    assert_eq!(creds.ca_fingerprint().unwrap(), p.token.ca_fingerprint);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Renewed the same way.
+    let renewed =
+        shoal_agent::join::renew_any(&[follower.clone(), dead.clone(), p.url.clone()], &creds)
+            .await
+            .unwrap();
+    assert_ne!(renewed.cert_pem, creds.cert_pem);
+
+    // A real refusal stops: the leader after it is not asked.
+    let mut wrong = p.token.clone();
+    wrong.secret = "0".repeat(32);
+    let e = shoal_agent::join::join_any(&[dead.clone(), p.url.clone()], &wrong, "node-3")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, JoinError::Refused(_)), "{e:?}");
+    assert!(e.to_string().contains("secret"), "{e}");
+
+    // Nobody serving: retryable, and it says where it looked.
+    let e = shoal_agent::join::join_any(&[dead.clone(), follower.clone()], &p.token, "node-3")
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("not the leader"), "{text}");
+    assert!(text.contains(dead.trim_start_matches("https://")), "{text}");
+}
+
+#[tokio::test]
+async fn a_session_passes_over_dead_and_refusing_dispatchers_at_once() {
+    let p = plane().await;
+    let creds = join(&p.url, &p.token, "node-2").await.unwrap();
+    let (dead, follower) = (dead_address(), follower(&p).await);
+
+    let (_creds_tx, creds_rx) = tokio::sync::watch::channel(creds);
+    let host = shoal_agent::session::HostInfo {
+        host_name: "node-2".into(),
+        cpu_millicores: 1000,
+        memory_bytes: 1 << 30,
+        ..Default::default()
+    };
+    let cfg = shoal_agent::session::SessionConfig {
+        tls: Some(creds_rx),
+        ..shoal_agent::session::SessionConfig::with_endpoints(
+            // A backoff after each failure would take 100 + 200 + 400 +
+            // 800 + 1600 ms to reach the leader; one round takes none.
+            [&dead, &follower, &dead, &follower, &dead, &p.url].map(String::clone),
+            "c0ffee",
+            host,
+        )
+    };
+    let (assigned_tx, mut assigned_rx) = tokio::sync::watch::channel(None);
+    let (_reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let agent = tokio::spawn(shoal_agent::session::run(
+        cfg,
+        assigned_tx,
+        reports_rx,
+        Arc::new(NoLogs),
+        stop.clone(),
+    ));
+    // Welcomed by the leader, then its complete (empty) assignment set.
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        assigned_rx.wait_for(|a| a.is_some()),
+    )
+    .await
+    .expect("an assignment set within 2 s")
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The host is connected to the leader: a second join is refused.
+    let e = join(&p.url, &p.token, "node-2").await.unwrap_err();
+    assert!(e.to_string().contains("is connected"), "{e}");
+    stop.cancel();
+    assert_eq!(agent.await.unwrap(), None);
 }

@@ -86,6 +86,23 @@ pub mod v1 {
     tonic::include_proto!("shoal.agent.v1");
 }
 
+/// Code generated from `proto/shoal/control/v1/raft.proto` by
+/// `tonic-prost-build`: the `RaftPeer` service that carries Raft messages
+/// between the control plane's servers (client and server).
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+pub mod control_v1 {
+    tonic::include_proto!("shoal.control.v1");
+}
+
 pub use convert::{ConvertError, ConvertErrorReason};
 pub use v1::dispatcher_client::DispatcherClient;
 pub use v1::dispatcher_server::{Dispatcher, DispatcherServer};

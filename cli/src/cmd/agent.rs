@@ -29,6 +29,12 @@ use tracing::Instrument;
 /// plane's own machine, the loopback address (http://127.0.0.1:6444) and the
 /// cluster id (`cat /var/lib/shoal/cluster-id`) do.
 ///
+/// A highly available control plane runs several servers, of which only the
+/// leader serves agents: give all their addresses (comma-separated, or
+/// --dispatcher repeated). The agent tries them in turn, and when the leader
+/// changes it moves to the new one at once; it backs off only after none of
+/// them answered.
+///
 /// With `--assignments` instead, the tasks come from a YAML file of Task
 /// objects, re-read when it changes, and status changes are printed one per
 /// line (for trying the agent alone).
@@ -43,6 +49,9 @@ use tracing::Instrument;
 /// Examples:
 ///   shoal agent --dispatcher https://10.0.0.1:6445 \
 ///     --join-token SHOAL1-…   # from /var/lib/shoal/join-token there
+///   shoal agent \
+///     --dispatcher https://10.0.0.1:6445,https://10.0.0.2:6445,https://10.0.0.3:6445 \
+///     --join-token SHOAL1-…   # a control plane of three servers
 ///   shoal agent --dispatcher http://127.0.0.1:6444 \
 ///     --cluster-id "$(cat /var/lib/shoal/cluster-id)" --host-name node-2
 #[derive(Debug, clap::Args)]
@@ -51,9 +60,11 @@ use tracing::Instrument;
 pub struct Args {
     /// The control plane's dispatcher address: its join address
     /// (https://HOST:6445, mutual TLS) or, on its machine,
-    /// http://127.0.0.1:6444.
-    #[arg(long, value_name = "URL")]
-    dispatcher: Option<String>,
+    /// http://127.0.0.1:6444. Several (comma-separated, or repeated): the
+    /// servers of a highly available control plane, tried in turn, all
+    /// https:// or all http://.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    dispatcher: Vec<String>,
     /// The cluster's join token (the control plane's DATA_DIR/join-token);
     /// needed once, to join over https://.
     #[arg(
@@ -106,7 +117,57 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     shoal_crds::quantity::parse_duration(s).map_err(|e| e.to_string())
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+/// The dispatcher addresses given, checked: none empty, each `https://` or
+/// `http://`, all of one scheme (joined over mutual TLS, or loopback).
+fn dispatcher_urls(given: &[String]) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = given.iter().map(|u| u.trim().to_string()).collect();
+    let scheme = |u: &str| {
+        if u.starts_with("https://") {
+            Some("https")
+        } else if u.starts_with("http://") {
+            Some("http")
+        } else {
+            None
+        }
+    };
+    for u in &urls {
+        if u.is_empty() {
+            return Err(format!(
+                "invalid value '{}' for '--dispatcher <URL>': an empty address in the list",
+                given.join(",")
+            ));
+        }
+        if scheme(u).is_none() {
+            return Err(format!(
+                "invalid value '{u}' for '--dispatcher <URL>': not an https:// (join address) or http:// (loopback) URL"
+            ));
+        }
+    }
+    if let Some(first) = urls.first()
+        && urls.iter().any(|u| scheme(u) != scheme(first))
+    {
+        return Err(format!(
+            "invalid value '{}' for '--dispatcher <URL>': the addresses must be all https:// (join addresses, mutual TLS) or all http:// (loopback), not a mix",
+            urls.join(",")
+        ));
+    }
+    Ok(urls)
+}
+
+/// Ends the process with a usage error of `shoal agent`, as clap does for
+/// the arguments it checks itself.
+fn usage_error(message: &str) -> ! {
+    let mut cmd =
+        <Args as clap::Args>::augment_args(clap::Command::new("agent")).bin_name("shoal agent");
+    cmd.error(clap::error::ErrorKind::ValueValidation, message)
+        .exit()
+}
+
+pub fn run(mut args: Args) -> anyhow::Result<ExitCode> {
+    match dispatcher_urls(&args.dispatcher) {
+        Ok(urls) => args.dispatcher = urls,
+        Err(message) => usage_error(&message),
+    }
     crate::logging::init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -147,14 +208,16 @@ fn line(u: &StatusUpdate) -> String {
     out
 }
 
-/// The agent in session with a dispatcher.
-async fn joined(args: Args, dispatcher: String) -> anyhow::Result<()> {
+/// The agent in session with the dispatchers at `urls` (checked: at least
+/// one, all of one scheme).
+async fn joined(args: Args, urls: Vec<String>) -> anyhow::Result<()> {
     let host_name = args
         .host_name
         .clone()
         .unwrap_or_else(crate::host_agent::machine_host_name);
-    let (cluster_id, tls, tls_updates) = if dispatcher.starts_with("https://") {
-        let (id, creds) = credentials(&args, &dispatcher, &host_name).await?;
+    let dispatcher = urls.join(",");
+    let (cluster_id, tls, tls_updates) = if urls.iter().all(|u| u.starts_with("https://")) {
+        let (id, creds) = credentials(&args, &urls, &host_name).await?;
         let (tx, rx) = watch::channel(creds);
         (id, Some(rx), Some(tx))
     } else {
@@ -178,7 +241,7 @@ async fn joined(args: Args, dispatcher: String) -> anyhow::Result<()> {
     config.pull_timeout = args.pull_timeout;
     config.policy = args.policy.to_policy(false);
     let settings = crate::host_agent::AgentSettings {
-        dispatcher_url: dispatcher.clone(),
+        dispatcher_urls: urls.clone(),
         cluster_id,
         host_name: host_name.clone(),
         labels: args.labels.iter().cloned().collect(),
@@ -196,7 +259,7 @@ async fn joined(args: Args, dispatcher: String) -> anyhow::Result<()> {
     let renewal = tls_updates.map(|current| {
         tokio::spawn(
             shoal_agent::join::keep_renewed(
-                dispatcher.clone(),
+                urls.clone(),
                 args.state_dir.clone(),
                 current,
                 shutdown.child_token(),
@@ -236,7 +299,7 @@ async fn joined(args: Args, dispatcher: String) -> anyhow::Result<()> {
 /// reached).
 async fn credentials(
     args: &Args,
-    dispatcher: &str,
+    urls: &[String],
     host_name: &str,
 ) -> anyhow::Result<(String, Credentials)> {
     let dir = &args.state_dir;
@@ -277,7 +340,7 @@ async fn credentials(
         );
     };
     let creds = loop {
-        match shoal_agent::join::join(dispatcher, token, host_name).await {
+        match shoal_agent::join::join_any(urls, token, host_name).await {
             Ok(c) => break c,
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, "cannot join yet; trying again in 2s");
@@ -305,8 +368,8 @@ async fn credentials(
 
 async fn agent(args: Args) -> anyhow::Result<()> {
     let Some(assignments) = args.assignments.clone() else {
-        let dispatcher = args.dispatcher.clone().unwrap_or_default();
-        return joined(args, dispatcher).await;
+        let urls = args.dispatcher.clone();
+        return joined(args, urls).await;
     };
     let shutdown = CancellationToken::new();
     let engine = DockerEngine::connect(args.docker_host.as_deref())
@@ -371,4 +434,67 @@ async fn agent(args: Args) -> anyhow::Result<()> {
     let _ = feeder.await;
     let _ = handle.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        let argv = ["shoal", "agent"].iter().chain(args);
+        match crate::Cli::try_parse_from(argv).unwrap().command {
+            crate::Command::Agent(a) => a,
+            other => panic!("not the agent: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn several_dispatchers_comma_separated_or_repeated() {
+        let a = parse(&[
+            "--dispatcher",
+            "https://10.0.0.1:6445,https://10.0.0.2:6445",
+            "--dispatcher",
+            "https://10.0.0.3:6445",
+        ]);
+        assert_eq!(
+            dispatcher_urls(&a.dispatcher).unwrap(),
+            [
+                "https://10.0.0.1:6445",
+                "https://10.0.0.2:6445",
+                "https://10.0.0.3:6445"
+            ]
+        );
+        let a = parse(&["--dispatcher", "http://127.0.0.1:6444"]);
+        assert_eq!(
+            dispatcher_urls(&a.dispatcher).unwrap(),
+            ["http://127.0.0.1:6444"]
+        );
+        // --assignments instead: none.
+        let a = parse(&["--assignments", "tasks.yaml"]);
+        assert!(dispatcher_urls(&a.dispatcher).unwrap().is_empty());
+    }
+
+    #[test]
+    fn dispatchers_of_mixed_schemes_or_none_are_refused() {
+        let mixed = parse(&[
+            "--dispatcher",
+            "https://10.0.0.1:6445,http://127.0.0.1:6444",
+        ]);
+        let e = dispatcher_urls(&mixed.dispatcher).unwrap_err();
+        assert!(
+            e.contains("--dispatcher") && e.contains("all https://"),
+            "{e}"
+        );
+        let e = dispatcher_urls(&parse(&["--dispatcher", "10.0.0.1:6445"]).dispatcher).unwrap_err();
+        assert!(
+            e.contains("--dispatcher") && e.contains("10.0.0.1:6445"),
+            "{e}"
+        );
+        let e = dispatcher_urls(&parse(&["--dispatcher", "https://10.0.0.1:6445,"]).dispatcher)
+            .unwrap_err();
+        assert!(e.contains("empty address"), "{e}");
+    }
 }

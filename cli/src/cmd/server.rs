@@ -20,7 +20,22 @@ use crate::control_plane::{ControlPlane, Settings, default_data_dir, stop_signal
 /// HTTP without authentication on loopback (dev mode), and HTTPS with a
 /// bearer token beyond. Stops gracefully on SIGTERM or Ctrl-C. `shoal up`
 /// runs the same plus a local agent.
+///
+/// High availability: run three (or five) servers, each with its
+/// --node-id, --raft-listen and a --peer for every other one. The store is
+/// replicated among them with Raft and survives the loss of a minority; the
+/// API answers on every server, and the leader alone runs the orchestrator,
+/// the scheduler and the dispatcher, so agents are given every server's
+/// address (`shoal agent --dispatcher URL,URL,URL`). The servers share one
+/// cluster: start the first, then copy its DATA_DIR/cluster-id, DATA_DIR/pki
+/// and (with an API beyond loopback) DATA_DIR/api-token into the others'
+/// data directories before their first start.
+///
+///   shoal server --node-id 1 --raft-listen 10.0.0.1:6446 \
+///     --peer 2=https://10.0.0.2:6446 --peer 3=https://10.0.0.3:6446 \
+///     --listen 0.0.0.0:6443 --join-listen 0.0.0.0:6445
 #[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
 pub struct Args {
     /// Data directory (store, cluster id, kubeconfig). Default:
     /// /var/lib/shoal for root, else ~/.local/share/shoal.
@@ -47,6 +62,36 @@ pub struct Args {
     /// Largest accepted API request body, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 3 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// This server's id among the servers of a replicated control plane
+    /// (1, 2, 3…; with --raft-listen and --peer).
+    #[arg(long, value_name = "ID", requires = "raft_listen", value_parser = clap::value_parser!(u64).range(1..))]
+    node_id: Option<u64>,
+    /// Where the other servers reach this one (mutual TLS with the cluster
+    /// CA), e.g. 10.0.0.1:6446.
+    #[arg(long, value_name = "ADDRESS", requires = "node_id")]
+    raft_listen: Option<SocketAddr>,
+    /// Another server: ID=https://HOST:PORT of its --raft-listen
+    /// (repeatable; every other server once).
+    #[arg(long = "peer", value_name = "ID=URL", requires = "node_id", value_parser = parse_peer)]
+    peers: Vec<(u64, String)>,
+}
+
+/// `ID=https://HOST:PORT`.
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=https://HOST:PORT"))?;
+    let id: u64 = id
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?}: {id:?} is not a node id (1, 2, 3…)"))?;
+    if !url.starts_with("https://") {
+        return Err(format!(
+            "{s:?}: the peer's address must be https://HOST:PORT"
+        ));
+    }
+    Ok((id, url.to_string()))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -64,6 +109,19 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         join_listen: args.join_listen,
         api_names: args.api_names.clone(),
         max_body_bytes: args.max_body_bytes,
+        ha: match (args.node_id, args.raft_listen) {
+            (Some(node_id), Some(raft_listen)) => {
+                if args.peers.is_empty() {
+                    anyhow::bail!("--node-id: give the other servers with --peer ID=URL");
+                }
+                Some(crate::control_plane::HaSettings {
+                    node_id,
+                    raft_listen,
+                    peers: args.peers.iter().cloned().collect(),
+                })
+            }
+            _ => None,
+        },
     };
     let cp = ControlPlane::start(&settings).await?;
     tracing::info!(

@@ -94,10 +94,11 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         join_listen: args.join_listen,
         api_names: args.api_names.clone(),
         max_body_bytes: 3 * 1024 * 1024,
+        ha: None,
     };
     let cp = ControlPlane::start(&settings).await?;
     let agent = AgentSettings {
-        dispatcher_url: cp.dispatcher_url.clone(),
+        dispatcher_urls: vec![cp.dispatcher_url.clone()],
         cluster_id: cp.cluster_id.clone(),
         host_name: host_name.clone(),
         labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),

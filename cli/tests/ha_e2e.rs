@@ -1,0 +1,263 @@
+//! A highly available control plane end to end: three `shoal server`
+//! processes replicating the store with Raft over mutual TLS, and one
+//! `shoal agent` given all three dispatcher addresses, on the main test
+//! engine. A service runs; the leader is killed (SIGKILL); a surviving
+//! server accepts writes again (the time is printed), the agent finds the new
+//! leader, the service scales up without restarting its containers, and the
+//! killed server, started again, catches up as a follower.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Killed, eventually, ok, shoal};
+use shoal_tests::{Engine, RemoveClusterOnDrop, main_docker_host};
+
+const HOST: &str = "e2e-ha";
+
+const SERVICE: &str = r#"
+apiVersion: shoal.dev/v1alpha1
+kind: Service
+metadata: { name: steady, namespace: default }
+spec:
+  replicas: 3
+  template:
+    image: shoal-test/busybox:1
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    stopGracePeriod: 1s
+"#;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One server's addresses and data.
+struct Server {
+    id: u64,
+    data: PathBuf,
+    api: u16,
+    dispatcher: u16,
+    raft: u16,
+}
+
+impl Server {
+    fn kubeconfig(&self) -> PathBuf {
+        self.data.join("kubeconfig")
+    }
+
+    fn start(&self, all: &[Server], logs: &Path) -> Killed {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        c.arg("server")
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--listen", &format!("127.0.0.1:{}", self.api)])
+            .args([
+                "--dispatcher-listen",
+                &format!("127.0.0.1:{}", self.dispatcher),
+            ])
+            .args(["--node-id", &self.id.to_string()])
+            .args(["--raft-listen", &format!("127.0.0.1:{}", self.raft)]);
+        for p in all.iter().filter(|p| p.id != self.id) {
+            c.args(["--peer", &format!("{}=https://127.0.0.1:{}", p.id, p.raft)]);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join(format!("server-{}.log", self.id)))
+            .unwrap();
+        Killed(
+            c.env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Whether its dispatcher listens (only the leader's does).
+    fn leads(&self) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", self.dispatcher)).is_ok()
+    }
+}
+
+/// Ids of the service's running containers on the main engine.
+fn running(cluster: &str) -> Vec<String> {
+    let o = Command::new("docker")
+        .args(["-H", &main_docker_host(), "ps", "-q", "--no-trunc"])
+        .args(["--filter", &format!("label=shoal.dev/cluster={cluster}")])
+        .args(["--filter", "label=shoal.dev/service=steady"])
+        .output()
+        .unwrap();
+    let mut ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn the_control_plane_survives_its_leader() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(Engine::main()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let servers: Vec<Server> = (1..=3)
+        .map(|id| Server {
+            id,
+            data: tmp.path().join(format!("server-{id}")),
+            api: free_port(),
+            dispatcher: free_port(),
+            raft: free_port(),
+        })
+        .collect();
+
+    // The first server makes the cluster's id and CA; the others get copies
+    // before their first start.
+    let mut procs: Vec<Option<Killed>> = vec![Some(servers[0].start(&servers, tmp.path()))];
+    eventually("the first server's CA", 30, || {
+        servers[0].data.join("pki/ca.key").exists() && servers[0].data.join("cluster-id").exists()
+    });
+    let cluster = std::fs::read_to_string(servers[0].data.join("cluster-id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let _cleanup = RemoveClusterOnDrop(Some(cluster.clone()));
+    for s in &servers[1..] {
+        copy_dir(&servers[0].data.join("pki"), &s.data.join("pki"));
+        std::fs::copy(
+            servers[0].data.join("cluster-id"),
+            s.data.join("cluster-id"),
+        )
+        .unwrap();
+        procs.push(Some(s.start(&servers, tmp.path())));
+    }
+    eventually("a leader", 60, || {
+        servers.iter().filter(|s| s.leads()).count() == 1
+    });
+    for s in &servers {
+        eventually("every API", 30, || {
+            shoal(&s.kubeconfig(), &["get", "services"])
+                .status
+                .success()
+        });
+    }
+
+    // One agent, given every server's dispatcher.
+    let dispatchers: Vec<String> = servers
+        .iter()
+        .map(|s| format!("http://127.0.0.1:{}", s.dispatcher))
+        .collect();
+    let _agent = Killed(
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["agent", "--dispatcher", &dispatchers.join(",")])
+            .args(["--cluster-id", &cluster, "--host-name", HOST])
+            .env("DOCKER_HOST", main_docker_host())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let kc = servers[0].kubeconfig();
+    eventually("the host to join", 30, || {
+        String::from_utf8_lossy(&shoal(&kc, &["host", "ls"]).stdout).contains(HOST)
+    });
+    let manifest = tmp.path().join("steady.yaml");
+    std::fs::write(&manifest, SERVICE).unwrap();
+    ok(
+        &kc,
+        &[
+            "apply",
+            "-f",
+            manifest.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    );
+    let before = running(&cluster);
+    assert_eq!(before.len(), 3);
+
+    // Kill the leader.
+    let leader = servers.iter().position(Server::leads).unwrap();
+    let killed_at = Instant::now();
+    procs[leader] = None;
+    let survivors: Vec<&Server> = servers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, s)| s)
+        .collect();
+    // A write through a surviving server is accepted again.
+    let mut accepted = None;
+    while killed_at.elapsed() < Duration::from_secs(30) {
+        if survivors.iter().any(|s| {
+            shoal(&s.kubeconfig(), &["scale", "steady=4"])
+                .status
+                .success()
+        }) {
+            accepted = Some(killed_at.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let accepted = accepted.expect("no write accepted within 30 s of the leader's death");
+    eprintln!(
+        "control plane failover: writes accepted again {} ms after SIGKILL of the leader",
+        accepted.as_millis()
+    );
+    eventually("a new leader's dispatcher", 30, || {
+        survivors.iter().filter(|s| s.leads()).count() == 1
+    });
+    // The agent follows: the fourth replica runs, the first three were not
+    // restarted.
+    eventually("four replicas", 60, || running(&cluster).len() == 4);
+    let after = running(&cluster);
+    for id in &before {
+        assert!(
+            after.contains(id),
+            "container {id} was restarted or removed"
+        );
+    }
+    let kc2 = survivors[0].kubeconfig();
+    let hosts = ok(&kc2, &["host", "ls"]);
+    let line = hosts.lines().find(|l| l.starts_with(HOST)).unwrap();
+    assert!(line.split_whitespace().nth(1) == Some("True"), "{hosts}");
+
+    // The killed server comes back as a follower and catches up.
+    procs[leader] = Some(servers[leader].start(&servers, tmp.path()));
+    let back = servers[leader].kubeconfig();
+    eventually("the returning server to catch up", 60, || {
+        let o = shoal(&back, &["get", "service", "steady", "-o", "json"]);
+        o.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                .is_ok_and(|v| v["spec"]["replicas"] == 4)
+    });
+    ok(&back, &["scale", "steady=3"]);
+    eventually("back to three replicas", 60, || {
+        running(&cluster).len() == 3
+    });
+    ok(
+        &kc2,
+        &["delete", "service", "steady", "--wait", "--timeout", "60s"],
+    );
+    drop(procs);
+}

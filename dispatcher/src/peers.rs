@@ -1,0 +1,469 @@
+//! Raft messages between the control plane's `shoal server` processes, over
+//! the network with mutual TLS (DESIGN.md, "Security"; the service is
+//! `RaftPeer` of `proto/shoal/control/v1/raft.proto`).
+//!
+//! - Outgoing: [`NetTransport`] is the store's Raft [`Transport`]. `send`
+//!   never blocks: it encodes the message and puts it on a bounded queue per
+//!   peer, or drops it when the queue is full (Raft retries). One task per
+//!   peer keeps a client-streaming `Send` call open to that peer and feeds it
+//!   from the queue; when the call fails it dials again — at once the first
+//!   time, then after 100 ms, doubling up to 1 s — and drops what was queued
+//!   while it waited.
+//! - Incoming: [`serve_peers`] serves `RaftPeer` on a listener that requires
+//!   a client certificate of the cluster CA issued to a peer
+//!   ([`ClusterPki::issue_peer`]): other certificates (an agent's, say) are
+//!   refused with `PERMISSION_DENIED`. Each message is handed to the local
+//!   Raft node's inbox (given to the transport by `attach` when the node
+//!   opens) unless its `from` is not the certificate's peer id or its `to`
+//!   is not this node.
+//!
+//! Every peer uses one certificate for both directions; peers dial each
+//! other as [`crate::pki::PEER_TLS_NAME`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use shoal_proto::control_v1::raft_peer_client::RaftPeerClient;
+use shoal_proto::control_v1::raft_peer_server::{RaftPeer, RaftPeerServer};
+use shoal_proto::control_v1::{RaftAck, RaftEnvelope};
+use shoal_store::raft::{Inbox, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::pki::{ClusterPki, PkiError, peer_of};
+
+/// Messages queued per peer before `send` drops them.
+pub const PEER_QUEUE: usize = 4096;
+
+/// The largest Raft message carried, either way. A snapshot is the whole
+/// state machine in one message; entries come in batches of at most 1 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Envelopes buffered for the open call of one peer (beyond them HTTP/2
+/// flow control is pushing back, and messages wait in the peer's queue).
+const CALL_BUFFER: usize = 256;
+
+/// How long dialling a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// HTTP/2 pings find a peer that vanished without closing its connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A call that stayed open this long counts as a success: the next failure
+/// is retried at once again.
+const HEALTHY_CALL: Duration = Duration::from_secs(1);
+
+/// Why the peer transport or listener cannot be set up or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// A peer's address is not an `https://host:port` URL.
+    #[error("peer {id}: address {address:?}: {reason}")]
+    Address {
+        /// The peer's Raft id.
+        id: u64,
+        /// The address given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// This node's peer certificate could not be issued.
+    #[error("peer certificate: {0}")]
+    Pki(#[from] PkiError),
+    /// The peer listener could not start or failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl PeerError {
+    /// Whether trying again later may succeed (a bad address or certificate
+    /// needs a person; a listener that failed may be served again).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, PeerError::Transport(_))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The Raft [`Transport`] between `shoal server` processes (see the module
+/// documentation). Messages travel to peers through [`NetTransport::new`]'s
+/// tasks; messages from peers arrive through [`serve_peers`], which hands
+/// them to the inbox of the node this transport was attached to.
+#[derive(Debug)]
+pub struct NetTransport {
+    self_id: u64,
+    queues: BTreeMap<u64, mpsc::Sender<Vec<u8>>>,
+    inbox: Mutex<Option<Inbox>>,
+}
+
+impl NetTransport {
+    /// A transport for node `self_id` to the other voters at `peers` (Raft id
+    /// → `https://host:port`; an entry for `self_id` itself is ignored),
+    /// dialled with `tls` (see [`ClusterPki::peer_client_tls`]). One task per
+    /// peer is spawned on `runtime`; they end at `shutdown` (or when the
+    /// transport is dropped).
+    ///
+    /// A peer whose address is not valid (check them first with
+    /// [`NetTransport::check_peers`]) is logged as an error and stays
+    /// unreachable: `send` to it reports false.
+    pub fn new(
+        self_id: u64,
+        peers: BTreeMap<u64, String>,
+        tls: ClientTlsConfig,
+        runtime: tokio::runtime::Handle,
+        shutdown: CancellationToken,
+    ) -> Arc<NetTransport> {
+        let mut queues = BTreeMap::new();
+        for (id, address) in peers {
+            if id == self_id {
+                continue;
+            }
+            let endpoint = match endpoint(id, &address, &tls) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "raft peer left unreachable");
+                    continue;
+                }
+            };
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            queues.insert(id, tx);
+            runtime.spawn(
+                peer_loop(endpoint, rx, shutdown.clone())
+                    .instrument(tracing::info_span!("raft-peer", peer = id)),
+            );
+        }
+        Arc::new(NetTransport {
+            self_id,
+            queues,
+            inbox: Mutex::new(None),
+        })
+    }
+
+    /// Whether every address of `peers` is one [`NetTransport::new`] can dial
+    /// (an `https://host:port` URL); the first that is not otherwise.
+    pub fn check_peers(peers: &BTreeMap<u64, String>) -> Result<(), PeerError> {
+        for (&id, address) in peers {
+            endpoint(id, address, &ClientTlsConfig::new())?;
+        }
+        Ok(())
+    }
+
+    /// This node's Raft id.
+    pub fn self_id(&self) -> u64 {
+        self.self_id
+    }
+
+    /// Hands a message from a peer to the local node; false if no node is
+    /// attached or it has stopped.
+    fn deliver(&self, msg: Message) -> bool {
+        let inbox = lock(&self.inbox).clone();
+        inbox.is_some_and(|i| i.deliver(msg))
+    }
+}
+
+impl Transport for NetTransport {
+    fn send(&self, msg: Message) -> bool {
+        let Some(queue) = self.queues.get(&msg.to) else {
+            tracing::debug!(to = msg.to, "raft message to an unknown peer dropped");
+            return false;
+        };
+        let bytes = match msg.write_to_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(to = msg.to, error = %e, "cannot encode a raft message");
+                return false;
+            }
+        };
+        // Full: the peer is slow or unreachable; closed: shutting down.
+        queue.try_send(bytes).is_ok()
+    }
+
+    fn attach(&self, id: u64, inbox: Inbox) {
+        if id != self.self_id {
+            tracing::warn!(
+                node = id,
+                transport = self.self_id,
+                "a raft node attached to another node's transport"
+            );
+        }
+        *lock(&self.inbox) = Some(inbox);
+    }
+}
+
+/// How peer `id` at `address` is dialled.
+fn endpoint(id: u64, address: &str, tls: &ClientTlsConfig) -> Result<Endpoint, PeerError> {
+    let bad = |reason: String| PeerError::Address {
+        id,
+        address: address.to_owned(),
+        reason,
+    };
+    let endpoint = Endpoint::from_shared(address.to_owned()).map_err(|e| bad(error_chain(&e)))?;
+    if endpoint.uri().scheme_str() != Some("https") {
+        return Err(bad(
+            "peers are dialled with TLS: use https://host:port".into()
+        ));
+    }
+    Ok(endpoint
+        .tls_config(tls.clone())
+        .map_err(|e| bad(error_chain(&e)))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .http2_adaptive_window(true))
+}
+
+/// The wait before dialling again after `failures` failed calls in a row:
+/// none after the first, then 100 ms doubling up to 1 s.
+fn backoff(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => Duration::from_millis(100 << (n - 1).min(4)).min(Duration::from_secs(1)),
+    }
+}
+
+/// How one call to a peer ended.
+enum CallEnd {
+    /// The transport was dropped: nothing more will be sent.
+    QueueClosed,
+    /// The peer ended the call (it is shutting down).
+    Ended,
+    /// Dialling or the call failed.
+    Failed(String),
+}
+
+/// Keeps a `Send` call open to a peer (its span names it) and feeds it from
+/// `queue`, dialling again with backoff, until `shutdown` or the queue
+/// closes.
+async fn peer_loop(
+    endpoint: Endpoint,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0u32;
+    let mut was_up = false;
+    loop {
+        let started = Instant::now();
+        let mut up = false;
+        let end = tokio::select! {
+            end = call(&endpoint, &mut queue, &mut up) => end,
+            () = shutdown.cancelled() => return,
+        };
+        if up && started.elapsed() >= HEALTHY_CALL {
+            failures = 0;
+        }
+        match &end {
+            CallEnd::QueueClosed => return,
+            CallEnd::Ended => tracing::info!("peer ended the stream"),
+            CallEnd::Failed(e) if was_up || up => {
+                tracing::warn!(error = %e, "stream to peer broken");
+            }
+            CallEnd::Failed(e) => tracing::debug!(error = %e, "cannot reach peer"),
+        }
+        was_up = up;
+        let wait = backoff(failures);
+        failures = failures.saturating_add(1);
+        if !wait.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
+            // What queued up meanwhile is stale: Raft sends afresh.
+            let mut dropped = 0usize;
+            while queue.try_recv().is_ok() {
+                dropped += 1;
+            }
+            if dropped > 0 {
+                tracing::debug!(
+                    dropped,
+                    "raft messages dropped while the peer was unreachable"
+                );
+            }
+        }
+    }
+}
+
+/// Dials the peer and streams queued messages to it until the call ends;
+/// `up` is set once connected.
+async fn call(endpoint: &Endpoint, queue: &mut mpsc::Receiver<Vec<u8>>, up: &mut bool) -> CallEnd {
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return CallEnd::Failed(error_chain(&e)),
+    };
+    let mut client = RaftPeerClient::new(channel).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel(CALL_BUFFER);
+    let response = client.send(tokio_stream::wrappers::ReceiverStream::new(rx));
+    tokio::pin!(response);
+    *up = true;
+    tracing::debug!("connected to peer");
+    loop {
+        tokio::select! {
+            res = &mut response => {
+                return match res {
+                    Ok(_) => CallEnd::Ended,
+                    Err(status) => CallEnd::Failed(status.to_string()),
+                };
+            }
+            msg = queue.recv() => match msg {
+                // Full: HTTP/2 flow control is pushing back; Raft retries.
+                Some(message) => {
+                    let _ = tx.try_send(RaftEnvelope { message });
+                }
+                None => return CallEnd::QueueClosed,
+            },
+        }
+    }
+}
+
+/// An error with its sources (tonic's transport errors say little alone).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Serves `RaftPeer` for node `self_id` on `listener` until `shutdown`, with
+/// mutual TLS: a peer certificate of `pki` for this node, and client
+/// certificates of the cluster CA required — and only peers' accepted
+/// (see [`peer_of`]). Messages go to the node attached to `transport`.
+pub async fn serve_peers(
+    listener: tokio::net::TcpListener,
+    pki: Arc<ClusterPki>,
+    self_id: u64,
+    transport: Arc<NetTransport>,
+    shutdown: CancellationToken,
+) -> Result<(), PeerError> {
+    let tls = pki.peer_server_tls(self_id)?;
+    let service = RaftPeerServer::new(PeerService {
+        self_id,
+        transport,
+        shutdown: shutdown.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_adaptive_window(Some(true))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+        .map_err(PeerError::from)
+}
+
+/// The `RaftPeer` service of [`serve_peers`].
+#[derive(Debug, Clone)]
+struct PeerService {
+    self_id: u64,
+    transport: Arc<NetTransport>,
+    shutdown: CancellationToken,
+}
+
+impl PeerService {
+    /// The peer a call comes from: its client certificate's peer id.
+    fn caller<T>(request: &Request<T>) -> Result<u64, Status> {
+        let certs = request
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let cert = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        peer_of(cert.as_ref()).ok_or_else(|| {
+            Status::permission_denied("the client certificate is not a control-plane peer's")
+        })
+    }
+
+    /// Takes one envelope from `peer`: whether it was delivered.
+    fn receive(&self, peer: u64, envelope: &RaftEnvelope, warned: &mut bool) -> bool {
+        let msg = match Message::parse_from_bytes(&envelope.message) {
+            Ok(m) => m,
+            Err(e) => {
+                if !std::mem::replace(warned, true) {
+                    tracing::warn!(error = %e, "undecodable raft message dropped");
+                }
+                return false;
+            }
+        };
+        if msg.from != peer || msg.to != self.self_id {
+            if !std::mem::replace(warned, true) {
+                tracing::warn!(
+                    from = msg.from,
+                    to = msg.to,
+                    "raft message dropped: not from the certificate's peer or not for this node"
+                );
+            }
+            return false;
+        }
+        self.transport.deliver(msg)
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn send(
+        &self,
+        request: Request<Streaming<RaftEnvelope>>,
+    ) -> Result<Response<RaftAck>, Status> {
+        let peer = match Self::caller(&request) {
+            Ok(p) => p,
+            Err(status) => {
+                tracing::warn!(address = ?request.remote_addr(), %status, "raft stream refused");
+                return Err(status);
+            }
+        };
+        let span = tracing::info_span!("raft-peer-in", peer);
+        async move {
+            tracing::debug!("peer connected");
+            let mut stream = request.into_inner();
+            // Warn once per stream about dropped messages, not for each.
+            let mut warned = false;
+            loop {
+                let next = tokio::select! {
+                    next = stream.message() => next,
+                    () = self.shutdown.cancelled() => break,
+                };
+                match next {
+                    Ok(Some(envelope)) => {
+                        self.receive(peer, &envelope, &mut warned);
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "stream from peer broken");
+                        return Err(status);
+                    }
+                }
+            }
+            Ok(Response::new(RaftAck {}))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_immediate_then_doubles_to_a_second() {
+        let ms: Vec<u128> = (0..8).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(ms, [0, 100, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(1));
+    }
+}
