@@ -397,11 +397,16 @@ async fn session(
     engine_state.mark_changed();
     let mut engine_reported: Option<String> = None;
 
+    // The control plane answers every heartbeat: a session that stays silent
+    // this long is on a server that vanished (its machine gone, a partition)
+    // without closing the connection, so try the others.
+    let mut last_word = tokio::time::Instant::now();
     loop {
         tokio::select! {
             msg = inbound.message() => {
                 let Some(msg) = msg? else { return Ok(()) };
                 heard.store(since_start(), Ordering::Relaxed);
+                last_word = tokio::time::Instant::now();
                 match msg.message {
                     Some(FromPlane::Welcome(w)) => {
                         if w.cluster_id != cfg.cluster_id {
@@ -481,6 +486,12 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
+                if last_word.elapsed() > SILENCE_LIMIT {
+                    return Err(SessionError::Protocol(format!(
+                        "the control plane has been silent for {} s",
+                        SILENCE_LIMIT.as_secs()
+                    )));
+                }
                 let hb = Heartbeat {
                     agent_time: None,
                     last_applied_sequence: sequence,
@@ -520,6 +531,10 @@ fn to_update(r: &StatusUpdate) -> TaskStatusUpdate {
 
 /// `heard` before any session.
 const NEVER: u64 = u64::MAX;
+
+/// How long a session may go without a word from the control plane (which
+/// answers every heartbeat) before the agent gives up on it and reconnects.
+const SILENCE_LIMIT: Duration = Duration::from_secs(5);
 
 fn since_start() -> u64 {
     u64::try_from(SESSION_START.elapsed().as_millis()).unwrap_or(NEVER - 1)

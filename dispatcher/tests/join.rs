@@ -523,3 +523,120 @@ async fn a_session_passes_over_dead_and_refusing_dispatchers_at_once() {
     stop.cancel();
     assert_eq!(agent.await.unwrap(), None);
 }
+
+/// A server that welcomes a session and then says nothing more, without
+/// closing it (its machine vanished, say).
+#[derive(Default)]
+struct Mute {
+    open: std::sync::Mutex<Vec<mpsc::Sender<Result<shoal_proto::ControlMessage, tonic::Status>>>>,
+}
+
+#[tonic::async_trait]
+impl shoal_proto::Dispatcher for Mute {
+    type SessionStream = ReceiverStream<Result<shoal_proto::ControlMessage, tonic::Status>>;
+
+    async fn session(
+        &self,
+        _: tonic::Request<tonic::Streaming<AgentMessage>>,
+    ) -> Result<tonic::Response<Self::SessionStream>, tonic::Status> {
+        let (tx, rx) = mpsc::channel(4);
+        let welcome = shoal_proto::Welcome {
+            cluster_id: "c0ffee".into(),
+            heartbeat_interval_ms: 500,
+            heartbeat_misses: 4,
+            server_version: "mute".into(),
+        };
+        tx.send(Ok(shoal_proto::ControlMessage {
+            message: Some(ToAgent::Welcome(welcome)),
+        }))
+        .await
+        .unwrap();
+        self.open.lock().unwrap().push(tx);
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn join(
+        &self,
+        _: tonic::Request<shoal_proto::JoinRequest>,
+    ) -> Result<tonic::Response<shoal_proto::JoinResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("mute"))
+    }
+
+    async fn renew(
+        &self,
+        _: tonic::Request<shoal_proto::RenewRequest>,
+    ) -> Result<tonic::Response<shoal_proto::JoinResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("mute"))
+    }
+
+    async fn send_logs(
+        &self,
+        _: tonic::Request<tonic::Streaming<shoal_proto::LogChunk>>,
+    ) -> Result<tonic::Response<shoal_proto::DataAck>, tonic::Status> {
+        Err(tonic::Status::unimplemented("mute"))
+    }
+
+    async fn send_stats(
+        &self,
+        _: tonic::Request<tonic::Streaming<shoal_proto::StatsChunk>>,
+    ) -> Result<tonic::Response<shoal_proto::DataAck>, tonic::Status> {
+        Err(tonic::Status::unimplemented("mute"))
+    }
+}
+
+#[tokio::test]
+async fn a_session_on_a_silent_server_is_given_up_for_the_next() {
+    let p = plane().await;
+    let creds = join(&p.url, &p.token, "node-2").await.unwrap();
+    let pki = ClusterPki::load_or_create(p._dir.path(), "c0ffee").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(pki.server_tls())
+            .unwrap()
+            .add_service(shoal_proto::DispatcherServer::new(Mute::default()))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                p.shutdown.clone().cancelled_owned(),
+            ),
+    );
+    let (_creds_tx, creds_rx) = tokio::sync::watch::channel(creds);
+    let host = shoal_agent::session::HostInfo {
+        host_name: "node-2".into(),
+        cpu_millicores: 1000,
+        memory_bytes: 1 << 30,
+        ..Default::default()
+    };
+    let cfg = shoal_agent::session::SessionConfig {
+        tls: Some(creds_rx),
+        ..shoal_agent::session::SessionConfig::with_endpoints([mute, p.url.clone()], "c0ffee", host)
+    };
+    let (assigned_tx, mut assigned_rx) = tokio::sync::watch::channel(None);
+    let (_reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let agent = tokio::spawn(shoal_agent::session::run(
+        cfg,
+        assigned_tx,
+        reports_rx,
+        Arc::new(NoLogs),
+        stop.clone(),
+    ));
+    // Welcomed by the mute server, which never sends the assignments nor
+    // answers a heartbeat: after 5 s of silence the agent moves on.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        assigned_rx.wait_for(|a| a.is_some()),
+    )
+    .await
+    .expect("an assignment set from the live server within 10 s")
+    .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(5),
+        "left the mute server after {took:?}"
+    );
+    stop.cancel();
+    assert_eq!(agent.await.unwrap(), None);
+}
