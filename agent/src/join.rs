@@ -328,48 +328,70 @@ pub async fn pin_ca(url: &str, token: &JoinToken) -> Result<String, JoinError> {
     Ok(to_pem(ca.as_ref()))
 }
 
-/// Joins the cluster of `token` through the dispatcher at `url` as
-/// `host_name`: the host's new credentials.
-pub async fn join(url: &str, token: &JoinToken, host_name: &str) -> Result<Credentials, JoinError> {
-    let ca_pem = pin_ca(url, token).await?;
-    let unreachable = |message: String| JoinError::Unreachable {
-        address: url.to_string(),
-        message,
-    };
+/// A client of the dispatcher at `url` over `tls`.
+async fn dial(
+    url: &str,
+    tls: ClientTlsConfig,
+) -> Result<DispatcherClient<tonic::transport::Channel>, JoinError> {
     let channel = Endpoint::from_shared(url.to_string())
         .map_err(|e| JoinError::Invalid(format!("--dispatcher {url:?}: {e}")))?
         .connect_timeout(TIMEOUT)
         .timeout(TIMEOUT)
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&ca_pem))
-                .domain_name(DISPATCHER_TLS_NAME),
-        )
+        .tls_config(tls)
         .map_err(|e| JoinError::Invalid(e.to_string()))?
         .connect()
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let resp = DispatcherClient::new(channel)
-        .join(JoinRequest {
-            secret: token.secret.clone(),
-            host_name: host_name.to_string(),
-        })
-        .await
+        .map_err(|e| JoinError::Unreachable {
+            address: url.to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(DispatcherClient::new(channel))
+}
+
+/// The credentials in the answer of the dispatcher at `url` to a join or a
+/// renewal (`what` it was asked, for the message): unreachable (retryable)
+/// on an unavailable server, refused otherwise.
+fn credentials_from(
+    url: &str,
+    what: &str,
+    answer: Result<tonic::Response<shoal_proto::JoinResponse>, tonic::Status>,
+) -> Result<Credentials, JoinError> {
+    let resp = answer
         .map_err(|s| match s.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
-                unreachable(s.message().to_string())
+                JoinError::Unreachable {
+                    address: url.to_string(),
+                    message: s.message().to_string(),
+                }
             }
-            _ => JoinError::Refused(format!(
-                "the dispatcher refused to join this host: {}",
-                s.message()
-            )),
+            _ => JoinError::Refused(format!("the dispatcher refused {what}: {}", s.message())),
         })?
         .into_inner();
-    let creds = Credentials {
+    Ok(Credentials {
         ca_pem: resp.ca_pem,
         cert_pem: resp.certificate_pem,
         key_pem: resp.private_key_pem,
-    };
+    })
+}
+
+/// Joins the cluster of `token` through the dispatcher at `url` as
+/// `host_name`: the host's new credentials.
+pub async fn join(url: &str, token: &JoinToken, host_name: &str) -> Result<Credentials, JoinError> {
+    let ca_pem = pin_ca(url, token).await?;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca_pem))
+        .domain_name(DISPATCHER_TLS_NAME);
+    let mut client = dial(url, tls).await?;
+    let creds = credentials_from(
+        url,
+        "to join this host",
+        client
+            .join(JoinRequest {
+                secret: token.secret.clone(),
+                host_name: host_name.to_string(),
+            })
+            .await,
+    )?;
     if creds.ca_fingerprint()? != token.ca_fingerprint {
         return Err(JoinError::Refused(
             "the dispatcher answered with another CA than the token's".into(),
@@ -381,37 +403,12 @@ pub async fn join(url: &str, token: &JoinToken, host_name: &str) -> Result<Crede
 /// Trades the host's certificate, still valid, for a new one through the
 /// dispatcher at `url` (its mutual TLS listener).
 pub async fn renew(url: &str, creds: &Credentials) -> Result<Credentials, JoinError> {
-    let unreachable = |message: String| JoinError::Unreachable {
-        address: url.to_string(),
-        message,
-    };
-    let channel = Endpoint::from_shared(url.to_string())
-        .map_err(|e| JoinError::Invalid(format!("--dispatcher {url:?}: {e}")))?
-        .connect_timeout(TIMEOUT)
-        .timeout(TIMEOUT)
-        .tls_config(creds.client_tls())
-        .map_err(|e| JoinError::Invalid(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let resp = DispatcherClient::new(channel)
-        .renew(RenewRequest {})
-        .await
-        .map_err(|s| match s.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
-                unreachable(s.message().to_string())
-            }
-            _ => JoinError::Refused(format!(
-                "the dispatcher refused to renew this host's certificate: {}",
-                s.message()
-            )),
-        })?
-        .into_inner();
-    let new = Credentials {
-        ca_pem: resp.ca_pem,
-        cert_pem: resp.certificate_pem,
-        key_pem: resp.private_key_pem,
-    };
+    let mut client = dial(url, creds.client_tls()).await?;
+    let new = credentials_from(
+        url,
+        "to renew this host's certificate",
+        client.renew(RenewRequest {}).await,
+    )?;
     if new.ca_fingerprint()? != creds.ca_fingerprint()? {
         return Err(JoinError::Refused(
             "the dispatcher renewed with another CA than the cluster's".into(),

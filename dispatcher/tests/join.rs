@@ -410,6 +410,44 @@ fn dead_address() -> String {
     format!("https://{}", l.local_addr().unwrap())
 }
 
+/// The agent's session loop as host node-2 over `endpoints`: its
+/// assignments, its stop token and the task (which ends with why it was
+/// refused for good, if it was).
+fn agent_session<const N: usize>(
+    endpoints: [String; N],
+    creds: Credentials,
+) -> (
+    tokio::sync::watch::Receiver<Option<shoal_agent::Assignments>>,
+    CancellationToken,
+    tokio::task::JoinHandle<Option<String>>,
+) {
+    let (creds_tx, creds_rx) = tokio::sync::watch::channel(creds);
+    // Kept open for the session's life (renewal would send on it).
+    std::mem::forget(creds_tx);
+    let host = shoal_agent::session::HostInfo {
+        host_name: "node-2".into(),
+        cpu_millicores: 1000,
+        memory_bytes: 1 << 30,
+        ..Default::default()
+    };
+    let cfg = shoal_agent::session::SessionConfig {
+        tls: Some(creds_rx),
+        ..shoal_agent::session::SessionConfig::with_endpoints(endpoints, "c0ffee", host)
+    };
+    let (assigned_tx, assigned_rx) = tokio::sync::watch::channel(None);
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    std::mem::forget(reports_tx);
+    let stop = CancellationToken::new();
+    let agent = tokio::spawn(shoal_agent::session::run(
+        cfg,
+        assigned_tx,
+        reports_rx,
+        Arc::new(NoLogs),
+        stop.clone(),
+    ));
+    (assigned_rx, stop, agent)
+}
+
 /// Logs of no task (the session test serves none).
 struct NoLogs;
 
@@ -476,34 +514,13 @@ async fn a_session_passes_over_dead_and_refusing_dispatchers_at_once() {
     let creds = join(&p.url, &p.token, "node-2").await.unwrap();
     let (dead, follower) = (dead_address(), follower(&p).await);
 
-    let (_creds_tx, creds_rx) = tokio::sync::watch::channel(creds);
-    let host = shoal_agent::session::HostInfo {
-        host_name: "node-2".into(),
-        cpu_millicores: 1000,
-        memory_bytes: 1 << 30,
-        ..Default::default()
-    };
-    let cfg = shoal_agent::session::SessionConfig {
-        tls: Some(creds_rx),
-        ..shoal_agent::session::SessionConfig::with_endpoints(
-            // A backoff after each failure would take 100 + 200 + 400 +
-            // 800 + 1600 ms to reach the leader; one round takes none.
-            [&dead, &follower, &dead, &follower, &dead, &p.url].map(String::clone),
-            "c0ffee",
-            host,
-        )
-    };
-    let (assigned_tx, mut assigned_rx) = tokio::sync::watch::channel(None);
-    let (_reports_tx, reports_rx) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
     let started = std::time::Instant::now();
-    let agent = tokio::spawn(shoal_agent::session::run(
-        cfg,
-        assigned_tx,
-        reports_rx,
-        Arc::new(NoLogs),
-        stop.clone(),
-    ));
+    // A backoff after each failure would take 100 + 200 + 400 + 800 + 1600
+    // ms to reach the leader; one round takes none.
+    let (mut assigned_rx, stop, agent) = agent_session(
+        [&dead, &follower, &dead, &follower, &dead, &p.url].map(String::clone),
+        creds,
+    );
     // Welcomed by the leader, then its complete (empty) assignment set.
     tokio::time::timeout(
         Duration::from_secs(2),
@@ -601,28 +618,8 @@ async fn a_session_on_a_silent_server_is_given_up_for_the_next() {
                 p.shutdown.clone().cancelled_owned(),
             ),
     );
-    let (_creds_tx, creds_rx) = tokio::sync::watch::channel(creds);
-    let host = shoal_agent::session::HostInfo {
-        host_name: "node-2".into(),
-        cpu_millicores: 1000,
-        memory_bytes: 1 << 30,
-        ..Default::default()
-    };
-    let cfg = shoal_agent::session::SessionConfig {
-        tls: Some(creds_rx),
-        ..shoal_agent::session::SessionConfig::with_endpoints([mute, p.url.clone()], "c0ffee", host)
-    };
-    let (assigned_tx, mut assigned_rx) = tokio::sync::watch::channel(None);
-    let (_reports_tx, reports_rx) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
     let started = std::time::Instant::now();
-    let agent = tokio::spawn(shoal_agent::session::run(
-        cfg,
-        assigned_tx,
-        reports_rx,
-        Arc::new(NoLogs),
-        stop.clone(),
-    ));
+    let (mut assigned_rx, stop, agent) = agent_session([mute, p.url.clone()], creds);
     // Welcomed by the mute server, which never sends the assignments nor
     // answers a heartbeat: after 5 s of silence the agent moves on.
     tokio::time::timeout(
