@@ -16,7 +16,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Killed, eventually, ok, shoal};
-use shoal_tests::{Engine, RemoveClusterOnDrop, main_docker_host};
+use shoal_tests::{
+    Engine, RemoveClusterOnDrop, ServerPorts, main_docker_host, shoal_server_command,
+};
 
 const HOST: &str = "e2e-ha";
 
@@ -54,21 +56,23 @@ impl Server {
         self.data.join("kubeconfig")
     }
 
-    fn start(&self, all: &[Server], logs: &Path) -> Killed {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_shoal"));
-        c.arg("server")
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(["--listen", &format!("127.0.0.1:{}", self.api)])
-            .args([
-                "--dispatcher-listen",
-                &format!("127.0.0.1:{}", self.dispatcher),
-            ])
-            .args(["--node-id", &self.id.to_string()])
-            .args(["--raft-listen", &format!("127.0.0.1:{}", self.raft)]);
-        for p in all.iter().filter(|p| p.id != self.id) {
-            c.args(["--peer", &format!("{}=https://127.0.0.1:{}", p.id, p.raft)]);
+    fn ports(&self) -> ServerPorts {
+        ServerPorts {
+            id: self.id,
+            api: self.api,
+            dispatcher: self.dispatcher,
+            raft: self.raft,
         }
+    }
+
+    fn start(&self, all: &[Server], logs: &Path) -> Killed {
+        let ports: Vec<ServerPorts> = all.iter().map(Server::ports).collect();
+        let mut c = shoal_server_command(
+            Path::new(env!("CARGO_BIN_EXE_shoal")),
+            &self.data,
+            &self.ports(),
+            &ports,
+        );
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -76,7 +80,6 @@ impl Server {
             .unwrap();
         Killed(
             c.env("RUST_LOG", "info")
-                .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

@@ -76,6 +76,47 @@ pub fn shoal_up_command(bin: &Path, data: &Path, host_name: &str, docker_host: &
     c
 }
 
+/// The loopback ports of one server of a replicated control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerPorts {
+    /// Its Raft node id.
+    pub id: u64,
+    /// The API (`--listen`).
+    pub api: u16,
+    /// The plain dispatcher (`--dispatcher-listen`; only the leader's listens).
+    pub dispatcher: u16,
+    /// Its peers' way in (`--raft-listen`).
+    pub raft: u16,
+}
+
+/// `BIN server` on `data` as server `me` of `all` (every server, `me` among
+/// them), on loopback addresses, as the end-to-end tests and benchmarks run
+/// a replicated control plane. The caller adds output redirections and
+/// spawns it.
+pub fn shoal_server_command(
+    bin: &Path,
+    data: &Path,
+    me: &ServerPorts,
+    all: &[ServerPorts],
+) -> Command {
+    let mut c = Command::new(bin);
+    c.arg("server")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{}", me.api)])
+        .args([
+            "--dispatcher-listen",
+            &format!("127.0.0.1:{}", me.dispatcher),
+        ])
+        .args(["--node-id", &me.id.to_string()])
+        .args(["--raft-listen", &format!("127.0.0.1:{}", me.raft)])
+        .stdin(std::process::Stdio::null());
+    for p in all.iter().filter(|p| p.id != me.id) {
+        c.args(["--peer", &format!("{}=https://127.0.0.1:{}", p.id, p.raft)]);
+    }
+    c
+}
+
 /// `unix://…` address of the main test engine: `SHOAL_TEST_DOCKER_HOST`, else a unix
 /// `DOCKER_HOST`, else the socket `scripts/test-env` uses.
 pub fn main_docker_host() -> String {

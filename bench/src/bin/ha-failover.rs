@@ -44,7 +44,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -55,6 +55,7 @@ use serde_json::json;
 use shoal_bench::{SLEEP_SHELL, list_ms, loadavg, logs_dir, median, ms, runs_from_env, shoal_bin};
 use shoal_crds::Service;
 use shoal_tests::TEST_IMAGE;
+use shoal_tests::{ServerPorts, shoal_server_command};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -108,9 +109,18 @@ impl Server {
         self.data.join("kubeconfig")
     }
 
+    fn ports(&self) -> ServerPorts {
+        ServerPorts {
+            id: self.id,
+            api: self.api,
+            dispatcher: self.dispatcher,
+            raft: self.raft,
+        }
+    }
+
     /// Starts it with every other server of `peers` as a peer; its log is started afresh
     /// on the first start and appended to after.
-    fn start(&mut self, bin: &Path, peers: &[(u64, u16)]) -> Result<()> {
+    fn start(&mut self, bin: &Path, peers: &[ServerPorts]) -> Result<()> {
         self.starts += 1;
         let mut log = OpenOptions::new()
             .create(true)
@@ -120,23 +130,8 @@ impl Server {
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
         writeln!(log, "--- ha-failover: start {} ---", self.starts)?;
-        let mut c = Command::new(bin);
-        c.arg("server")
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(["--listen", &format!("127.0.0.1:{}", self.api)])
-            .args([
-                "--dispatcher-listen",
-                &format!("127.0.0.1:{}", self.dispatcher),
-            ])
-            .args(["--node-id", &self.id.to_string()])
-            .args(["--raft-listen", &format!("127.0.0.1:{}", self.raft)]);
-        for (id, raft) in peers.iter().filter(|(id, _)| *id != self.id) {
-            c.args(["--peer", &format!("{id}=https://127.0.0.1:{raft}")]);
-        }
-        let child = c
+        let child = shoal_server_command(bin, &self.data, &self.ports(), peers)
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -391,7 +386,7 @@ async fn measure(bin: &Path, logs: &Path, runs: usize, figures: &mut Figures) ->
     let mut servers = (1..=3)
         .map(|id| Server::new(id, tmp.path(), logs))
         .collect::<Result<Vec<_>>>()?;
-    let peers: Vec<(u64, u16)> = servers.iter().map(|s| (s.id, s.raft)).collect();
+    let peers: Vec<ServerPorts> = servers.iter().map(Server::ports).collect();
 
     // The first server makes the cluster's id and CA; the others get copies before their
     // first start.
