@@ -255,16 +255,20 @@ async fn a_wrong_secret_or_another_clusters_ca_is_refused() {
     assert!(e.is_retryable(), "{e:?}");
 }
 
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 #[tokio::test]
 async fn certificates_expire_and_are_renewed_in_time() {
     // Host certificates valid for 6 s: renewed with 2 s left.
     let p = plane_with(Duration::from_secs(6)).await;
     let first = join(&p.url, &p.token, "node-2").await.unwrap();
     let (from, until) = first.validity().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = now_secs();
     assert!(
         (5..=7).contains(&(until - now)),
         "valid for {}s",
@@ -301,18 +305,20 @@ async fn certificates_expire_and_are_renewed_in_time() {
         tx,
         stop.clone(),
     ));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Each 6 s certificate is renewed with 2 s left: twice within about 9 s
+    // (20 s allowed for a loaded machine), and past the first one's expiry.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut renewals = 0;
-    while tokio::time::Instant::now() < deadline {
+    while renewals < 2 || now_secs() <= until {
         tokio::select! {
             r = rx.changed() => { r.unwrap(); renewals += 1; }
-            () = tokio::time::sleep_until(deadline) => {}
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "renewed {renewals} times in 20 s of 6 s certificates"
+        );
     }
-    assert!(
-        renewals >= 2,
-        "renewed {renewals} times in 10 s of 6 s certificates"
-    );
     let current = rx.borrow().clone();
     let (_, until) = current.validity().unwrap();
     assert!(
@@ -321,8 +327,8 @@ async fn certificates_expire_and_are_renewed_in_time() {
     );
     let kept = Credentials::load(state.path()).unwrap().unwrap();
     assert_eq!(kept.cert_pem, current.cert_pem);
-    // 10 s after joining, the first certificate has expired: the TLS
-    // handshake itself fails; the renewed one is welcome.
+    // The first certificate has expired: the TLS handshake itself fails;
+    // the renewed one is welcome.
     let e = session(&p.url, first.client_tls(), "node-2")
         .await
         .unwrap_err();
@@ -623,11 +629,11 @@ async fn a_session_on_a_silent_server_is_given_up_for_the_next() {
     // Welcomed by the mute server, which never sends the assignments nor
     // answers a heartbeat: after 5 s of silence the agent moves on.
     tokio::time::timeout(
-        Duration::from_secs(10),
+        Duration::from_secs(12),
         assigned_rx.wait_for(|a| a.is_some()),
     )
     .await
-    .expect("an assignment set from the live server within 10 s")
+    .expect("an assignment set from the live server within 12 s (HTTP/2 keepalive alone would take 15 s)")
     .unwrap();
     let took = started.elapsed();
     assert!(
