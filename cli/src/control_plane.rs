@@ -134,10 +134,29 @@ impl ControlPlane {
             None
         };
 
+        // The dispatcher of the moment (none while another server leads):
+        // logs are read through it.
+        let (current, current_rx) = tokio::sync::watch::channel(None);
+        // A leader serves its peers' log requests through it.
+        let peer_logs = Arc::new(crate::task_logs::LeaderLogs {
+            store: Arc::default(),
+            logs: crate::task_logs::DispatcherLogs {
+                current: current_rx.clone(),
+                via_leader: None,
+            },
+        });
         let store_dir = settings.data_dir.join("store");
         let raft = match (&settings.ha, &pki) {
             (Some(ha), Some(pki)) => {
-                open_replicated(ha, pki, &store_dir, &shutdown, &mut tasks).await?
+                open_replicated(
+                    ha,
+                    pki,
+                    &store_dir,
+                    peer_logs.clone(),
+                    &shutdown,
+                    &mut tasks,
+                )
+                .await?
             }
             _ => {
                 let dir = store_dir.clone();
@@ -150,6 +169,18 @@ impl ControlPlane {
         };
         let raft = Arc::new(raft);
         let store: Arc<dyn ClusterStore> = raft.clone();
+        let _ = peer_logs.store.set(store.clone());
+        // A server that does not lead reads logs through the leader.
+        let via_leader = match (&settings.ha, &pki) {
+            (Some(ha), Some(pki)) => Some(crate::task_logs::LeaderRoute {
+                raft: raft.clone(),
+                peers: ha.peers.clone(),
+                tls: pki
+                    .peer_client_tls(ha.node_id)
+                    .context("issuing this server's peer certificate")?,
+            }),
+            _ => None,
+        };
 
         let security = match (&pki, secure_api) {
             (Some(pki), true) => {
@@ -177,12 +208,12 @@ impl ControlPlane {
             }
             _ => None,
         };
-        // The dispatcher of the moment (none while another server leads):
-        // logs are read through it.
-        let (current, current_rx) = tokio::sync::watch::channel(None);
         let api_config = shoal_apiserver::Config {
             max_body_bytes: settings.max_body_bytes,
-            logs: Some(Arc::new(crate::task_logs::DispatcherLogs(current_rx))),
+            logs: Some(Arc::new(crate::task_logs::DispatcherLogs {
+                current: current_rx,
+                via_leader,
+            })),
             security: security.clone(),
             ..shoal_apiserver::Config::default()
         };
@@ -295,6 +326,7 @@ async fn open_replicated(
     ha: &HaSettings,
     pki: &Arc<shoal_dispatcher::pki::ClusterPki>,
     store_dir: &Path,
+    logs: Arc<crate::task_logs::LeaderLogs>,
     shutdown: &CancellationToken,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<RaftStore> {
@@ -322,7 +354,7 @@ async fn open_replicated(
     );
     tasks.push(tokio::spawn(
         async move {
-            if let Err(e) = serve_peers(listener, p, id, t, stop).await {
+            if let Err(e) = serve_peers(listener, p, id, t, Some(logs), stop).await {
                 tracing::error!(error = %e, "peer listener stopped");
             }
         }

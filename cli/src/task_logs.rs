@@ -1,6 +1,8 @@
 //! Task logs for the API server, read through the dispatcher: the bridge
 //! between the API's `tasks/NAME/log` and the agents' log streams.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
@@ -8,16 +10,169 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use shoal_apiserver::logs::{LogError, LogLine, LogRequest, TaskLogs};
 use shoal_crds::Task;
+use shoal_dispatcher::peers::PeerLogs;
 use shoal_dispatcher::{DataChunk, DispatchError, Dispatcher, LogOptions};
+use shoal_proto::control_v1::raft_peer_client::RaftPeerClient;
+use shoal_proto::control_v1::{PeerLogLine, PeerLogLines, PeerLogsRequest};
 use shoal_proto::convert::{timestamp_from_jiff, timestamp_to_jiff};
+use shoal_store::raft::RaftStore;
+use shoal_store::{ClusterStore, typed};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 /// How long the task's agent may take to start answering.
 const FIRST_ANSWER: Duration = Duration::from_secs(10);
 
-/// [`TaskLogs`] over the dispatcher of the moment (`None` while another
-/// server of a replicated control plane leads).
-#[derive(Debug, Clone)]
-pub struct DispatcherLogs(pub tokio::sync::watch::Receiver<Option<Dispatcher>>);
+/// [`TaskLogs`] over the dispatcher of the moment; while another server of
+/// a replicated control plane leads (no dispatcher here), through that
+/// leader, if a route to it is given.
+#[derive(Clone)]
+pub struct DispatcherLogs {
+    /// This server's dispatcher while it leads.
+    pub current: tokio::sync::watch::Receiver<Option<Dispatcher>>,
+    /// How to ask the leader otherwise.
+    pub via_leader: Option<LeaderRoute>,
+}
+
+impl std::fmt::Debug for DispatcherLogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispatcherLogs").finish_non_exhaustive()
+    }
+}
+
+/// The way to the leader's `TaskLogs` (its peer listener) from a server
+/// that does not lead.
+#[derive(Clone)]
+pub struct LeaderRoute {
+    /// This server's Raft node: who leads.
+    pub raft: Arc<RaftStore>,
+    /// The peers' `https://` addresses by node id.
+    pub peers: BTreeMap<u64, String>,
+    /// This server's peer TLS (client side).
+    pub tls: ClientTlsConfig,
+}
+
+impl LeaderRoute {
+    /// The task's lines, read by the leader.
+    async fn open(
+        &self,
+        task: &Task,
+        req: &LogRequest,
+    ) -> Result<BoxStream<'static, LogLine>, LogError> {
+        let leader = self.raft.status().leader_id;
+        let url = self.peers.get(&leader).ok_or_else(|| {
+            LogError::Unavailable("the control plane has no leader at the moment".into())
+        })?;
+        let unavailable = |e: String| LogError::Unavailable(format!("the leader at {url}: {e}"));
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|e| unavailable(e.to_string()))?
+            .tls_config(self.tls.clone())
+            .map_err(|e| unavailable(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let request = PeerLogsRequest {
+            namespace: task.metadata.namespace.clone().unwrap_or_default(),
+            task: task.metadata.name.clone().unwrap_or_default(),
+            follow: req.follow,
+            tail_lines: req.tail_lines,
+            since: req
+                .since
+                .and_then(|t| jiff::Timestamp::try_from(t).ok())
+                .map(timestamp_from_jiff),
+        };
+        let lines = RaftPeerClient::new(channel)
+            .task_logs(request)
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::InvalidArgument | tonic::Code::NotFound => {
+                    LogError::BadRequest(s.message().to_string())
+                }
+                _ => LogError::Unavailable(s.message().to_string()),
+            })?
+            .into_inner();
+        Ok(lines
+            .take_while(|r| futures::future::ready(r.is_ok()))
+            .flat_map(|r| {
+                let lines = r.map(|b| b.lines).unwrap_or_default();
+                futures::stream::iter(lines.into_iter().map(|l| {
+                    LogLine {
+                        time: l
+                            .time
+                            .as_ref()
+                            .and_then(|t| timestamp_to_jiff(t, "time").ok())
+                            .map(SystemTime::from),
+                        data: l.data,
+                    }
+                }))
+            })
+            .boxed())
+    }
+}
+
+/// The leader's side of [`LeaderRoute`]: a peer's `TaskLogs` call served
+/// through this server's dispatcher.
+pub struct LeaderLogs {
+    /// The store, once open (the peer listener starts before it).
+    pub store: Arc<std::sync::OnceLock<Arc<dyn ClusterStore>>>,
+    /// This server's dispatcher while it leads.
+    pub logs: DispatcherLogs,
+}
+
+impl PeerLogs for LeaderLogs {
+    fn open(
+        &self,
+        request: PeerLogsRequest,
+    ) -> BoxFuture<'static, Result<shoal_dispatcher::peers::LogLines, tonic::Status>> {
+        let store = self.store.get().cloned();
+        let logs = DispatcherLogs {
+            current: self.logs.current.clone(),
+            via_leader: None,
+        };
+        Box::pin(async move {
+            let store =
+                store.ok_or_else(|| tonic::Status::unavailable("the store is not open yet"))?;
+            let task = typed::get::<Task>(store.as_ref(), Some(&request.namespace), &request.task)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+                .ok_or_else(|| {
+                    tonic::Status::not_found(format!(
+                        "task {}/{} not found",
+                        request.namespace, request.task
+                    ))
+                })?;
+            let req = LogRequest {
+                follow: request.follow,
+                tail_lines: request.tail_lines,
+                since: request
+                    .since
+                    .as_ref()
+                    .and_then(|t| timestamp_to_jiff(t, "since").ok())
+                    .map(SystemTime::from),
+                timestamps: true,
+            };
+            let lines = logs.open(&task, req).await.map_err(|e| match e {
+                LogError::BadRequest(m) => tonic::Status::invalid_argument(m),
+                LogError::Unavailable(m) => tonic::Status::unavailable(m),
+            })?;
+            Ok(lines
+                .ready_chunks(64)
+                .map(|chunk| PeerLogLines {
+                    lines: chunk
+                        .into_iter()
+                        .map(|l| PeerLogLine {
+                            time: l
+                                .time
+                                .and_then(|t| jiff::Timestamp::try_from(t).ok())
+                                .map(timestamp_from_jiff),
+                            data: l.data,
+                        })
+                        .collect(),
+                })
+                .boxed())
+        })
+    }
+}
 
 fn lines_of(chunk: DataChunk) -> Vec<LogLine> {
     match chunk {
@@ -59,10 +214,13 @@ impl TaskLogs for DispatcherLogs {
                 // Always: the API adds them when asked.
                 timestamps: true,
             };
-            let Some(dispatcher) = self.0.borrow().clone() else {
-                return Err(LogError::Unavailable(
-                    "this server does not lead the control plane: read logs through the leader's API".into(),
-                ));
+            let Some(dispatcher) = self.current.borrow().clone() else {
+                return match &self.via_leader {
+                    Some(route) => route.open(task, &req).await,
+                    None => Err(LogError::Unavailable(
+                        "this server does not lead the control plane: read logs through the leader's API".into(),
+                    )),
+                };
             };
             let mut rx = dispatcher.logs(task, opts).await.map_err(|e| match e {
                 DispatchError::NotConnected(h) => LogError::Unavailable(format!(

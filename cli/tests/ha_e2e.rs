@@ -3,8 +3,9 @@
 //! `shoal agent` given all three dispatcher addresses, on the main test
 //! engine. A service runs; the leader is killed (SIGKILL); a surviving
 //! server accepts writes again (the time is printed), the agent finds the new
-//! leader, the service scales up without restarting its containers, and the
-//! killed server, started again, catches up as a follower.
+//! leader, the service scales up without restarting its containers, a
+//! server that does not lead serves the service's logs through the leader,
+//! and the killed server, started again, catches up as a follower.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -30,7 +31,7 @@ spec:
   replicas: 3
   template:
     image: shoal-test/busybox:1
-    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    command: ["sh", "-c", "echo steady here; trap 'exit 0' TERM; while true; do sleep 1; done"]
     stopGracePeriod: 1s
 "#;
 
@@ -241,6 +242,10 @@ fn the_control_plane_survives_its_leader() {
         );
     }
     let kc2 = survivors[0].kubeconfig();
+    // Logs through a server that does not lead: it asks the leader.
+    let follower = survivors.iter().find(|s| !s.leads()).unwrap();
+    let logs = ok(&follower.kubeconfig(), &["logs", "steady"]);
+    assert_eq!(logs.matches("steady here").count(), 4, "{logs}");
     let hosts = ok(&kc2, &["host", "ls"]);
     let line = hosts.lines().find(|l| l.starts_with(HOST)).unwrap();
     assert!(line.split_whitespace().nth(1) == Some("True"), "{hosts}");

@@ -28,7 +28,7 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use shoal_proto::control_v1::raft_peer_client::RaftPeerClient;
 use shoal_proto::control_v1::raft_peer_server::{RaftPeer, RaftPeerServer};
-use shoal_proto::control_v1::{RaftAck, RaftEnvelope};
+use shoal_proto::control_v1::{PeerLogLines, PeerLogsRequest, RaftAck, RaftEnvelope};
 use shoal_store::raft::{Inbox, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -345,12 +345,14 @@ pub async fn serve_peers(
     pki: Arc<ClusterPki>,
     self_id: u64,
     transport: Arc<NetTransport>,
+    logs: Option<Arc<dyn PeerLogs>>,
     shutdown: CancellationToken,
 ) -> Result<(), PeerError> {
     let tls = pki.peer_server_tls(self_id)?;
     let service = RaftPeerServer::new(PeerService {
         self_id,
         transport,
+        logs,
         shutdown: shutdown.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -367,12 +369,35 @@ pub async fn serve_peers(
         .map_err(PeerError::from)
 }
 
+/// A task's log lines for the `TaskLogs` call of a peer that does not lead
+/// (served by the leader, through its dispatcher).
+pub trait PeerLogs: Send + Sync + 'static {
+    /// The lines asked for, or why not (NOT_FOUND, INVALID_ARGUMENT or
+    /// UNAVAILABLE).
+    fn open(
+        &self,
+        request: PeerLogsRequest,
+    ) -> futures::future::BoxFuture<'static, Result<LogLines, Status>>;
+}
+
+/// A stream of log line batches.
+pub type LogLines = futures::stream::BoxStream<'static, PeerLogLines>;
+
 /// The `RaftPeer` service of [`serve_peers`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct PeerService {
     self_id: u64,
     transport: Arc<NetTransport>,
+    logs: Option<Arc<dyn PeerLogs>>,
     shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for PeerService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerService")
+            .field("self_id", &self.self_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PeerService {
@@ -416,6 +441,21 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
+    type TaskLogsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<PeerLogLines, Status>> + Send>>;
+
+    async fn task_logs(
+        &self,
+        request: Request<PeerLogsRequest>,
+    ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        Self::caller(&request)?;
+        let Some(logs) = &self.logs else {
+            return Err(Status::unavailable("this server serves no task logs"));
+        };
+        let lines = logs.open(request.into_inner()).await?;
+        Ok(Response::new(Box::pin(futures::StreamExt::map(lines, Ok))))
+    }
+
     async fn send(
         &self,
         request: Request<Streaming<RaftEnvelope>>,

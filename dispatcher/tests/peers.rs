@@ -120,6 +120,7 @@ fn start(
         pki.clone(),
         id,
         transport.clone(),
+        None,
         shutdown.clone(),
     ));
     (transport, shutdown, server)
