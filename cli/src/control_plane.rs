@@ -404,22 +404,9 @@ struct Running {
 impl Leader {
     /// Starts the components; they stop at `stop`.
     async fn start(&self, stop: CancellationToken) -> anyhow::Result<Running> {
-        let mut config = DispatcherConfig {
-            cluster_id: self.cluster_id.clone(),
-            ..Default::default()
-        };
-        if let Some(g) = self.startup_grace {
-            config.startup_grace = Some(g);
-        }
-        let dispatcher = Dispatcher::new(self.store.clone(), config, stop.clone());
-        let mut tasks: Vec<JoinHandle<()>> = shoal_operator::spawn_controllers(
-            self.store.clone(),
-            Default::default(),
-            Default::default(),
-            stop.clone(),
-        )
-        .into();
-        let join_url = match (self.join_listen, &self.pki) {
+        // The listeners first: a port not yet free fails the start before
+        // anything runs.
+        let join = match (self.join_listen, &self.pki) {
             (Some(addr), Some(pki)) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
@@ -428,17 +415,7 @@ impl Leader {
                 let join_address = self.data_dir.join("join-address");
                 std::fs::write(&join_address, format!("https://{local}\n"))
                     .with_context(|| format!("writing {}", join_address.display()))?;
-                let d = dispatcher.clone();
-                let pki = pki.clone();
-                tasks.push(tokio::spawn(
-                    async move {
-                        if let Err(e) = d.serve_join(listener, pki).await {
-                            tracing::error!(error = %e, "join listener stopped");
-                        }
-                    }
-                    .instrument(tracing::info_span!("join-listener")),
-                ));
-                Some(format!("https://{local}"))
+                Some((listener, pki.clone(), format!("https://{local}")))
             }
             _ => None,
         };
@@ -449,6 +426,32 @@ impl Leader {
             "http://{}",
             listener.local_addr().context("dispatcher address")?
         );
+
+        let config = DispatcherConfig {
+            cluster_id: self.cluster_id.clone(),
+            startup_grace: self.startup_grace,
+            ..Default::default()
+        };
+        let dispatcher = Dispatcher::new(self.store.clone(), config, stop.clone());
+        let mut tasks: Vec<JoinHandle<()>> = shoal_operator::spawn_controllers(
+            self.store.clone(),
+            Default::default(),
+            Default::default(),
+            stop.clone(),
+        )
+        .into();
+        let join_url = join.map(|(listener, pki, url)| {
+            let d = dispatcher.clone();
+            tasks.push(tokio::spawn(
+                async move {
+                    if let Err(e) = d.serve_join(listener, pki).await {
+                        tracing::error!(error = %e, "join listener stopped");
+                    }
+                }
+                .instrument(tracing::info_span!("join-listener")),
+            ));
+            url
+        });
         self.current.send_replace(Some(dispatcher.clone()));
         tasks.push(tokio::spawn(
             async move {

@@ -95,16 +95,7 @@ impl LeaderRoute {
             .take_while(|r| futures::future::ready(r.is_ok()))
             .flat_map(|r| {
                 let lines = r.map(|b| b.lines).unwrap_or_default();
-                futures::stream::iter(lines.into_iter().map(|l| {
-                    LogLine {
-                        time: l
-                            .time
-                            .as_ref()
-                            .and_then(|t| timestamp_to_jiff(t, "time").ok())
-                            .map(SystemTime::from),
-                        data: l.data,
-                    }
-                }))
+                futures::stream::iter(lines.into_iter().map(|l| log_line(l.time.as_ref(), l.data)))
             })
             .boxed())
     }
@@ -174,19 +165,22 @@ impl PeerLogs for LeaderLogs {
     }
 }
 
+/// A line as the API gives it, from its time and bytes on the wire.
+fn log_line(time: Option<&prost_types::Timestamp>, data: Vec<u8>) -> LogLine {
+    LogLine {
+        time: time
+            .and_then(|t| timestamp_to_jiff(t, "time").ok())
+            .map(SystemTime::from),
+        data,
+    }
+}
+
 fn lines_of(chunk: DataChunk) -> Vec<LogLine> {
     match chunk {
         DataChunk::Logs(c) => c
             .lines
             .into_iter()
-            .map(|l| LogLine {
-                time: l
-                    .time
-                    .as_ref()
-                    .and_then(|t| timestamp_to_jiff(t, "time").ok())
-                    .map(SystemTime::from),
-                data: l.data,
-            })
+            .map(|l| log_line(l.time.as_ref(), l.data))
             .collect(),
         DataChunk::Error(message) => {
             tracing::debug!(%message, "log stream ended by the agent");

@@ -8,46 +8,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal_tests::{Engine, RemoveClusterOnDrop, main_docker_host, repo_root, shoal_up_command};
+use shoal_tests::{Engine, repo_root};
 
 const HOST: &str = "e2e-cli";
-
-/// `shoal up`, killed when dropped; then its containers are removed (the
-/// struct's own `drop` runs before its fields').
-struct Up {
-    child: Child,
-    cluster: RemoveClusterOnDrop,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_up(data: &Path) -> Up {
-    let log = std::fs::File::create(data.with_extension("log")).unwrap();
-    let child = shoal_up_command(
-        Path::new(env!("CARGO_BIN_EXE_shoal")),
-        data,
-        HOST,
-        &main_docker_host(),
-    )
-    .stdout(Stdio::null())
-    .stderr(log)
-    .spawn()
-    .unwrap();
-    Up {
-        child,
-        cluster: RemoveClusterOnDrop(None),
-    }
-}
 
 /// Runs `shoal ARGS` against the kubeconfig; returns the output.
 fn shoal(kc: &Path, args: &[&str]) -> Output {
@@ -136,21 +106,8 @@ fn cli_against_shoal_up() {
     rt.block_on(Engine::main()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut up = start_up(&data);
-    let kc: PathBuf = data.join("kubeconfig");
-    eventually("the kubeconfig", 30, || {
-        std::fs::read_to_string(&kc).is_ok_and(|s| s.contains("server:"))
-    });
-    up.cluster.0 = Some(
-        std::fs::read_to_string(data.join("cluster-id"))
-            .unwrap()
-            .trim()
-            .to_string(),
-    );
-    eventually("the host to join", 30, || {
-        let o = shoal(&kc, &["host", "ls"]);
-        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(HOST)
-    });
+    let up = common::start_single(&data, HOST, &data.with_extension("log"));
+    let kc: PathBuf = up.kc.clone();
 
     // --dry-run writes nothing.
     let out = ok(&kc, &["apply", "-f", &example("web.yaml"), "--dry-run"]);

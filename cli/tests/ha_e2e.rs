@@ -45,11 +45,8 @@ fn free_port() -> u16 {
 
 /// One server's addresses and data.
 struct Server {
-    id: u64,
     data: PathBuf,
-    api: u16,
-    dispatcher: u16,
-    raft: u16,
+    ports: ServerPorts,
 }
 
 impl Server {
@@ -57,27 +54,18 @@ impl Server {
         self.data.join("kubeconfig")
     }
 
-    fn ports(&self) -> ServerPorts {
-        ServerPorts {
-            id: self.id,
-            api: self.api,
-            dispatcher: self.dispatcher,
-            raft: self.raft,
-        }
-    }
-
     fn start(&self, all: &[Server], logs: &Path) -> Killed {
-        let ports: Vec<ServerPorts> = all.iter().map(Server::ports).collect();
+        let ports: Vec<ServerPorts> = all.iter().map(|s| s.ports).collect();
         let mut c = shoal_server_command(
             Path::new(env!("CARGO_BIN_EXE_shoal")),
             &self.data,
-            &self.ports(),
+            &self.ports,
             &ports,
         );
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(logs.join(format!("server-{}.log", self.id)))
+            .open(logs.join(format!("server-{}.log", self.ports.id)))
             .unwrap();
         Killed(
             c.env("RUST_LOG", "info")
@@ -90,7 +78,7 @@ impl Server {
 
     /// Whether its dispatcher listens (only the leader's does).
     fn leads(&self) -> bool {
-        std::net::TcpStream::connect(("127.0.0.1", self.dispatcher)).is_ok()
+        std::net::TcpStream::connect(("127.0.0.1", self.ports.dispatcher)).is_ok()
     }
 }
 
@@ -125,11 +113,13 @@ fn the_control_plane_survives_its_leader() {
     let tmp = tempfile::tempdir().unwrap();
     let servers: Vec<Server> = (1..=3)
         .map(|id| Server {
-            id,
             data: tmp.path().join(format!("server-{id}")),
-            api: free_port(),
-            dispatcher: free_port(),
-            raft: free_port(),
+            ports: ServerPorts {
+                id,
+                api: free_port(),
+                dispatcher: free_port(),
+                raft: free_port(),
+            },
         })
         .collect();
 
@@ -167,7 +157,7 @@ fn the_control_plane_survives_its_leader() {
     // One agent, given every server's dispatcher.
     let dispatchers: Vec<String> = servers
         .iter()
-        .map(|s| format!("http://127.0.0.1:{}", s.dispatcher))
+        .map(|s| format!("http://127.0.0.1:{}", s.ports.dispatcher))
         .collect();
     let _agent = Killed(
         Command::new(env!("CARGO_BIN_EXE_shoal"))

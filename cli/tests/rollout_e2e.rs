@@ -16,8 +16,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Killed, eventually, ok, shoal};
-use shoal_tests::{Engine, RemoveClusterOnDrop, main_docker_host, shoal_up_command};
+use common::{eventually, ok, shoal};
+use shoal_tests::{Engine, main_docker_host};
 
 const HOST: &str = "e2e-rollout";
 
@@ -188,33 +188,8 @@ fn start_first_and_rollback_on_a_real_engine() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(Engine::main()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let log = std::fs::File::create(tmp.path().join("up.log")).unwrap();
-    let up = shoal_up_command(
-        Path::new(env!("CARGO_BIN_EXE_shoal")),
-        &data,
-        HOST,
-        &main_docker_host(),
-    )
-    .stdout(Stdio::null())
-    .stderr(log)
-    .spawn()
-    .unwrap();
-    let kc = data.join("kubeconfig");
-    eventually("the kubeconfig", 30, || {
-        std::fs::read_to_string(&kc).is_ok_and(|s| s.contains("server:"))
-    });
-    let cluster = std::fs::read_to_string(data.join("cluster-id"))
-        .unwrap()
-        .trim()
-        .to_string();
-    // Drop order: `shoal up` first, then its containers.
-    let _cleanup = RemoveClusterOnDrop(Some(cluster.clone()));
-    let _up = Killed(up);
-    eventually("the host to join", 30, || {
-        let o = shoal(&kc, &["host", "ls"]);
-        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(HOST)
-    });
+    let up = common::start_single(&tmp.path().join("data"), HOST, &tmp.path().join("up.log"));
+    let (kc, cluster) = (up.kc.clone(), up.cluster.clone());
 
     let (code, out) = apply(&kc, tmp.path(), &service("v1", SERVES));
     assert_eq!(code, Some(0), "{out}");

@@ -56,6 +56,52 @@ pub fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     panic!("timed out after {secs}s waiting for {what}");
 }
 
+/// `shoal up` on the main engine as host `host`, its stderr in `log`:
+/// killed when dropped, then its containers removed (fields drop in order).
+pub struct SingleHost {
+    _up: Killed,
+    _cleanup: RemoveClusterOnDrop,
+    /// The kubeconfig it wrote.
+    pub kc: PathBuf,
+    /// Its cluster id.
+    pub cluster: String,
+}
+
+/// Starts [`SingleHost`] in `data` and returns once its host has joined.
+pub fn start_single(data: &Path, host: &str, log: &Path) -> SingleHost {
+    let up = Killed(
+        shoal_up_command(
+            Path::new(env!("CARGO_BIN_EXE_shoal")),
+            data,
+            host,
+            &main_docker_host(),
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let kc = data.join("kubeconfig");
+    eventually("the kubeconfig", 30, || {
+        std::fs::read_to_string(&kc).is_ok_and(|s| s.contains("server:"))
+    });
+    let cluster = std::fs::read_to_string(data.join("cluster-id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let single = SingleHost {
+        _up: up,
+        _cleanup: RemoveClusterOnDrop(Some(cluster.clone())),
+        kc,
+        cluster,
+    };
+    eventually("the host to join", 30, || {
+        let o = shoal(&single.kc, &["host", "ls"]);
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(host)
+    });
+    single
+}
+
 /// (name, host, phase) of every task of `service`.
 pub fn task_hosts(kc: &Path, service: &str) -> Vec<(String, String, String)> {
     let selector = format!("shoal.dev/service={service}");
