@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use shoal_crds::ImagePullPolicy;
 
+use bollard::models::ContainerCreateBody;
+
 use crate::engine::{ContainerEngine, create_for_task};
 use crate::error::EngineError;
 use crate::labels::network_name;
@@ -63,36 +65,60 @@ pub struct ExecCtx {
     pub policy: Arc<LocalPolicy>,
 }
 
-async fn ensure_image(
+/// Before a create with `imagePullPolicy: Always`: pull, or run what the host
+/// has when no registry answers. The other policies pull nothing up front: the
+/// create itself says whether the image is there ([`create_with_image`]), which
+/// saves an image inspect per container.
+async fn pull_always(
     engine: &dyn ContainerEngine,
     task: &AssignedTask,
     ctx: &ExecCtx,
 ) -> Result<(), ActionError> {
     let image = &task.template.image;
-    let policy = task.template.image_pull_policy.unwrap_or_default();
-    let present = engine
-        .image_present(image)
-        .await
-        .map_err(|e| classify(e, false))?;
-    match policy {
-        ImagePullPolicy::Never if !present => Err(ActionError::ImageNotFound(format!(
-            "{image} is not on this host and imagePullPolicy is Never"
-        ))),
-        ImagePullPolicy::Never => Ok(()),
-        ImagePullPolicy::IfNotPresent if present => Ok(()),
-        ImagePullPolicy::IfNotPresent => engine
-            .pull(image, ctx.pull_timeout)
-            .await
-            .map_err(|e| classify(e, false)),
-        ImagePullPolicy::Always => match engine.pull(image, ctx.pull_timeout).await {
-            Ok(()) => Ok(()),
-            // No registry reachable: run what the host has.
-            Err(e) if present => {
+    if task.template.image_pull_policy.unwrap_or_default() != ImagePullPolicy::Always {
+        return Ok(());
+    }
+    match engine.pull(image, ctx.pull_timeout).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let present = engine
+                .image_present(image)
+                .await
+                .map_err(|e| classify(e, false))?;
+            if present {
+                // No registry reachable: run what the host has.
                 tracing::warn!(%image, error = %e, "pull failed; using the image on the host");
                 Ok(())
+            } else {
+                Err(classify(e, false))
             }
-            Err(e) => Err(classify(e, false)),
-        },
+        }
+    }
+}
+
+/// Creates the task's container; a missing image is pulled and the create
+/// made again (`IfNotPresent`), or refused (`Never`).
+async fn create_with_image(
+    engine: &dyn ContainerEngine,
+    task: &AssignedTask,
+    name: &str,
+    body: ContainerCreateBody,
+    ctx: &ExecCtx,
+) -> Result<String, EngineError> {
+    let image = &task.template.image;
+    match create_for_task(engine, name, body.clone(), &ctx.cluster, &task.uid).await {
+        Err(EngineError::ImageNotFound(_)) => {
+            match task.template.image_pull_policy.unwrap_or_default() {
+                ImagePullPolicy::Never => Err(EngineError::ImageNotFound(format!(
+                    "{image} is not on this host and imagePullPolicy is Never"
+                ))),
+                ImagePullPolicy::IfNotPresent | ImagePullPolicy::Always => {
+                    engine.pull(image, ctx.pull_timeout).await?;
+                    create_for_task(engine, name, body, &ctx.cluster, &task.uid).await
+                }
+            }
+        }
+        other => other,
     }
 }
 
@@ -122,7 +148,7 @@ pub async fn execute(
             let id = task.identity(&ctx.cluster);
             let body = create_body(&id, &task.template)
                 .map_err(|e| ActionError::Rejected(e.to_string()))?;
-            ensure_image(engine, task, ctx).await?;
+            pull_always(engine, task, ctx).await?;
             let net = network_name(&task.namespace);
             let known = ctx
                 .networks
@@ -138,8 +164,7 @@ pub async fn execute(
                     n.insert(net.clone());
                 }
             }
-            let created =
-                create_for_task(engine, &id.container_name(), body, &ctx.cluster, &task.uid).await;
+            let created = create_with_image(engine, task, &id.container_name(), body, ctx).await;
             let cid = match created {
                 Ok(cid) => cid,
                 Err(EngineError::NotFound(m)) if m.contains("network") => {

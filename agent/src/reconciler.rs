@@ -396,8 +396,29 @@ impl Reconciler {
                 if ev.kind == EventKind::Start {
                     self.oom_seen.remove(&ev.container_id);
                 }
+                if !self.event_is_news(&ev) {
+                    return;
+                }
                 self.refresh(&ev.container_id).await
             }
+        }
+    }
+
+    /// False for a `create` or `start` event that an inspect would not add to:
+    /// the container's task has an action in flight (its end inspects the
+    /// container), or the record already holds the container (`create`) or its
+    /// run (`start`: a die in between would have been seen first). Saves the
+    /// engine two inspects per container the agent starts.
+    fn event_is_news(&self, ev: &EngineEvent) -> bool {
+        let in_flight = ev
+            .labels
+            .get(crate::labels::TASK_UID)
+            .is_some_and(|uid| self.in_flight.contains(uid));
+        let known = self.observed.get(&ev.container_id);
+        match ev.kind {
+            EventKind::Create => !in_flight && known.is_none(),
+            EventKind::Start => !in_flight && !known.is_some_and(|c| c.state.is_up()),
+            _ => true,
         }
     }
 

@@ -132,6 +132,30 @@ async fn creates_replicas_and_restarts_an_exited_one() {
 }
 
 #[tokio::test]
+async fn a_started_container_is_inspected_once() {
+    let fake = FakeEngine::new();
+    fake.add_image(IMG);
+    let tasks: Vec<_> = (0..5).map(task).collect();
+    let mut h = start(&fake, AgentConfig::new("c1"), Some(tasks));
+    h.until("5 reported running", |f, seen| {
+        running(f) == 5
+            && seen
+                .iter()
+                .filter(|u| u.status.phase == Some(TaskPhase::Running))
+                .count()
+                == 5
+    })
+    .await;
+    // Let the create and start events of the last containers arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The end of each create+start inspects the container; its `create` and
+    // `start` events add nothing to that and are not inspected again.
+    assert_eq!(fake.calls("inspect"), 5);
+    assert_eq!(fake.calls("image_present"), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn missing_image_is_pending_with_a_bounded_number_of_pulls() {
     let fake = FakeEngine::new();
     let mut config = AgentConfig::new("c1");
@@ -148,10 +172,41 @@ async fn missing_image_is_pending_with_a_bounded_number_of_pulls() {
     // Backoff 200, 400, 800 ms: attempts at about 0, 0.2, 0.6 (and 1.4) s.
     let pulls = fake.calls("pull");
     assert!((2..=4).contains(&pulls), "pulls within ~1.1 s: {pulls}");
-    assert_eq!(fake.calls("create"), 0, "no create without the image");
+    // The create is the presence check: one refused create, then one pull,
+    // per attempt; no image inspect.
+    assert_eq!(fake.calls("create"), pulls, "one create per pull");
+    assert_eq!(
+        fake.calls("image_present"),
+        0,
+        "the create says the image is missing"
+    );
+    assert_eq!(running(&fake), 0);
     // The image arrives: the next retry runs the task.
     fake.add_image(IMG);
     h.until("running after the image arrived", |f, _| running(f) == 1)
+        .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn pull_never_with_a_missing_image_pulls_nothing() {
+    let fake = FakeEngine::new();
+    let mut t = task(0);
+    t.template.image_pull_policy = Some(shoal_crds::ImagePullPolicy::Never);
+    let mut h = start(&fake, AgentConfig::new("c1"), Some(vec![t]));
+    h.until("ImageNotFound", |_, seen| {
+        seen.iter().any(|u| {
+            u.status.reason.as_deref() == Some("ImageNotFound")
+                && u.status
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("imagePullPolicy is Never"))
+        })
+    })
+    .await;
+    assert_eq!(fake.calls("pull"), 0);
+    fake.add_image(IMG);
+    h.until("running once the image is there", |f, _| running(f) == 1)
         .await;
     h.stop().await;
 }

@@ -88,8 +88,17 @@ const FLOOR_LABEL: &str = "shoal.dev/bench";
 const FLOOR_NETWORK: &str = "shoal-convfloor";
 /// The floor's DNS alias on that network (Shoal gives each task its service's name).
 const FLOOR_ALIAS: &str = "conv";
-/// Create+start pairs the floor keeps in flight.
+/// Create+start pairs the floor keeps in flight (`SHOAL_BENCH_FLOOR_CONCURRENCY` to try
+/// others).
 const FLOOR_CONCURRENCY: usize = 8;
+
+fn floor_concurrency() -> usize {
+    std::env::var("SHOAL_BENCH_FLOOR_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(FLOOR_CONCURRENCY)
+}
 
 /// The time since `t0` until the engine runs 50 containers with `label`: the one polling
 /// function every system is measured with (every 50 ms).
@@ -622,7 +631,7 @@ fn floor_container(labels: &HashMap<String, String>, netns: bool) -> ContainerCr
 }
 
 /// One engine-floor run: the 50 containers created and started by this process straight
-/// through the Engine API, [`FLOOR_CONCURRENCY`] create+start pairs in flight, timed from
+/// through the Engine API, [`floor_concurrency`] create+start pairs in flight, timed from
 /// the first request to 50 running; then force-removed. With `netns` they join
 /// [`FLOOR_NETWORK`] (created before the clock starts, removed after).
 async fn floor_run(host: &Host, docker: &Docker, run: usize, netns: bool) -> Result<Duration> {
@@ -651,7 +660,7 @@ async fn floor_run(host: &Host, docker: &Docker, run: usize, netns: bool) -> Res
         timeline.mark();
         let t0 = Instant::now();
         let started = futures::stream::iter((0..REPLICAS).map(Ok::<usize, anyhow::Error>))
-            .try_for_each_concurrent(FLOOR_CONCURRENCY, |i| {
+            .try_for_each_concurrent(floor_concurrency(), |i| {
                 let body = body.clone();
                 async move {
                     let created = docker
@@ -684,6 +693,12 @@ async fn floor_run(host: &Host, docker: &Docker, run: usize, netns: bool) -> Res
 #[tokio::main]
 async fn main() -> Result<()> {
     let runs = runs_from_env(3)?;
+    // `SHOAL_BENCH_ONLY=shoal,floor-netns` measures only those systems (for quick
+    // comparisons while working on one); the figures of the others print `skipped`.
+    let only: Option<Vec<String>> = std::env::var("SHOAL_BENCH_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|s| s == name));
     let logs = logs_dir("converge-logs")?;
     eprintln!("logs in {}", logs.display());
 
@@ -717,28 +732,34 @@ async fn main() -> Result<()> {
     let mut floor_netns = Vec::new();
     let mut failure = None;
     for run in 1..=runs {
-        match shoal_run(&bin, &host, &docker, &logs, run).await {
-            Ok(d) => shoal.push(ms(d)),
-            Err(e) => {
-                failure = Some(e.context(format!("shoal run {run}")));
-                break;
+        if wanted("shoal") {
+            match shoal_run(&bin, &host, &docker, &logs, run).await {
+                Ok(d) => shoal.push(ms(d)),
+                Err(e) => {
+                    failure = Some(e.context(format!("shoal run {run}")));
+                    break;
+                }
             }
         }
-        match swarm_run(&host, &docker, &logs, run, false).await {
-            Ok(d) => swarm.push(ms(d)),
-            Err(e) => {
-                failure = Some(e.context(format!("swarm run {run}")));
-                break;
+        if wanted("swarm") {
+            match swarm_run(&host, &docker, &logs, run, false).await {
+                Ok(d) => swarm.push(ms(d)),
+                Err(e) => {
+                    failure = Some(e.context(format!("swarm run {run}")));
+                    break;
+                }
             }
         }
         // An engine without overlay support only loses the extra figure.
-        if swarm_overlay.len() + 1 == run {
+        if wanted("swarm-overlay") && swarm_overlay.len() + 1 == run {
             match swarm_run(&host, &docker, &logs, run, true).await {
                 Ok(d) => swarm_overlay.push(ms(d)),
                 Err(e) => eprintln!("  swarm-overlay run {run} failed: {e:#}"),
             }
         }
-        if let Some(c) = &compose {
+        if wanted("compose")
+            && let Some(c) = &compose
+        {
             match compose_run(c, &host, &docker, &logs, compose_dir.path(), run).await {
                 Ok(d) => comp.push(ms(d)),
                 Err(e) => {
@@ -749,18 +770,22 @@ async fn main() -> Result<()> {
         }
         // The floors last in each round: a fresh engine's first starts fall on Shoal, as
         // before the floors were measured, not on the bound.
-        match floor_run(&host, &docker, run, false).await {
-            Ok(d) => floor.push(ms(d)),
-            Err(e) => {
-                failure = Some(e.context(format!("engine-floor run {run}")));
-                break;
+        if wanted("floor") {
+            match floor_run(&host, &docker, run, false).await {
+                Ok(d) => floor.push(ms(d)),
+                Err(e) => {
+                    failure = Some(e.context(format!("engine-floor run {run}")));
+                    break;
+                }
             }
         }
-        match floor_run(&host, &docker, run, true).await {
-            Ok(d) => floor_netns.push(ms(d)),
-            Err(e) => {
-                failure = Some(e.context(format!("engine-floor-netns run {run}")));
-                break;
+        if wanted("floor-netns") {
+            match floor_run(&host, &docker, run, true).await {
+                Ok(d) => floor_netns.push(ms(d)),
+                Err(e) => {
+                    failure = Some(e.context(format!("engine-floor-netns run {run}")));
+                    break;
+                }
             }
         }
     }

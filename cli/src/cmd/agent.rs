@@ -98,7 +98,7 @@ pub struct Args {
     #[arg(long, env = "DOCKER_HOST", value_name = "ADDRESS")]
     docker_host: Option<String>,
     /// Engine actions (create, start, stop) running at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, env = "SHOAL_AGENT_MAX_CONCURRENCY", default_value_t = 16)]
     max_concurrency: usize,
     /// Full resync period, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]

@@ -64,6 +64,9 @@ pub struct Args {
     /// standard socket.
     #[arg(long, env = "DOCKER_HOST", value_name = "ADDRESS")]
     docker_host: Option<String>,
+    /// Engine actions (create, start, stop) the local agent runs at once.
+    #[arg(long, env = "SHOAL_AGENT_MAX_CONCURRENCY", default_value_t = 16)]
+    max_concurrency: usize,
     #[command(flatten)]
     policy: crate::policy_args::PolicyArgs,
 }
@@ -104,6 +107,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         config: AgentConfig {
             policy: args.policy.to_policy(true),
+            max_concurrency: args.max_concurrency,
             ..AgentConfig::new(cp.cluster_id.clone())
         },
         tls: None,
