@@ -5,7 +5,8 @@
 //! `failureAction: Rollback` (the engine runs the previous template again,
 //! the crashing one nowhere), `apply --wait` fails saying so, and `describe`
 //! and `events` tell the story; `shoal rollback` restores the template that
-//! ran before the current one.
+//! ran before the current one; a rollout paused by a failing template holds
+//! after the cause is fixed outside it, until `shoal resume` carries it on.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -272,4 +273,133 @@ fn start_first_and_rollback_on_a_real_engine() {
     let v: serde_json::Value =
         serde_json::from_str(&ok(&kc, &["get", "service", "roll", "-o", "json"])).unwrap();
     assert_eq!(v["spec"]["template"]["env"][0]["value"], "v2");
+}
+
+/// A service whose `version` template runs only once `gate/open` exists
+/// on the host (`gated`), else serves at once; failures pause the rollout.
+fn gated_service(version: &str, gate: &Path, gated: bool) -> String {
+    let command = if gated {
+        format!("test -f /gate/open || exit 3; {SERVES}")
+    } else {
+        SERVES.to_string()
+    };
+    format!(
+        r#"apiVersion: shoal.dev/v1alpha1
+kind: Service
+metadata: {{ name: gate, namespace: default }}
+spec:
+  replicas: 3
+  template:
+    image: shoal-test/busybox:1
+    command: ["sh", "-c", "{command}"]
+    env: [{{ name: VERSION, value: "{version}" }}]
+    mounts: [{{ type: Bind, source: "{}", target: /gate, readOnly: true }}]
+    stopGracePeriod: 1s
+  restartPolicy: {{ condition: Always, delay: 0s, maxDelay: 1s }}
+  update:
+    parallelism: 1
+    failureAction: Pause
+    monitor: 2s
+"#,
+        gate.display()
+    )
+}
+
+fn gate_status(kc: &Path) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(kc, &["get", "service", "gate", "-o", "json"])).unwrap();
+    v["status"]["update"].clone()
+}
+
+/// The template hash of each running container of service `gate`.
+fn gate_hashes(cluster: &str) -> Vec<String> {
+    let mut v: Vec<String> = docker(&[
+        "ps",
+        "--filter",
+        &format!("label=shoal.dev/cluster={cluster}"),
+        "--filter",
+        "label=shoal.dev/service=gate",
+        "--format",
+        "{{.Label \"shoal.dev/template-hash\"}}",
+    ])
+    .lines()
+    .map(str::to_owned)
+    .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn resume_goes_on_with_a_paused_update_on_a_real_engine() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(Engine::main()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let gate = tmp.path().join("gate");
+    std::fs::create_dir(&gate).unwrap();
+    let up = common::start_single(
+        &tmp.path().join("data"),
+        "e2e-resume",
+        &tmp.path().join("up.log"),
+    );
+    let (kc, cluster) = (up.kc.clone(), up.cluster.clone());
+    let file = tmp.path().join("gate.yaml");
+    let apply = |yaml: String, wait: bool| {
+        std::fs::write(&file, yaml).unwrap();
+        let mut args = vec!["apply", "-f", file.to_str().unwrap()];
+        if wait {
+            args.extend(["--wait", "--timeout", "60s"]);
+        }
+        let o = shoal(&kc, &args);
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), out)
+    };
+
+    let (code, out) = apply(gated_service("v1", &gate, false), true);
+    assert_eq!(code, Some(0), "{out}");
+    let v1 = gate_hashes(&cluster);
+    assert_eq!(v1.len(), 3, "{v1:?}");
+
+    // The new template fails while the gate is shut: the first new task
+    // restarts and the rollout pauses with the other two slots on v1.
+    let (code, out) = apply(gated_service("v2", &gate, true), true);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("paused"), "{out}");
+    let u = gate_status(&kc);
+    assert_eq!(u["state"], "Paused", "{u}");
+    let v2 = u["templateHash"].as_str().unwrap().to_owned();
+
+    // The cause goes away outside the template; the paused rollout holds.
+    std::fs::write(gate.join("open"), "").unwrap();
+    eventually("the new task running", 30, || {
+        gate_hashes(&cluster).iter().filter(|h| **h == v2).count() == 1
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(gate_status(&kc)["state"], "Paused");
+    assert_eq!(
+        gate_hashes(&cluster).iter().filter(|h| **h == v2).count(),
+        1,
+        "nothing more replaced while paused"
+    );
+
+    // `shoal resume` carries on to the end.
+    let out = ok(&kc, &["resume", "gate", "--wait", "--timeout", "60s"]);
+    assert!(out.contains("service/gate update resumed"), "{out}");
+    let u = gate_status(&kc);
+    assert_eq!(u["state"], "Completed", "{u}");
+    assert_eq!(gate_hashes(&cluster), vec![v2.clone(); 3]);
+    let ev = ok(&kc, &["events"]);
+    assert!(ev.contains("UpdateResumed"), "{ev}");
+
+    // Nothing paused any more: a clear refusal.
+    let o = shoal(&kc, &["resume", "gate"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no paused update to resume: its update is Completed"),
+        "{err}"
+    );
 }

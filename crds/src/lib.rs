@@ -27,8 +27,8 @@ pub use host::{
 };
 pub use quantity::{ByteQuantity, CpuQuantity, DurationValue, QuantityError};
 pub use service::{
-    FailureAction, HostLossPolicy, Placement, Service, ServiceMode, ServiceSpec, ServiceStatus,
-    UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+    FailureAction, HostLossPolicy, Placement, RESUME_ANNOTATION, Service, ServiceMode, ServiceSpec,
+    ServiceStatus, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 pub use task::{
     DesiredState, FENCE_TIMEOUT, HealthState, Task, TaskPhase, TaskSpec, TaskStatus, fence_window,

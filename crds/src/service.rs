@@ -189,22 +189,31 @@ pub struct UpdateStatus {
     /// Why it paused or rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The value of the service's `shoal.dev/resume` annotation ([`RESUME_ANNOTATION`])
+    /// this rollout has seen. A paused rollout (or rollback) goes on when the
+    /// annotation takes another value (`shoal resume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<String>,
 }
+
+/// The annotation `shoal resume SERVICE` sets to a new value to resume the
+/// service's paused rollout (or rollback), like `kubectl rollout resume`.
+pub const RESUME_ANNOTATION: &str = "shoal.dev/resume";
 
 // The states of a rollout.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum UpdateState {
     /// Replacing tasks, `parallelism` at a time.
     Updating,
-    /// Stopped after failures (`failureAction: Pause`); change the template
-    /// to go on.
+    /// Stopped after failures (`failureAction: Pause`); `shoal resume` or a
+    /// template change goes on.
     Paused,
     /// Every task runs the new template and stayed ready for `monitor`.
     Completed,
     /// Going back to the previous template after failures
     /// (`failureAction: Rollback`).
     RollingBack,
-    /// The rollback itself failed and stopped.
+    /// The rollback itself failed and stopped; `shoal resume` goes on.
     RollbackPaused,
     /// Every task runs the previous template again. The spec's template is
     /// not run until it changes.

@@ -333,7 +333,15 @@ pub fn judge(svc: Option<&Service>, tasks: &[Task], name: &str, generation: i64)
         ));
     }
     if let Some(why) = view::failed_rollout(conds) {
-        return Progress::Failed(format!("{line}: {why}"));
+        let paused = view::condition(conds, "Progressing")
+            .and_then(|c| c.reason.as_deref())
+            .is_some_and(|r| r.ends_with("Paused"));
+        let hint = if paused {
+            format!(" (once the cause is fixed: shoal resume {name}; or shoal rollback {name})")
+        } else {
+            String::new()
+        };
+        return Progress::Failed(format!("{line}: {why}{hint}"));
     }
     let mut why = Vec::new();
     if let Some(r) = view::stuck_reason(svc) {
@@ -626,6 +634,10 @@ mod tests {
             panic!("not failed");
         };
         assert!(why.contains("update paused: 0/1 tasks up to date"), "{why}");
+        assert!(
+            why.ends_with("(once the cause is fixed: shoal resume web; or shoal rollback web)"),
+            "{why}"
+        );
         assert!(matches!(judge(None, &[], "web", 1), Progress::Failed(_)));
     }
 

@@ -12,6 +12,7 @@ pub mod host;
 pub mod join_token;
 pub mod logs;
 pub mod ps;
+pub mod resume;
 pub mod rollback;
 pub mod scale;
 pub mod server;

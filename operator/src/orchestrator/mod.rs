@@ -188,7 +188,28 @@ impl Orchestrator {
         }
         let why = after.message.as_deref().unwrap_or("");
         let obj = ObjectRef::of(svc);
+        let resumed = before.is_some_and(|b| {
+            b.template_hash == after.template_hash
+                && matches!(b.state, UpdateState::Paused | UpdateState::RollbackPaused)
+        });
         match after.state {
+            UpdateState::Updating | UpdateState::RollingBack if resumed => self.events.normal(
+                &obj,
+                "UpdateResumed",
+                &format!(
+                    "{} template {} resumed",
+                    if after.state == UpdateState::Updating {
+                        "Rollout of"
+                    } else {
+                        "Rollback to"
+                    },
+                    if after.state == UpdateState::Updating {
+                        after.template_hash.as_str()
+                    } else {
+                        after.rollback_to.as_deref().unwrap_or("")
+                    }
+                ),
+            ),
             UpdateState::Updating => self.events.normal(
                 &obj,
                 "UpdateStarted",

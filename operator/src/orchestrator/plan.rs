@@ -361,6 +361,35 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         }
     }
 
+    // `shoal resume`: a new value of the annotation resumes a paused rollout
+    // (or rollback) as if it started now, so the failures that paused it are
+    // not counted again. Every rollout records the value it has seen, so an
+    // old value resumes nothing.
+    let resume = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(shoal_crds::RESUME_ANNOTATION))
+        .cloned();
+    if let Some(u) = update.as_mut()
+        && u.resumed != resume
+    {
+        let resumed = match u.state {
+            UpdateState::Paused => Some(UpdateState::Updating),
+            UpdateState::RollbackPaused => Some(UpdateState::RollingBack),
+            _ => None,
+        };
+        if let (Some(state), Some(_)) = (resumed, &resume) {
+            u.state = state;
+            u.started_at = Some(Time(input.now));
+            u.message = Some(match state {
+                UpdateState::RollingBack => "rollback resumed".into(),
+                _ => "resumed".into(),
+            });
+        }
+        u.resumed = resume.clone();
+    }
+
     // Failures of the tasks this rollout (or rollback) started decide
     // `failureAction` before anything else is planned.
     if let Some(u) = update.as_mut()
@@ -402,6 +431,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                                 rollback_to: Some(v.hash.to_owned()),
                                 started_at: Some(Time(input.now)),
                                 message: Some(what),
+                                resumed: resume.clone(),
                             };
                             hash = v.hash.to_owned();
                             template_from = Some(v.name);
@@ -714,6 +744,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             rollback_to: None,
             started_at: Some(Time(input.now)),
             message: None,
+            resumed: resume.clone(),
         });
     }
     let state = update.as_ref().map(|u| u.state);

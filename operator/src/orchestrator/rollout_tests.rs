@@ -357,3 +357,80 @@ fn a_failing_rollback_pauses_and_a_first_template_cannot_roll_back() {
         "{u:?}"
     );
 }
+
+fn resumed(s: &Service, value: &str) -> Service {
+    let mut s = s.clone();
+    s.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(shoal_crds::RESUME_ANNOTATION.into(), value.into());
+    s
+}
+
+#[test]
+fn resume_goes_on_with_a_paused_rollout_once_per_value() {
+    use TaskPhase::*;
+    let s = rolling(&service(3), UpdateState::Paused, 0);
+    let tasks = [
+        stopped(old(task(&s, 0, 1, Shutdown, Some("h1")))),
+        created(task(&s, 0, 2, Failed, Some("h1")), 10),
+        old(task(&s, 1, 1, Running, Some("h2"))),
+        old(task(&s, 2, 1, Running, Some("h3"))),
+    ];
+    let p = run(&s, &tasks, &hosts(), 100);
+    assert_eq!(update_of(&p).state, UpdateState::Paused);
+    assert_eq!(p.actions, vec![]);
+
+    // Resumed as if it started now: the failure that paused it is not
+    // counted again, and the next slot is replaced.
+    let r = resumed(&s, "1");
+    let p = run(&r, &tasks, &hosts(), 100);
+    let u = update_of(&p);
+    assert_eq!(u.state, UpdateState::Updating);
+    assert_eq!(u.started_at, Some(Time(ts(100))));
+    assert_eq!(u.resumed.as_deref(), Some("1"));
+    assert_eq!(p.actions, vec![shutdown("web-1-a1")]);
+
+    // Paused again later: the value already seen resumes nothing.
+    let mut again = r.clone();
+    let mut paused = u.clone();
+    paused.state = UpdateState::Paused;
+    again.status.get_or_insert_with(Default::default).update = Some(paused);
+    let p = run(&again, &tasks, &hosts(), 200);
+    assert_eq!(update_of(&p).state, UpdateState::Paused);
+    assert_eq!(p.actions, vec![]);
+    // A new value does.
+    let p = run(&resumed(&again, "2"), &tasks, &hosts(), 200);
+    assert_eq!(update_of(&p).state, UpdateState::Updating);
+}
+
+#[test]
+fn a_rollout_records_the_resume_value_it_starts_with() {
+    use TaskPhase::*;
+    // An annotation left from an earlier resume must not resume this
+    // rollout's future pause.
+    let s = resumed(&service(2), "old");
+    let tasks = [
+        old(task(&s, 0, 1, Running, Some("h1"))),
+        old(task(&s, 1, 1, Running, Some("h2"))),
+    ];
+    let p = run(&s, &tasks, &hosts(), 100);
+    let u = update_of(&p);
+    assert_eq!(u.state, UpdateState::Updating);
+    assert_eq!(u.resumed.as_deref(), Some("old"));
+}
+
+#[test]
+fn resume_goes_on_with_a_paused_rollback() {
+    use TaskPhase::*;
+    let s = rolling_back(&service(3), UpdateState::RollbackPaused, "old", 0);
+    let p = run(
+        &resumed(&s, "1"),
+        &[old(task(&s, 0, 1, Running, Some("h1")))],
+        &hosts(),
+        100,
+    );
+    let u = update_of(&p);
+    assert_eq!(u.state, UpdateState::RollingBack);
+    assert_eq!(u.message.as_deref(), Some("rollback resumed"));
+}

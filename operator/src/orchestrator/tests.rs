@@ -117,6 +117,7 @@ fn rolling(s: &Service, state: UpdateState, started: i64) -> Service {
             rollback_to: None,
             started_at: Some(Time(ts(started))),
             message: None,
+            resumed: None,
         }),
         ..Default::default()
     });
