@@ -24,6 +24,7 @@ pub mod events;
 pub mod fields;
 pub mod kubeconfig;
 pub mod logs;
+pub mod members;
 pub mod model;
 pub mod openapi;
 mod resources;
@@ -48,6 +49,7 @@ use tokio::sync::watch as signal;
 use tracing::Instrument;
 
 pub use error::ApiError;
+pub use members::{Member, Members};
 pub use secure::Security;
 
 /// Server settings.
@@ -62,6 +64,9 @@ pub struct Config {
     pub logs: Option<Arc<dyn logs::TaskLogs>>,
     /// TLS and a bearer token: required to listen beyond loopback.
     pub security: Option<Security>,
+    /// The servers of a replicated control plane (`/shoal/v1/servers`);
+    /// `None` for a lone server.
+    pub members: Option<Arc<dyn Members>>,
 }
 
 impl Default for Config {
@@ -71,6 +76,7 @@ impl Default for Config {
             watch_timeout: Duration::from_secs(30 * 60),
             logs: None,
             security: None,
+            members: None,
         }
     }
 }
@@ -204,6 +210,11 @@ pub fn router(
             }),
         )
         .route("/apis/shoal.dev/v1alpha1/{*rest}", any(resource))
+        .route("/shoal/v1/servers", get(members::list))
+        .route(
+            "/shoal/v1/servers/{id}",
+            axum::routing::delete(members::remove),
+        )
         .route(
             "/openapi/v3",
             get(|State(app): State<Arc<App>>| async move { json_ok(&app.openapi.index) }),

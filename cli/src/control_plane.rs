@@ -27,6 +27,12 @@ pub struct HaSettings {
     /// The other servers: node id → `https://HOST:PORT` of their
     /// `raft_listen`.
     pub peers: std::collections::BTreeMap<u64, String>,
+    /// Join a running control plane (`peers` are some of its servers): an
+    /// empty store waits to be added as a voter instead of bootstrapping.
+    pub join: bool,
+    /// `https://HOST:PORT` where the others reach this server (told them when
+    /// joining).
+    pub advertise: String,
 }
 
 #[derive(Debug, Clone)]
@@ -161,13 +167,14 @@ impl ControlPlane {
             _ => {
                 let dir = store_dir.clone();
                 // Opening replays the log: blocking work, off the async threads.
-                tokio::task::spawn_blocking(move || RaftStore::open_single(dir))
+                let raft = tokio::task::spawn_blocking(move || RaftStore::open_single(dir))
                     .await
                     .context("opening the store")?
-                    .with_context(|| format!("opening the store in {}", store_dir.display()))?
+                    .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+                (Arc::new(raft), None)
             }
         };
-        let raft = Arc::new(raft);
+        let (raft, members) = raft;
         let store: Arc<dyn ClusterStore> = raft.clone();
         let _ = peer_logs.store.set(store.clone());
         // A server that does not lead reads logs through the leader.
@@ -215,6 +222,7 @@ impl ControlPlane {
                 via_leader,
             })),
             security: security.clone(),
+            members: members.map(|m| m as Arc<dyn shoal_apiserver::Members>),
             ..shoal_apiserver::Config::default()
         };
         let api = RunningServer::start(settings.api_listen, store.clone(), api_config)
@@ -329,7 +337,7 @@ async fn open_replicated(
     logs: Arc<crate::task_logs::LeaderLogs>,
     shutdown: &CancellationToken,
     tasks: &mut Vec<JoinHandle<()>>,
-) -> anyhow::Result<RaftStore> {
+) -> anyhow::Result<(Arc<RaftStore>, Option<Arc<RaftMembers>>)> {
     use shoal_dispatcher::peers::{NetTransport, serve_peers};
     if ha.peers.contains_key(&ha.node_id) {
         anyhow::bail!("--peer: node {} is this server (--node-id)", ha.node_id);
@@ -338,11 +346,13 @@ async fn open_replicated(
     let listener = tokio::net::TcpListener::bind(ha.raft_listen)
         .await
         .with_context(|| format!("binding the peer listener on {}", ha.raft_listen))?;
+    let tls = pki
+        .peer_client_tls(ha.node_id)
+        .context("issuing this server's peer certificate")?;
     let transport = NetTransport::new(
         ha.node_id,
         ha.peers.clone(),
-        pki.peer_client_tls(ha.node_id)
-            .context("issuing this server's peer certificate")?,
+        tls.clone(),
         tokio::runtime::Handle::current(),
         shutdown.child_token(),
     );
@@ -360,9 +370,15 @@ async fn open_replicated(
         }
         .instrument(tracing::info_span!("raft-peers")),
     ));
-    let mut voters: Vec<u64> = ha.peers.keys().copied().collect();
-    voters.push(ha.node_id);
-    voters.sort_unstable();
+    // A joining server bootstraps nothing: it waits to be added.
+    let voters: Vec<u64> = if ha.join {
+        Vec::new()
+    } else {
+        let mut v: Vec<u64> = ha.peers.keys().copied().collect();
+        v.push(ha.node_id);
+        v.sort_unstable();
+        v
+    };
     // A shorter tick than a lone server's: a dead leader is replaced after
     // 0.5-1 s without a word from it.
     let config = shoal_store::raft::RaftConfig {
@@ -372,11 +388,119 @@ async fn open_replicated(
         ..shoal_store::raft::RaftConfig::single(store_dir)
     };
     let dir = store_dir.to_owned();
-    let transport: Arc<dyn shoal_store::raft::Transport> = transport;
-    tokio::task::spawn_blocking(move || RaftStore::open(config, transport))
+    let dyn_transport: Arc<dyn shoal_store::raft::Transport> = transport.clone();
+    let raft = tokio::task::spawn_blocking(move || RaftStore::open(config, dyn_transport))
         .await
         .context("opening the store")?
-        .with_context(|| format!("opening the store in {}", dir.display()))
+        .with_context(|| format!("opening the store in {}", dir.display()))?;
+    let raft = Arc::new(raft);
+    transport.set_membership(raft.clone());
+    if raft.status().voters.is_empty() {
+        if !ha.join {
+            anyhow::bail!(
+                "this server's store has no members: it was started with --join and never added; start it with --join again"
+            );
+        }
+        join(ha, &raft, &tls, shutdown).await?;
+    }
+    let members = Arc::new(RaftMembers {
+        raft: raft.clone(),
+        transport,
+        self_id: ha.node_id,
+        self_address: ha.advertise.clone(),
+    });
+    Ok((raft, Some(members)))
+}
+
+/// Asks the servers of `ha.peers` to add this one to the voters (again
+/// every second while none agrees), then waits for the leader's snapshot.
+async fn join(
+    ha: &HaSettings,
+    raft: &RaftStore,
+    tls: &tonic::transport::ClientTlsConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(address = %ha.advertise, "joining the control plane");
+    loop {
+        match shoal_dispatcher::peers::join_voters(ha.node_id, &ha.advertise, &ha.peers, tls).await
+        {
+            Ok(voters) => {
+                tracing::info!(?voters, "added to the voters");
+                break;
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "not added yet; trying again in 1 s");
+            }
+            Err(e) => return Err(e).context("--join"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            () = shutdown.cancelled() => anyhow::bail!("stopped before joining"),
+        }
+    }
+    // The leader sends the state with a snapshot; serve nothing before.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !raft.status().voters.contains(&ha.node_id) {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("added to the voters, but no state came from the leader within 60 s");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            () = shutdown.cancelled() => anyhow::bail!("stopped before catching up"),
+        }
+    }
+    tracing::info!(voters = ?raft.status().voters, "caught up with the control plane");
+    Ok(())
+}
+
+/// The servers of a replicated control plane, for the API's
+/// `/shoal/v1/servers`.
+#[derive(Debug)]
+pub struct RaftMembers {
+    raft: Arc<RaftStore>,
+    transport: Arc<shoal_dispatcher::peers::NetTransport>,
+    self_id: u64,
+    self_address: String,
+}
+
+impl shoal_apiserver::Members for RaftMembers {
+    fn list(&self) -> Vec<shoal_apiserver::Member> {
+        let mut status = self.raft.status();
+        status.voters.sort_unstable();
+        let mut addresses = self.transport.peers();
+        addresses.insert(self.self_id, self.self_address.clone());
+        status
+            .voters
+            .iter()
+            .map(|id| shoal_apiserver::Member {
+                id: *id,
+                address: addresses.get(id).cloned().unwrap_or_default(),
+                leader: status.leader_id == *id,
+                answering: *id == self.self_id,
+            })
+            .collect()
+    }
+
+    fn remove(
+        &self,
+        id: u64,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<u64>, shoal_store::StoreError>> {
+        Box::pin(async move {
+            let voters = self.raft.status().voters;
+            if !voters.contains(&id) {
+                return Err(shoal_store::StoreError::NotFound(format!(
+                    "server {id} is not a voter (voters: {voters:?})"
+                )));
+            }
+            if voters.len() == 1 {
+                return Err(shoal_store::StoreError::Invalid(format!(
+                    "server {id} is the last voter: removing it would leave no control plane"
+                )));
+            }
+            self.raft.remove_voter(id).await?;
+            Ok(self.raft.status().voters)
+        })
+    }
 }
 
 /// What runs only on the leader: the orchestrator, the scheduler and the

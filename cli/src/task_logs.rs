@@ -59,9 +59,14 @@ impl LeaderRoute {
         req: &LogRequest,
     ) -> Result<BoxStream<'static, LogLine>, LogError> {
         let leader = self.raft.status().leader_id;
-        let url = self.peers.get(&leader).ok_or_else(|| {
-            LogError::Unavailable("the control plane has no leader at the moment".into())
-        })?;
+        // The servers given at start, and those added since.
+        let added = self.raft.status().peer_addresses;
+        let url = added
+            .get(&leader)
+            .or_else(|| self.peers.get(&leader))
+            .ok_or_else(|| {
+                LogError::Unavailable("the control plane has no leader at the moment".into())
+            })?;
         let unavailable = |e: String| LogError::Unavailable(format!("the leader at {url}: {e}"));
         let channel = Endpoint::from_shared(url.clone())
             .map_err(|e| unavailable(e.to_string()))?

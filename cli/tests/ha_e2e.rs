@@ -259,3 +259,135 @@ fn the_control_plane_survives_its_leader() {
     );
     drop(procs);
 }
+
+fn servers_listed(kc: &Path) -> Option<String> {
+    let o = shoal(kc, &["server", "ls"]);
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The ids in `shoal server ls` output.
+fn ids(listing: &str) -> Vec<u64> {
+    listing
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn servers_join_and_are_removed_while_the_control_plane_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let servers: Vec<Server> = (1..=4)
+        .map(|id| Server {
+            data: tmp.path().join(format!("server-{id}")),
+            ports: ServerPorts {
+                id,
+                api: free_port(),
+                dispatcher: free_port(),
+                raft: free_port(),
+            },
+        })
+        .collect();
+    let (first, newcomer) = (&servers[..3], &servers[3]);
+    let mut procs: Vec<Option<Killed>> = vec![Some(first[0].start(first, tmp.path()))];
+    eventually("the first server's CA", 30, || {
+        first[0].data.join("pki/ca.key").exists() && first[0].data.join("cluster-id").exists()
+    });
+    for s in &servers[1..] {
+        copy_dir(&first[0].data.join("pki"), &s.data.join("pki"));
+        std::fs::copy(first[0].data.join("cluster-id"), s.data.join("cluster-id")).unwrap();
+    }
+    for s in &first[1..] {
+        procs.push(Some(s.start(first, tmp.path())));
+    }
+    eventually("a leader", 60, || {
+        first.iter().filter(|s| s.leads()).count() == 1
+    });
+    let kc1 = first[0].kubeconfig();
+    eventually("three servers listed", 30, || {
+        servers_listed(&kc1).is_some_and(|l| ids(&l) == [1, 2, 3] && l.contains("leader"))
+    });
+    let manifest = tmp.path().join("steady.yaml");
+    std::fs::write(&manifest, SERVICE).unwrap();
+    ok(&kc1, &["apply", "-f", manifest.to_str().unwrap()]);
+
+    // A fourth server joins the running three and catches up.
+    let mut join = shoal_server_command(
+        Path::new(env!("CARGO_BIN_EXE_shoal")),
+        &newcomer.data,
+        &newcomer.ports,
+        &servers.iter().map(|s| s.ports).collect::<Vec<_>>(),
+    );
+    join.arg("--join")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("server-4.log")).unwrap());
+    procs.push(Some(Killed(join.spawn().unwrap())));
+    let kc4 = newcomer.kubeconfig();
+    eventually("the newcomer to serve the state", 60, || {
+        shoal(&kc4, &["get", "service", "steady"]).status.success()
+    });
+    let listing = servers_listed(&kc4).unwrap();
+    assert_eq!(ids(&listing), [1, 2, 3, 4], "{listing}");
+    assert!(
+        listing.contains(&format!("https://127.0.0.1:{}", newcomer.ports.raft)),
+        "{listing}"
+    );
+
+    // The leader dies and is removed; the others go on without it.
+    let leader = first.iter().position(Server::leads).unwrap();
+    procs[leader] = None;
+    let dead = first[leader].ports.id;
+    let mut removed = None;
+    eventually("the dead leader removed", 30, || {
+        let o = shoal(&kc4, &["server", "rm", &dead.to_string()]);
+        removed = Some(format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ));
+        o.status.success()
+    });
+    let removed = removed.unwrap();
+    assert!(
+        removed.contains(&format!("server {dead} removed")),
+        "{removed}"
+    );
+    eventually("three servers left", 30, || {
+        servers_listed(&kc4).is_some_and(|l| ids(&l).len() == 3 && !ids(&l).contains(&dead))
+    });
+    let o = shoal(&kc4, &["server", "rm", &dead.to_string()]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not a voter"),
+        "{o:?}"
+    );
+
+    // One more of the first servers dies: two of the three voters left are
+    // a majority (two of the four before the removal would not be).
+    let other = (0..3).find(|i| *i != leader).unwrap();
+    procs[other] = None;
+    eventually("a write with two of three voters", 30, || {
+        shoal(&kc4, &["scale", "steady=5"]).status.success()
+    });
+
+    // It comes back with the addresses it learned (the newcomer's is not on
+    // its command line) and catches up.
+    procs[other] = Some(first[other].start(first, tmp.path()));
+    let back = first[other].kubeconfig();
+    eventually("the returning server to catch up", 60, || {
+        let o = shoal(&back, &["get", "service", "steady", "-o", "json"]);
+        o.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                .is_ok_and(|v| v["spec"]["replicas"] == 5)
+    });
+    ok(&back, &["scale", "steady=2"]);
+    eventually("the newcomer sees the write", 30, || {
+        let o = shoal(&kc4, &["get", "service", "steady", "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .is_ok_and(|v| v["spec"]["replicas"] == 2)
+    });
+    drop(procs);
+}

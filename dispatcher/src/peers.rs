@@ -16,6 +16,11 @@
 //!   Raft node's inbox (given to the transport by `attach` when the node
 //!   opens) unless its `from` is not the certificate's peer id or its `to`
 //!   is not this node.
+//! - Membership: a server started with `--join` calls `AddVoter` on the
+//!   servers it knows ([`join_voters`]); the one answering adds the caller
+//!   (its certificate's id) to the voters with its address, which travels
+//!   with the change, so every server's transport learns it
+//!   ([`Transport::set_peer`] starts a task for the new peer).
 //!
 //! Every peer uses one certificate for both directions; peers dial each
 //! other as [`crate::pki::PEER_TLS_NAME`].
@@ -28,8 +33,11 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use shoal_proto::control_v1::raft_peer_client::RaftPeerClient;
 use shoal_proto::control_v1::raft_peer_server::{RaftPeer, RaftPeerServer};
-use shoal_proto::control_v1::{PeerLogLines, PeerLogsRequest, RaftAck, RaftEnvelope};
-use shoal_store::raft::{Inbox, Transport};
+use shoal_proto::control_v1::{
+    AddVoterRequest, AddVoterResponse, PeerLogLines, PeerLogsRequest, RaftAck, RaftEnvelope,
+};
+use shoal_store::StoreError;
+use shoal_store::raft::{Inbox, RaftStore, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{ClientTlsConfig, Endpoint};
@@ -79,15 +87,21 @@ pub enum PeerError {
     /// The peer listener could not start or failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// No server agreed to add this one to the voters (the last answer).
+    #[error("joining the control plane: {0}")]
+    Join(String),
 }
 
 impl PeerError {
     /// Whether trying again later may succeed (a bad address or certificate
     /// needs a person; a listener that failed may be served again).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, PeerError::Transport(_))
+        matches!(self, PeerError::Transport(_) | PeerError::Join(_))
     }
 }
+
+/// A peer's address and the queue of the task sending to it.
+type PeerQueue = (String, mpsc::Sender<Vec<u8>>);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -100,8 +114,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct NetTransport {
     self_id: u64,
-    queues: BTreeMap<u64, mpsc::Sender<Vec<u8>>>,
+    /// Per peer: its address and the queue its task sends from.
+    queues: Mutex<BTreeMap<u64, PeerQueue>>,
     inbox: Mutex<Option<Inbox>>,
+    /// The membership handle answering `AddVoter` (set once the store is open).
+    membership: Mutex<Option<Arc<dyn PeerMembership>>>,
+    tls: ClientTlsConfig,
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
 }
 
 impl NetTransport {
@@ -109,7 +129,8 @@ impl NetTransport {
     /// → `https://host:port`; an entry for `self_id` itself is ignored),
     /// dialled with `tls` (see [`ClusterPki::peer_client_tls`]). One task per
     /// peer is spawned on `runtime`; they end at `shutdown` (or when the
-    /// transport is dropped).
+    /// transport is dropped). Voters added later reach it through
+    /// [`Transport::set_peer`].
     ///
     /// A peer whose address is not valid (check them first with
     /// [`NetTransport::check_peers`]) is logged as an error and stays
@@ -121,30 +142,65 @@ impl NetTransport {
         runtime: tokio::runtime::Handle,
         shutdown: CancellationToken,
     ) -> Arc<NetTransport> {
-        let mut queues = BTreeMap::new();
-        for (id, address) in peers {
-            if id == self_id {
-                continue;
-            }
-            let endpoint = match endpoint(id, &address, &tls) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(error = %e, "raft peer left unreachable");
-                    continue;
-                }
-            };
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            queues.insert(id, tx);
-            runtime.spawn(
-                peer_loop(endpoint, rx, shutdown.clone())
-                    .instrument(tracing::info_span!("raft-peer", peer = id)),
-            );
-        }
-        Arc::new(NetTransport {
+        let t = NetTransport {
             self_id,
-            queues,
+            queues: Mutex::new(BTreeMap::new()),
             inbox: Mutex::new(None),
-        })
+            membership: Mutex::new(None),
+            tls,
+            runtime,
+            shutdown,
+        };
+        for (id, address) in peers {
+            t.dial(id, &address);
+        }
+        Arc::new(t)
+    }
+
+    /// Starts (or, for a new address, restarts) the task sending to peer
+    /// `id` at `address`.
+    fn dial(&self, id: u64, address: &str) {
+        if id == self.self_id {
+            return;
+        }
+        let mut queues = lock(&self.queues);
+        if queues.get(&id).is_some_and(|(a, _)| a == address) {
+            return;
+        }
+        let endpoint = match endpoint(id, address, &self.tls) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "raft peer left unreachable");
+                queues.remove(&id);
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        // A replaced queue's sender is dropped here: its task ends.
+        if queues.insert(id, (address.to_owned(), tx)).is_some() {
+            tracing::info!(peer = id, %address, "raft peer moved");
+        }
+        self.runtime.spawn(
+            peer_loop(endpoint, rx, self.shutdown.clone())
+                .instrument(tracing::info_span!("raft-peer", peer = id)),
+        );
+    }
+
+    /// Every peer's address as this transport dials it.
+    pub fn peers(&self) -> BTreeMap<u64, String> {
+        lock(&self.queues)
+            .iter()
+            .map(|(id, (a, _))| (*id, a.clone()))
+            .collect()
+    }
+
+    /// Lets peers add voters through `AddVoter` (see [`serve_peers`]).
+    pub fn set_membership(&self, membership: Arc<dyn PeerMembership>) {
+        *lock(&self.membership) = Some(membership);
+    }
+
+    fn membership(&self) -> Option<Arc<dyn PeerMembership>> {
+        lock(&self.membership).clone()
     }
 
     /// Whether every address of `peers` is one [`NetTransport::new`] can dial
@@ -171,7 +227,7 @@ impl NetTransport {
 
 impl Transport for NetTransport {
     fn send(&self, msg: Message) -> bool {
-        let Some(queue) = self.queues.get(&msg.to) else {
+        let Some(queue) = lock(&self.queues).get(&msg.to).map(|(_, q)| q.clone()) else {
             tracing::debug!(to = msg.to, "raft message to an unknown peer dropped");
             return false;
         };
@@ -195,6 +251,15 @@ impl Transport for NetTransport {
             );
         }
         *lock(&self.inbox) = Some(inbox);
+    }
+
+    fn set_peer(&self, id: u64, address: Option<&str>) {
+        match address {
+            Some(a) => self.dial(id, a),
+            None => {
+                lock(&self.queues).remove(&id);
+            }
+        }
     }
 }
 
@@ -383,6 +448,68 @@ pub trait PeerLogs: Send + Sync + 'static {
 /// A stream of log line batches.
 pub type LogLines = futures::stream::BoxStream<'static, PeerLogLines>;
 
+/// Changes the voters for the `AddVoter` call of a server joining (the
+/// Raft store: [`RaftStore`] implements it).
+pub trait PeerMembership: Send + Sync + std::fmt::Debug + 'static {
+    /// Adds voter `id` reached at `address`; the voters once applied.
+    fn add_voter(
+        &self,
+        id: u64,
+        address: String,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<u64>, StoreError>>;
+}
+
+impl PeerMembership for RaftStore {
+    fn add_voter(
+        &self,
+        id: u64,
+        address: String,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<u64>, StoreError>> {
+        Box::pin(async move {
+            self.add_voter_at(id, &address).await?;
+            Ok(self.status().voters)
+        })
+    }
+}
+
+/// Asks the servers at `peers` in turn to add this one (`self_id`, reached
+/// at `address`) to the voters, over mutual TLS with this server's peer
+/// certificate (`tls`); the voters once added. Fails with the last answer
+/// when none agreed.
+pub async fn join_voters(
+    self_id: u64,
+    address: &str,
+    peers: &BTreeMap<u64, String>,
+    tls: &ClientTlsConfig,
+) -> Result<Vec<u64>, PeerError> {
+    let mut last = None;
+    for (&id, url) in peers {
+        if id == self_id {
+            continue;
+        }
+        let channel = match endpoint(id, url, tls)?.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                last = Some(format!("{url}: {}", error_chain(&e)));
+                continue;
+            }
+        };
+        let mut client = RaftPeerClient::new(channel);
+        match client
+            .add_voter(AddVoterRequest {
+                address: address.to_owned(),
+            })
+            .await
+        {
+            Ok(r) => return Ok(r.into_inner().voters),
+            Err(status) => last = Some(format!("{url}: {}", status.message())),
+        }
+    }
+    Err(PeerError::Join(
+        last.unwrap_or_else(|| "no other server to ask".into()),
+    ))
+}
+
 /// The `RaftPeer` service of [`serve_peers`].
 #[derive(Clone)]
 struct PeerService {
@@ -454,6 +581,25 @@ impl RaftPeer for PeerService {
         };
         let lines = logs.open(request.into_inner()).await?;
         Ok(Response::new(Box::pin(futures::StreamExt::map(lines, Ok))))
+    }
+
+    async fn add_voter(
+        &self,
+        request: Request<AddVoterRequest>,
+    ) -> Result<Response<AddVoterResponse>, Status> {
+        // A server adds itself: the id is its certificate's.
+        let id = Self::caller(&request)?;
+        let address = request.into_inner().address;
+        NetTransport::check_peers(&BTreeMap::from([(id, address.clone())]))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let Some(membership) = self.transport.membership() else {
+            return Err(Status::unavailable("this server is still starting"));
+        };
+        tracing::info!(peer = id, %address, "a server asks to join the voters");
+        match membership.add_voter(id, address).await {
+            Ok(voters) => Ok(Response::new(AddVoterResponse { voters })),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 
     async fn send(

@@ -316,6 +316,27 @@ async fn send_raw(
         .map(drop)
 }
 
+/// Calls `AddVoter` at `url` asking to be reached at `address`.
+async fn add_voter_raw(
+    url: &str,
+    tls: ClientTlsConfig,
+    address: &str,
+) -> Result<Vec<u64>, tonic::Status> {
+    let channel = Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connect: {e:?}")))?;
+    RaftPeerClient::new(channel)
+        .add_voter(shoal_proto::control_v1::AddVoterRequest {
+            address: address.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner().voters)
+}
+
 fn heartbeat(from: u64, to: u64, term: u64) -> Message {
     let mut m = Message::default();
     m.set_msg_type(MessageType::MsgHeartbeat);
@@ -423,6 +444,31 @@ async fn only_peers_speak_and_only_for_themselves() {
         assert!(Instant::now() < deadline, "not delivered: {s:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+
+    // Joining the voters: only a peer, for itself, at an https address, and
+    // only once the server has its store (this one never gets a membership
+    // handle).
+    let host = pki
+        .issue("shoal-peer-4", Duration::from_secs(3600))
+        .unwrap();
+    let err = add_voter_raw(
+        &url,
+        client_tls(&ca, &host.certificate_pem, &host.private_key_pem),
+        "https://127.0.0.1:9",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    let (cert4, key4) = pki.issue_peer(4).unwrap();
+    let err = add_voter_raw(&url, client_tls(&ca, &cert4, &key4), "http://127.0.0.1:9")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let err = add_voter_raw(&url, client_tls(&ca, &cert4, &key4), "https://127.0.0.1:9")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert!(err.message().contains("still starting"), "{err}");
 
     server.stop().await;
 }

@@ -188,6 +188,12 @@ pub struct SnapshotData {
     pub revision: Revision,
     /// Every object.
     pub objects: Vec<Value>,
+    /// Where the voters added by a membership change are reached (Raft id →
+    /// address, from the change), so that a server catching up from the
+    /// snapshot learns them too. Filled by the Raft storage, not the state
+    /// machine.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub peer_addresses: std::collections::BTreeMap<u64, String>,
 }
 
 const CONFLICT_MESSAGE: &str =
@@ -229,6 +235,7 @@ impl StateMachine {
         SnapshotData {
             revision: self.revision,
             objects: self.objects.values().cloned().collect(),
+            peer_addresses: Default::default(),
         }
     }
 

@@ -291,3 +291,142 @@ async fn pending_write_fails_when_the_term_changes() {
         .await
         .unwrap();
 }
+
+/// A node's view of the transport: delegates to the shared in-memory one
+/// and records the peer addresses the node tells it.
+#[derive(Debug)]
+struct Tap {
+    inner: Arc<MemTransport>,
+    told: std::sync::Mutex<std::collections::BTreeMap<u64, String>>,
+}
+
+impl Tap {
+    fn new(inner: &Arc<MemTransport>) -> Arc<Tap> {
+        Arc::new(Tap {
+            inner: inner.clone(),
+            told: Default::default(),
+        })
+    }
+
+    fn told(&self) -> std::collections::BTreeMap<u64, String> {
+        self.told.lock().unwrap().clone()
+    }
+}
+
+impl shoal_store::raft::Transport for Tap {
+    fn send(&self, msg: raft::eraftpb::Message) -> bool {
+        self.inner.send(msg)
+    }
+    fn attach(&self, id: u64, inbox: shoal_store::raft::Inbox) {
+        self.inner.attach(id, inbox);
+    }
+    fn set_peer(&self, id: u64, address: Option<&str>) {
+        let mut told = self.told.lock().unwrap();
+        match address {
+            Some(a) => told.insert(id, a.to_owned()),
+            None => told.remove(&id),
+        };
+    }
+}
+
+fn joiner(id: u64, dir: &Path) -> RaftConfig {
+    RaftConfig {
+        voters: Vec::new(),
+        ..config(id, dir)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_voters_addresses_reach_every_node_and_survive_restarts_and_snapshots() {
+    let dirs: Vec<_> = (1..=5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mem = MemTransport::new();
+    let mut taps: Vec<Arc<Tap>> = (1..=5).map(|_| Tap::new(&mem)).collect();
+    let mut nodes: Nodes = VOTERS
+        .iter()
+        .map(|&id| {
+            let i = (id - 1) as usize;
+            Some(RaftStore::open(config(id, dirs[i].path()), taps[i].clone()).unwrap())
+        })
+        .collect();
+    let leader = wait_leader(&nodes).await;
+    node(&nodes, leader)
+        .create(common::svc("before", 1))
+        .await
+        .unwrap();
+
+    // Node 4 joins: every voter's transport learns its address from the change.
+    nodes.push(Some(
+        RaftStore::open(joiner(4, dirs[3].path()), taps[3].clone()).unwrap(),
+    ));
+    node(&nodes, leader)
+        .add_voter_at(4, "https://n4:6446")
+        .await
+        .unwrap();
+    let rev = node(&nodes, leader).revision().await.unwrap();
+    wait_revision(&nodes, 4, rev).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(1..=3)
+        .all(|i| taps[i - 1].told().get(&4).map(String::as_str) == Some("https://n4:6446"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every voter learned node 4's address"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        node(&nodes, leader)
+            .status()
+            .peer_addresses
+            .get(&4)
+            .map(String::as_str),
+        Some("https://n4:6446")
+    );
+
+    // Enough writes to compact the log: node 5 catches up from a snapshot,
+    // which carries node 4's address.
+    for i in 0..40 {
+        node(&nodes, leader)
+            .create(common::svc(&format!("svc-{i}"), 1))
+            .await
+            .unwrap();
+    }
+    nodes.push(Some(
+        RaftStore::open(joiner(5, dirs[4].path()), taps[4].clone()).unwrap(),
+    ));
+    node(&nodes, leader)
+        .add_voter_at(5, "https://n5:6446")
+        .await
+        .unwrap();
+    let rev = node(&nodes, leader).revision().await.unwrap();
+    wait_revision(&nodes, 5, rev).await;
+    assert!(node(&nodes, 5).status().snapshots_installed >= 1);
+    assert_eq!(
+        taps[4].told().get(&4).map(String::as_str),
+        Some("https://n4:6446"),
+        "the snapshot told node 5 where node 4 is"
+    );
+
+    // A follower restarted from its data directory tells its new transport
+    // both addresses at open.
+    let follower = VOTERS.iter().copied().find(|&id| id != leader).unwrap();
+    let i = (follower - 1) as usize;
+    drop(nodes[i].take());
+    mem.detach(follower);
+    taps[i] = Tap::new(&mem);
+    nodes[i] = Some(RaftStore::open(config(follower, dirs[i].path()), taps[i].clone()).unwrap());
+    let told = taps[i].told();
+    assert_eq!(told.get(&4).map(String::as_str), Some("https://n4:6446"));
+    assert_eq!(told.get(&5).map(String::as_str), Some("https://n5:6446"));
+
+    // A removed voter's address is forgotten.
+    let leader = wait_leader(&nodes).await;
+    node(&nodes, leader).remove_voter(5).await.unwrap();
+    assert!(
+        !node(&nodes, leader)
+            .status()
+            .peer_addresses
+            .contains_key(&5)
+    );
+    assert!(!node(&nodes, leader).status().voters.contains(&5));
+}

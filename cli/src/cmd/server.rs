@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::client::{ConnArgs, block_on, connect};
 use crate::control_plane::{ControlPlane, Settings, default_data_dir, stop_signal};
 
 /// Run the control plane: store, API server, orchestrator, scheduler and
@@ -34,9 +35,21 @@ use crate::control_plane::{ControlPlane, Settings, default_data_dir, stop_signal
 ///   shoal server --node-id 1 --raft-listen 10.0.0.1:6446 \
 ///     --peer 2=https://10.0.0.2:6446 --peer 3=https://10.0.0.3:6446 \
 ///     --listen 0.0.0.0:6443 --join-listen 0.0.0.0:6445
+///
+/// Changing the servers: a new server (a new --node-id, the same copies of
+/// cluster-id, pki/ and api-token) joins the running ones with --join and a
+/// --peer for some of them; a lost one is removed with `shoal server rm ID`.
+/// To replace server 3: `shoal server rm 3`, then start the new one:
+///
+///   shoal server --node-id 4 --raft-listen 10.0.0.4:6446 --join \
+///     --peer 1=https://10.0.0.1:6446 --peer 2=https://10.0.0.2:6446
+///
+///   shoal server ls          # the servers, who leads
 #[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(verbatim_doc_comment, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    action: Option<Action>,
     /// Data directory (store, cluster id, kubeconfig). Default:
     /// /var/lib/shoal for root, else ~/.local/share/shoal.
     #[arg(long, env = "SHOAL_DATA_DIR", value_name = "DIR")]
@@ -74,6 +87,33 @@ pub struct Args {
     /// (repeatable; every other server once).
     #[arg(long = "peer", value_name = "ID=URL", requires = "node_id", value_parser = parse_peer)]
     peers: Vec<(u64, String)>,
+    /// Join the running control plane the --peer servers belong to: this
+    /// server (a new --node-id, an empty data directory but for the copies
+    /// of cluster-id, pki/ and api-token) asks them to add it to the voters
+    /// and catches up from the leader. Harmless once it has joined.
+    #[arg(long, requires = "node_id")]
+    join: bool,
+    /// Where the other servers reach this one, https://HOST:PORT. Default:
+    /// https://ADDRESS of --raft-listen (needed when that listens on every
+    /// address, e.g. 0.0.0.0:6446).
+    #[arg(long, value_name = "URL", requires = "node_id")]
+    raft_advertise: Option<String>,
+}
+
+/// What to do instead of running a server.
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// List the servers of a replicated control plane and which one leads
+    Ls(ConnArgs),
+    /// Remove a server from a replicated control plane (a lost one, or one
+    /// to retire); the others go on without it. Its process, if it still
+    /// runs, stops taking part: stop it and delete its data directory.
+    Rm {
+        /// The server's --node-id.
+        id: u64,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
 }
 
 /// `ID=https://HOST:PORT`.
@@ -95,6 +135,11 @@ fn parse_peer(s: &str) -> Result<(u64, String), String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.action {
+        Some(Action::Ls(conn)) => return block_on(list(conn)),
+        Some(Action::Rm { id, conn }) => return block_on(remove(id, conn)),
+        None => {}
+    }
     crate::logging::init();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(serve(args))?;
@@ -114,10 +159,23 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 if args.peers.is_empty() {
                     anyhow::bail!("--node-id: give the other servers with --peer ID=URL");
                 }
+                let advertise = match &args.raft_advertise {
+                    Some(url) => {
+                        parse_peer(&format!("{node_id}={url}"))
+                            .map_err(|e| anyhow::anyhow!("--raft-advertise: {e}"))?;
+                        url.clone()
+                    }
+                    None if raft_listen.ip().is_unspecified() => anyhow::bail!(
+                        "--raft-advertise: --raft-listen {raft_listen} listens on every address; say where the other servers reach this one (https://HOST:PORT)"
+                    ),
+                    None => format!("https://{raft_listen}"),
+                };
                 Some(crate::control_plane::HaSettings {
                     node_id,
                     raft_listen,
                     peers: args.peers.iter().cloned().collect(),
+                    join: args.join,
+                    advertise,
                 })
             }
             _ => None,
@@ -150,4 +208,47 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     cp.stop().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct ServerList {
+    servers: Vec<shoal_apiserver::Member>,
+}
+
+#[derive(serde::Deserialize)]
+struct Voters {
+    voters: Vec<u64>,
+}
+
+async fn list(conn: ConnArgs) -> anyhow::Result<ExitCode> {
+    let conn = connect(&conn).await?;
+    let req = http::Request::get("/shoal/v1/servers")
+        .body(Vec::new())
+        .context("building the request")?;
+    let list: ServerList = conn
+        .client
+        .request(req)
+        .await
+        .map_err(|e| conn.explain(e))?;
+    println!("{:<4} {:<8} ADDRESS", "ID", "ROLE");
+    for m in list.servers {
+        let role = if m.leader { "leader" } else { "follower" };
+        let here = if m.answering { "   (answering)" } else { "" };
+        println!("{:<4} {role:<8} {}{here}", m.id, m.address);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn remove(id: u64, conn: ConnArgs) -> anyhow::Result<ExitCode> {
+    let conn = connect(&conn).await?;
+    let req = http::Request::delete(format!("/shoal/v1/servers/{id}"))
+        .body(Vec::new())
+        .context("building the request")?;
+    let voters: Voters = conn
+        .client
+        .request(req)
+        .await
+        .map_err(|e| conn.explain(e))?;
+    println!("server {id} removed; the servers now: {:?}", voters.voters);
+    Ok(ExitCode::SUCCESS)
 }

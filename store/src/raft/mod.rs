@@ -131,6 +131,8 @@ pub struct NodeStatus {
     pub syncs: u64,
     /// The voters.
     pub voters: Vec<u64>,
+    /// Where the voters added with [`RaftStore::add_voter_at`] are reached.
+    pub peer_addresses: std::collections::BTreeMap<u64, String>,
     /// The node loop has stopped.
     pub stopped: bool,
 }
@@ -190,6 +192,9 @@ impl RaftStore {
 
         let (tx, rx) = std::sync::mpsc::channel();
         transport.attach(config.id, Inbox(tx.clone()));
+        for (id, address) in raw.store().peer_addresses() {
+            transport.set_peer(*id, Some(address));
+        }
         let status = Arc::new(Mutex::new(NodeStatus {
             id: config.id,
             ..Default::default()
@@ -273,18 +278,38 @@ impl RaftStore {
     /// reachable through the transport); answered once the change is applied
     /// on this node. Call it on the leader; one change at a time.
     pub async fn add_voter(&self, id: u64) -> Result<(), StoreError> {
-        self.change_membership(id, ConfChangeType::AddNode).await
+        self.change_membership(id, ConfChangeType::AddNode, None)
+            .await
+    }
+
+    /// Adds voter `id`, reached by the others at `address`: the address is
+    /// part of the change, so every node's transport learns it
+    /// ([`Transport::set_peer`]) and keeps it across restarts and snapshots.
+    /// Answered once the change is applied on this node; any node may call
+    /// it (a follower forwards it to the leader).
+    pub async fn add_voter_at(&self, id: u64, address: &str) -> Result<(), StoreError> {
+        self.change_membership(id, ConfChangeType::AddNode, Some(address))
+            .await
     }
 
     /// Removes voter `id`; answered once the change is applied on this node.
     pub async fn remove_voter(&self, id: u64) -> Result<(), StoreError> {
-        self.change_membership(id, ConfChangeType::RemoveNode).await
+        self.change_membership(id, ConfChangeType::RemoveNode, None)
+            .await
     }
 
-    async fn change_membership(&self, id: u64, change: ConfChangeType) -> Result<(), StoreError> {
+    async fn change_membership(
+        &self,
+        id: u64,
+        change: ConfChangeType,
+        address: Option<&str>,
+    ) -> Result<(), StoreError> {
         let mut cc = ConfChange::default();
         cc.set_change_type(change);
         cc.node_id = id;
+        if let Some(a) = address {
+            cc.context = a.as_bytes().to_vec().into();
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::ConfChange { cc, reply })

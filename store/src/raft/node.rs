@@ -39,7 +39,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType,
+};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
@@ -347,6 +349,9 @@ impl Node {
             self.hub.lock().replace_state(sm);
             self.dirty.clear();
             self.snapshots_installed += 1;
+            for (id, address) in self.raw.store().peer_addresses().clone() {
+                self.transport.set_peer(id, Some(&address));
+            }
             let answers = self.apply(ready.take_committed_entries())?;
             self.raw.mut_store().append(&txn, ready.entries())?;
             if let Some(hs) = ready.hs() {
@@ -473,6 +478,23 @@ impl Node {
                         .map_err(|e| db_err("conf change", e))?;
                     tracing::info!(voters = ?cs.voters, "membership changed");
                     self.raw.mut_store().set_conf_state(cs);
+                    // The address travels with the change (etcd's way), so
+                    // every server learns where a new voter is reached.
+                    let address = std::str::from_utf8(cc.get_context())
+                        .ok()
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_owned);
+                    match cc.get_change_type() {
+                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                            if let Some(a) = address {
+                                self.transport.set_peer(cc.node_id, Some(&a));
+                                self.raw.mut_store().set_peer_address(cc.node_id, Some(a));
+                            }
+                        }
+                        ConfChangeType::RemoveNode => {
+                            self.raw.mut_store().set_peer_address(cc.node_id, None);
+                        }
+                    }
                     // Committed, hence durable in the log: answer now.
                     if let Some((node, id)) = decode_origin(entry.get_context())
                         && node == self.config.id
@@ -552,6 +574,7 @@ impl Node {
             proposals: self.proposals,
             syncs: self.syncs,
             voters: store.conf_state().voters.clone(),
+            peer_addresses: store.peer_addresses().clone(),
             stopped,
         };
         *self

@@ -38,6 +38,8 @@ const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 
 const HARD_STATE: &str = "hard_state";
 const CONF_STATE: &str = "conf_state";
+/// JSON map of Raft id → address of the voters added by membership changes.
+const PEER_ADDRESSES: &str = "peer_addresses";
 /// Index and term of the last entry removed by compaction (or of the
 /// installed snapshot): 16 bytes, little-endian.
 const COMPACTED: &str = "compacted";
@@ -91,8 +93,11 @@ pub(crate) struct DiskStorage {
     applied: u64,
     /// Applied and written to redb (the objects table is at this index).
     applied_on_disk: u64,
-    /// The hard state or conf state changed since last written.
+    /// The hard state, conf state or peer addresses changed since last
+    /// written.
     unwritten_states: bool,
+    /// Where the voters added by membership changes are reached.
+    peer_addresses: BTreeMap<u64, String>,
     /// Entries from this index on may differ from redb's log (they are in
     /// the write-ahead log only).
     log_unwritten_from: Option<u64>,
@@ -196,6 +201,10 @@ impl DiskStorage {
                 first.index
             )));
         }
+        let peer_addresses: BTreeMap<u64, String> = match meta_vals.get(PEER_ADDRESSES) {
+            Some(b) => serde_json::from_slice(b).map_err(|e| db_err("peer addresses", e))?,
+            None => BTreeMap::new(),
+        };
         let generation = meta_vals.get(WAL_GENERATION).map_or(0, |b| u64_of(b));
         let (wal, records) = Wal::open(&path.with_extension("wal"), generation)?;
         let mut storage = DiskStorage {
@@ -208,6 +217,7 @@ impl DiskStorage {
             applied,
             applied_on_disk: applied,
             unwritten_states: false,
+            peer_addresses,
             log_unwritten_from: None,
             wal,
             hub: None,
@@ -411,7 +421,25 @@ impl DiskStorage {
             .conf_state
             .write_to_bytes()
             .map_err(|e| db_err("encode conf state", e))?;
-        Self::put_meta(txn, CONF_STATE, &bytes)
+        Self::put_meta(txn, CONF_STATE, &bytes)?;
+        let peers = serde_json::to_vec(&self.peer_addresses)
+            .map_err(|e| db_err("encode peer addresses", e))?;
+        Self::put_meta(txn, PEER_ADDRESSES, &peers)
+    }
+
+    /// Where the voters added by membership changes are reached.
+    pub fn peer_addresses(&self) -> &BTreeMap<u64, String> {
+        &self.peer_addresses
+    }
+
+    /// Voter `id` is reached at `address` (`None`: it was removed), written
+    /// with the next [`DiskStorage::write_applied`] like the conf state.
+    pub fn set_peer_address(&mut self, id: u64, address: Option<String>) {
+        match address {
+            Some(a) => self.peer_addresses.insert(id, a),
+            None => self.peer_addresses.remove(&id),
+        };
+        self.unwritten_states = true;
     }
 
     /// Entries were applied to the in-memory state machine up to `index`.
@@ -510,8 +538,9 @@ impl DiskStorage {
         history: usize,
     ) -> Result<StateMachine, StoreError> {
         let meta = snap.get_metadata();
-        let data: SnapshotData =
+        let mut data: SnapshotData =
             serde_json::from_slice(snap.get_data()).map_err(|e| db_err("decode snapshot", e))?;
+        self.peer_addresses = std::mem::take(&mut data.peer_addresses);
         let sm = StateMachine::from_snapshot(data, history)?;
         {
             let mut objs = txn
@@ -606,8 +635,9 @@ impl Storage for DiskStorage {
             .hub
             .as_ref()
             .ok_or_else(|| raft_err(StoreError::Internal("no state machine attached".into())))?;
-        let data = serde_json::to_vec(&hub.lock().state().snapshot())
-            .map_err(|e| raft_err(db_err("encode snapshot", e)))?;
+        let mut data = hub.lock().state().snapshot();
+        data.peer_addresses = self.peer_addresses.clone();
+        let data = serde_json::to_vec(&data).map_err(|e| raft_err(db_err("encode snapshot", e)))?;
         let mut snap = Snapshot::default();
         snap.set_data(data.into());
         let meta = snap.mut_metadata();

@@ -30,6 +30,12 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     fn attach(&self, id: u64, inbox: Inbox) {
         let _ = (id, inbox);
     }
+    /// Voter `id` is reached at `address`: learned from a membership change
+    /// (or a snapshot) and at open for the voters added so. `None`: forget
+    /// it. Transports that find peers otherwise ignore it.
+    fn set_peer(&self, id: u64, address: Option<&str>) {
+        let _ = (id, address);
+    }
 }
 
 /// A transport for a single voter: there is nobody to talk to.
