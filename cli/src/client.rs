@@ -85,6 +85,12 @@ impl Conn {
 /// the API's own message.
 pub fn explain(url: &str, e: kube::Error) -> anyhow::Error {
     match e {
+        // Still no leader after the retries: say what that usually means.
+        kube::Error::Api(s) if s.code == 503 && s.message.contains("Raft") => anyhow::anyhow!(
+            "{} ({}): the control plane has no leader; are most of its servers down? (`shoal server ls` on a server that answers)",
+            s.message,
+            s.code
+        ),
         kube::Error::Api(s) => anyhow::anyhow!("{} ({})", s.message, s.code),
         other => anyhow::anyhow!(
             "cannot reach the Shoal API at {url}: {} — is `shoal up` running?",
@@ -137,11 +143,15 @@ pub fn find_kubeconfig(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// Connects: reads the kubeconfig, builds the client and checks that the API
 /// answers (within 5 s).
+/// Answers 429, 503 and 504 are tried again this many times, 0.1 s apart
+/// doubling to 1 s (about 4 s in all).
+const RETRIES: u32 = 5;
+
 pub async fn connect(args: &ConnArgs) -> anyhow::Result<Conn> {
     let path = find_kubeconfig(args.kubeconfig.as_deref())?;
     let kc = Kubeconfig::read_from(&path)
         .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("using the kubeconfig {}", path.display()))?;
     let url = config.cluster_url.to_string();
@@ -149,7 +159,23 @@ pub async fn connect(args: &ConnArgs) -> anyhow::Result<Conn> {
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
-    let client = kube::Client::try_from(config).with_context(|| format!("a client for {url}"))?;
+    // kube's own retries of 429/503/504 back off up to 1000 s, 15 times: a
+    // command facing a control plane without a majority would hang for
+    // minutes. Ours ride out a leader election (0.5-1 s) and then say why.
+    config.default_retry = false;
+    let retry = kube::client::retry::RetryPolicy::new(
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+        RETRIES,
+        true,
+    )
+    .map_err(|e| anyhow::anyhow!("the API client's retry policy: {e}"))?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .with_context(|| format!("a client for {url}"))?
+        // Retrying needs a clonable service: a buffer in front of kube's.
+        .with_layer(&tower::buffer::BufferLayer::new(64))
+        .with_layer(&tower::retry::RetryLayer::new(retry))
+        .build();
     match tokio::time::timeout(Duration::from_secs(5), client.apiserver_version()).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(explain(&url, e)),

@@ -402,4 +402,10 @@ fn resume_goes_on_with_a_paused_update_on_a_real_engine() {
         err.contains("no paused update to resume: its update is Completed"),
         "{err}"
     );
+
+    // A lone control plane has no servers to list or remove.
+    let o = shoal(&kc, &["server", "ls"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("a single server"), "{err}");
 }
