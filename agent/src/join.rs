@@ -111,6 +111,23 @@ impl Credentials {
         Ok((v.not_before.timestamp(), v.not_after.timestamp()))
     }
 
+    /// Whether the certificate is for the key held: a control plane that
+    /// signed another key would leave the host with a pair that cannot work.
+    fn check_key(&self) -> Result<(), JoinError> {
+        let key = rcgen::KeyPair::from_pem(&self.key_pem)
+            .map_err(|e| JoinError::Invalid(format!("the host key: {e}")))?;
+        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| JoinError::Invalid(format!("the host certificate: {e}")))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| JoinError::Invalid(format!("the host certificate: {e}")))?;
+        if cert.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+            return Err(JoinError::Refused(
+                "the control plane issued a certificate for another key than this host's".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// When to renew the certificate (unix seconds): once a third of its
     /// validity is left.
     pub fn renew_at(&self) -> Result<i64, JoinError> {
@@ -354,6 +371,7 @@ async fn dial(
 fn credentials_from(
     url: &str,
     what: &str,
+    own_key_pem: String,
     answer: Result<tonic::Response<shoal_proto::JoinResponse>, tonic::Status>,
 ) -> Result<Credentials, JoinError> {
     let resp = answer
@@ -367,11 +385,37 @@ fn credentials_from(
             _ => JoinError::Refused(format!("the dispatcher refused {what}: {}", s.message())),
         })?
         .into_inner();
-    Ok(Credentials {
+    // A control plane that predates signing requests makes the key itself.
+    let key_pem = if resp.private_key_pem.is_empty() {
+        own_key_pem
+    } else {
+        resp.private_key_pem
+    };
+    let creds = Credentials {
         ca_pem: resp.ca_pem,
         cert_pem: resp.certificate_pem,
-        key_pem: resp.private_key_pem,
-    })
+        key_pem,
+    };
+    creds.check_key()?;
+    Ok(creds)
+}
+
+/// A new key for this host (it never leaves the host) and a certificate
+/// signing request for it, naming `host_name` (the control plane takes only
+/// the key from it): the key and the request, PEM each.
+fn key_and_request(host_name: &str) -> Result<(String, String), JoinError> {
+    let bad = |what: &str, e: rcgen::Error| JoinError::Invalid(format!("{what}: {e}"));
+    let key = rcgen::KeyPair::generate().map_err(|e| bad("making a key", e))?;
+    let mut params = rcgen::CertificateParams::new(vec![host_name.to_string()])
+        .map_err(|e| bad("the certificate request", e))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, host_name);
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| bad("the certificate request", e))?;
+    let csr_pem = csr.pem().map_err(|e| bad("the certificate request", e))?;
+    Ok((key.serialize_pem(), csr_pem))
 }
 
 /// Joins the cluster of `token` through the dispatcher at `url` as
@@ -382,13 +426,16 @@ pub async fn join(url: &str, token: &JoinToken, host_name: &str) -> Result<Crede
         .ca_certificate(Certificate::from_pem(&ca_pem))
         .domain_name(DISPATCHER_TLS_NAME);
     let mut client = dial(url, tls).await?;
+    let (key_pem, csr_pem) = key_and_request(host_name)?;
     let creds = credentials_from(
         url,
         "to join this host",
+        key_pem,
         client
             .join(JoinRequest {
                 secret: token.secret.clone(),
                 host_name: host_name.to_string(),
+                csr_pem,
             })
             .await,
     )?;
@@ -404,10 +451,12 @@ pub async fn join(url: &str, token: &JoinToken, host_name: &str) -> Result<Crede
 /// dispatcher at `url` (its mutual TLS listener).
 pub async fn renew(url: &str, creds: &Credentials) -> Result<Credentials, JoinError> {
     let mut client = dial(url, creds.client_tls()).await?;
+    let (key_pem, csr_pem) = key_and_request("shoal-host")?;
     let new = credentials_from(
         url,
         "to renew this host's certificate",
-        client.renew(RenewRequest {}).await,
+        key_pem,
+        client.renew(RenewRequest { csr_pem }).await,
     )?;
     if new.ca_fingerprint()? != creds.ca_fingerprint()? {
         return Err(JoinError::Refused(

@@ -36,6 +36,10 @@ pub enum PkiError {
     /// A certificate that must not be issued (e.g. for peer id 0).
     #[error("{0}")]
     Invalid(String),
+    /// A host's certificate signing request that is not one, or whose
+    /// signature does not match its key.
+    #[error("the certificate signing request: {0}")]
+    Request(String),
 }
 
 /// The TLS name control-plane peers dial each other by (every peer
@@ -294,21 +298,52 @@ impl ClusterPki {
     /// Credentials for host `host_name`, valid for `validity` from now, and
     /// from a little before (a tenth of it, at most a minute: clocks differ).
     pub fn issue(&self, host_name: &str, validity: Duration) -> Result<JoinResponse, PkiError> {
-        let mut params = leaf_params(host_name, &[host_name], ExtendedKeyUsagePurpose::ClientAuth)?;
-        let span = |d: Duration| {
-            time::Duration::try_from(d)
-                .map_err(|e| PkiError::Crypto(format!("certificate validity: {e}")))
-        };
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - span((validity / 10).min(Duration::from_secs(60)))?;
-        params.not_after = now + span(validity)?;
-        let (certificate_pem, private_key_pem) = self.sign(&params)?;
+        let (certificate_pem, private_key_pem) = self.sign(&host_params(host_name, validity)?)?;
         Ok(JoinResponse {
             certificate_pem,
             private_key_pem,
             ca_pem: self.ca_pem.clone(),
         })
     }
+
+    /// Like [`ClusterPki::issue`], for a key the host made itself: the
+    /// certificate is for the public key of `csr_pem` (a PKCS#10 request whose
+    /// signature is checked, so the host holds the key), and the answer
+    /// carries no key. Only the key is taken from the request: the name,
+    /// usages and validity are this CA's, whatever the request asks.
+    pub fn issue_for_request(
+        &self,
+        host_name: &str,
+        csr_pem: &str,
+        validity: Duration,
+    ) -> Result<JoinResponse, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Request(e.to_string()))?;
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(crypto("CA key"))?;
+        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, ca_key).map_err(crypto("CA"))?;
+        let cert = host_params(host_name, validity)?
+            .signed_by(&csr.public_key, &issuer)
+            .map_err(crypto("certificate"))?;
+        Ok(JoinResponse {
+            certificate_pem: cert.pem(),
+            private_key_pem: String::new(),
+            ca_pem: self.ca_pem.clone(),
+        })
+    }
+}
+
+/// A host certificate's settings: client authentication as `host_name`,
+/// valid from a little before now (clocks differ) for `validity`.
+fn host_params(host_name: &str, validity: Duration) -> Result<CertificateParams, PkiError> {
+    let mut params = leaf_params(host_name, &[host_name], ExtendedKeyUsagePurpose::ClientAuth)?;
+    let span = |d: Duration| {
+        time::Duration::try_from(d)
+            .map_err(|e| PkiError::Crypto(format!("certificate validity: {e}")))
+    };
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - span((validity / 10).min(Duration::from_secs(60)))?;
+    params.not_after = now + span(validity)?;
+    Ok(params)
 }
 
 /// The SHA-256 (hex) of a certificate, as the Host's
@@ -390,6 +425,52 @@ mod tests {
         assert!(a.secret_matches(&token.secret));
         assert!(!a.secret_matches("0123456789abcdef0123456789abcdef"));
         assert!(!a.secret_matches(""));
+    }
+
+    #[test]
+    fn a_signing_request_gets_a_certificate_for_its_key_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = ClusterPki::load_or_create(dir.path(), "abc123").unwrap();
+        // The request asks for another name and for serving: only its key is
+        // taken.
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "shoal-peer-1");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let creds = pki
+            .issue_for_request("node-2", &csr, Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(creds.private_key_pem, "", "the key stays with the host");
+        let der = pem_to_der(&creds.certificate_pem).unwrap();
+        assert_eq!(host_of(&der).as_deref(), Some("node-2"));
+        assert_eq!(peer_of(&der), None);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(
+            cert.public_key().raw,
+            rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+        );
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        let ca_der = pem_to_der(pki.ca_pem()).unwrap();
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        assert!(cert.verify_signature(Some(ca.public_key())).is_ok());
+
+        // Not a request, or one whose signature is not its key's.
+        let err = pki
+            .issue_for_request("node-2", "not a request", Duration::from_secs(3600))
+            .unwrap_err();
+        assert!(matches!(err, PkiError::Request(_)), "{err}");
+        let mut bytes = pem::parse(&csr).unwrap().into_contents();
+        let n = bytes.len();
+        bytes[n - 5] ^= 0xff;
+        let forged = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", bytes));
+        let err = pki
+            .issue_for_request("node-2", &forged, Duration::from_secs(3600))
+            .unwrap_err();
+        assert!(matches!(err, PkiError::Request(_)), "{err}");
     }
 
     #[test]

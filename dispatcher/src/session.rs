@@ -58,6 +58,27 @@ impl Service {
     }
 }
 
+/// A host certificate for `host`: for the key of `csr_pem` when the agent
+/// sent a signing request (the key stays on the host), else with a key made
+/// here (agents before 0.2).
+fn issue(
+    pki: &crate::pki::ClusterPki,
+    host: &str,
+    csr_pem: &str,
+    validity: std::time::Duration,
+) -> Result<JoinResponse, Status> {
+    if csr_pem.is_empty() {
+        return pki
+            .issue(host, validity)
+            .map_err(|e| Status::internal(format!("cannot issue a certificate: {e}")));
+    }
+    pki.issue_for_request(host, csr_pem, validity)
+        .map_err(|e| match e {
+            crate::pki::PkiError::Request(_) => Status::invalid_argument(format!("csr_pem: {e}")),
+            other => Status::internal(format!("cannot issue a certificate: {other}")),
+        })
+}
+
 #[tonic::async_trait]
 impl shoal_proto::Dispatcher for Service {
     type SessionStream = ReceiverStream<Result<ControlMessage, Status>>;
@@ -179,9 +200,12 @@ impl shoal_proto::Dispatcher for Service {
                 req.host_name
             )));
         }
-        let creds = pki
-            .issue(&req.host_name, self.d.inner.config.host_cert_validity)
-            .map_err(|e| Status::internal(format!("cannot issue a certificate: {e}")))?;
+        let creds = issue(
+            pki,
+            &req.host_name,
+            &req.csr_pem,
+            self.d.inner.config.host_cert_validity,
+        )?;
         let fingerprint = crate::pki::fingerprint_pem(&creds.certificate_pem)
             .map_err(|e| Status::internal(format!("cannot read the new certificate: {e}")))?;
         hosts::enroll(self.d.inner.store.as_ref(), &req.host_name, &fingerprint)
@@ -206,9 +230,8 @@ impl shoal_proto::Dispatcher for Service {
             Ok(Err(why)) => return Err(Status::permission_denied(why)),
             Err(e) => return Err(Status::unavailable(format!("cannot check the host: {e}"))),
         }
-        let creds = pki
-            .issue(&host, self.d.inner.config.host_cert_validity)
-            .map_err(|e| Status::internal(format!("cannot issue a certificate: {e}")))?;
+        let csr_pem = request.get_ref().csr_pem.clone();
+        let creds = issue(pki, &host, &csr_pem, self.d.inner.config.host_cert_validity)?;
         let new = crate::pki::fingerprint_pem(&creds.certificate_pem)
             .map_err(|e| Status::internal(format!("cannot read the new certificate: {e}")))?;
         hosts::enroll(store, &host, &new)

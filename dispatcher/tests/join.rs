@@ -643,3 +643,61 @@ async fn a_session_on_a_silent_server_is_given_up_for_the_next() {
     stop.cancel();
     assert_eq!(agent.await.unwrap(), None);
 }
+
+/// Joins `host` with a raw `Join` call carrying `csr_pem`.
+async fn raw_join(
+    p: &Plane,
+    host: &str,
+    csr_pem: &str,
+) -> Result<shoal_proto::JoinResponse, tonic::Status> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&p.ca_pem))
+        .domain_name(DISPATCHER_TLS_NAME);
+    let channel = Endpoint::from_shared(p.url.clone())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    DispatcherClient::new(channel)
+        .join(shoal_proto::JoinRequest {
+            secret: p.token.secret.clone(),
+            host_name: host.into(),
+            csr_pem: csr_pem.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn the_host_key_stays_on_the_host_and_old_agents_still_join() {
+    let p = plane().await;
+    // The agent makes its key and sends a signing request: no key comes
+    // back, and its sessions work with the key it kept.
+    let creds = join(&p.url, &p.token, "node-2").await.unwrap();
+    assert!(creds.key_pem.contains("PRIVATE KEY"));
+    match session(&p.url, creds.client_tls(), "node-2").await.unwrap() {
+        ToAgent::Welcome(_) => {}
+        other => panic!("not a welcome: {other:?}"),
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(vec!["node-3".to_string()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let answer = raw_join(&p, "node-3", &csr).await.unwrap();
+    assert_eq!(answer.private_key_pem, "");
+    assert!(answer.certificate_pem.contains("CERTIFICATE"));
+
+    // A request that is not one: refused, naming the field.
+    let e = raw_join(&p, "node-4", "junk").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("csr_pem:"), "{e:?}");
+
+    // An agent that sends no request gets a key made for it, as before.
+    let answer = raw_join(&p, "node-5", "").await.unwrap();
+    assert!(answer.private_key_pem.contains("PRIVATE KEY"));
+}

@@ -400,12 +400,20 @@ async fn added_voters_addresses_reach_every_node_and_survive_restarts_and_snapsh
         .unwrap();
     let rev = node(&nodes, leader).revision().await.unwrap();
     wait_revision(&nodes, 5, rev).await;
-    assert!(node(&nodes, 5).status().snapshots_installed >= 1);
-    assert_eq!(
-        taps[4].told().get(&4).map(String::as_str),
-        Some("https://n4:6446"),
-        "the snapshot told node 5 where node 4 is"
-    );
+    // The snapshot told node 5 where node 4 is (its status and transport
+    // follow within the node's turn).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(node(&nodes, 5).status().snapshots_installed >= 1
+        && taps[4].told().get(&4).map(String::as_str) == Some("https://n4:6446"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node 5: {:?}, told {:?}",
+            node(&nodes, 5).status(),
+            taps[4].told()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // A follower restarted from its data directory tells its new transport
     // both addresses at open.
@@ -422,11 +430,14 @@ async fn added_voters_addresses_reach_every_node_and_survive_restarts_and_snapsh
     // A removed voter's address is forgotten.
     let leader = wait_leader(&nodes).await;
     node(&nodes, leader).remove_voter(5).await.unwrap();
-    assert!(
-        !node(&nodes, leader)
-            .status()
-            .peer_addresses
-            .contains_key(&5)
-    );
-    assert!(!node(&nodes, leader).status().voters.contains(&5));
+    // The status follows at the end of the node's turn.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = node(&nodes, leader).status();
+        if !s.voters.contains(&5) && !s.peer_addresses.contains_key(&5) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 5 still there: {s:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
