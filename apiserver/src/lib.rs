@@ -173,7 +173,12 @@ pub fn router(
     let model = model::Model::from_crds()?;
     let openapi = openapi::OpenApi::new(&model);
     let limit = cfg.max_body_bytes;
-    let token = cfg.security.as_ref().map(|s| Arc::new(s.token.clone()));
+    let token = cfg.security.as_ref().map(|s| {
+        Arc::new(secure::Tokens {
+            admin: s.token.clone(),
+            view: s.view_token.clone(),
+        })
+    });
     let app = Arc::new(App {
         store,
         model,

@@ -24,8 +24,18 @@ pub struct Security {
     pub cert_chain_pem: String,
     /// Its private key (PEM).
     pub key_pem: String,
-    /// The bearer token every request must carry.
+    /// The bearer token every request must carry: it may do anything.
     pub token: String,
+    /// A second token that may only read (GET: lists, watches, logs); any
+    /// change asked with it gets 403. `None`: no such token.
+    pub view_token: Option<String>,
+}
+
+/// The tokens [`require_token`] accepts.
+#[derive(Clone)]
+pub(crate) struct Tokens {
+    pub admin: String,
+    pub view: Option<String>,
 }
 
 // The key and the token never reach a log.
@@ -69,7 +79,7 @@ fn same(given: &[u8], token: &[u8]) -> bool {
 /// Refuses a request without the bearer token: 401 with a Kubernetes
 /// Status, as kubectl expects.
 pub(crate) async fn require_token(
-    State(token): State<Arc<String>>,
+    State(tokens): State<Arc<Tokens>>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -83,26 +93,51 @@ pub(crate) async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match given {
-        Some(t) if same(t.as_bytes(), token.as_bytes()) => next.run(req).await,
-        _ => {
-            let body = serde_json::json!({
-                "kind": "Status",
-                "apiVersion": "v1",
-                "metadata": {},
-                "status": "Failure",
-                "message": "Unauthorized: a bearer token of this cluster is required (the kubeconfig `shoal up` writes has it)",
-                "reason": "Unauthorized",
-                "code": 401,
-            });
-            let mut r = (StatusCode::UNAUTHORIZED, body.to_string()).into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
-        }
+    let is = |token: &str| given.is_some_and(|t| same(t.as_bytes(), token.as_bytes()));
+    if is(&tokens.admin) {
+        return next.run(req).await;
     }
+    if tokens.view.as_deref().is_some_and(is) {
+        let reads = matches!(
+            *req.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+        );
+        if reads {
+            return next.run(req).await;
+        }
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!(
+                "Forbidden: the read-only token cannot {} {path}; changes take the cluster's admin token (DATA_DIR/kubeconfig)",
+                req.method()
+            ),
+        );
+    }
+    status(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        "Unauthorized: a bearer token of this cluster is required (the kubeconfig `shoal up` writes has it)",
+    )
+}
+
+/// A Kubernetes Status answer, as kubectl expects for 401 and 403.
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    let mut r = (code, body.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// A listener whose connections have finished their TLS handshake. The

@@ -191,7 +191,8 @@ impl ControlPlane {
 
         let security = match (&pki, secure_api) {
             (Some(pki), true) => {
-                let token = api_token(&settings.data_dir)?;
+                let token = api_token(&settings.data_dir, "api-token")?;
+                let view_token = api_token(&settings.data_dir, "api-token-view")?;
                 let mut names = vec![
                     "127.0.0.1".to_string(),
                     "::1".to_string(),
@@ -211,6 +212,7 @@ impl ControlPlane {
                     cert_chain_pem,
                     key_pem,
                     token,
+                    view_token: Some(view_token),
                 })
             }
             _ => None,
@@ -236,15 +238,30 @@ impl ControlPlane {
             .replace("0.0.0.0", "127.0.0.1")
             .replace("[::]", "[::1]");
         match (&security, &pki) {
-            (Some(sec), Some(pki)) => write_private(
-                &kubeconfig,
-                &shoal_apiserver::kubeconfig::kubeconfig_secure(
-                    &api_url,
-                    "default",
-                    pki.ca_pem(),
-                    &sec.token,
-                ),
-            )?,
+            (Some(sec), Some(pki)) => {
+                write_private(
+                    &kubeconfig,
+                    &shoal_apiserver::kubeconfig::kubeconfig_secure(
+                        &api_url,
+                        "default",
+                        pki.ca_pem(),
+                        &sec.token,
+                    ),
+                )?;
+                // The same with the read-only token: for dashboards,
+                // monitoring and people who only look.
+                if let Some(view) = &sec.view_token {
+                    write_private(
+                        &settings.data_dir.join("kubeconfig-view"),
+                        &shoal_apiserver::kubeconfig::kubeconfig_secure(
+                            &api_url,
+                            "default",
+                            pki.ca_pem(),
+                            view,
+                        ),
+                    )?;
+                }
+            }
             _ => shoal_apiserver::kubeconfig::write(&kubeconfig, &api_url)
                 .with_context(|| format!("writing {}", kubeconfig.display()))?,
         }
@@ -644,10 +661,11 @@ pub fn dialable(url: &str) -> String {
         .replace("[::]", "<this host's address>")
 }
 
-/// The API's bearer token, made on first use (`DATA_DIR/api-token`,
-/// readable by its owner only; the kubeconfig carries it too).
-fn api_token(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join("api-token");
+/// A bearer token of the API, made on first use (`DATA_DIR/FILE`, readable
+/// by its owner only; a kubeconfig carries it too): `api-token` may do
+/// anything, `api-token-view` only read.
+fn api_token(data_dir: &Path, file: &str) -> anyhow::Result<String> {
+    let path = data_dir.join(file);
     if let Ok(s) = std::fs::read_to_string(&path)
         && !s.trim().is_empty()
     {

@@ -15,7 +15,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{Killed, TwoHosts, ok, task_hosts};
+use common::{Killed, TwoHosts, ok, shoal, task_hosts};
 use shoal_tests::ROOT_ADDRESS;
 
 const SERVICE: &str = r#"
@@ -260,6 +260,28 @@ fn a_host_joins_over_mutual_tls_with_the_token() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("Unauthorized"), "{err}");
+
+    // The read-only token (DATA_DIR/api-token-view, in kubeconfig-view)
+    // reads, and is refused any change with 403.
+    let view = std::fs::read_to_string(h.data.join("api-token-view")).unwrap();
+    let o = kubectl(Some(view.trim()));
+    assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("spread"));
+    let view_kc = h.data.join("kubeconfig-view");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&view_kc).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "kubeconfig-view is private: {mode:o}");
+    }
+    let listed = ok(&view_kc, &["get", "services"]);
+    assert!(listed.contains("spread"), "{listed}");
+    let o = shoal(&view_kc, &["scale", "spread=1"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Forbidden: the read-only token cannot PATCH"),
+        "{err}"
+    );
 
     ok(
         &h.kc,

@@ -29,16 +29,19 @@ use crate::control_plane::{ControlPlane, Settings, default_data_dir, stop_signal
 /// the scheduler and the dispatcher, so agents are given every server's
 /// address (`shoal agent --dispatcher URL,URL,URL`). The servers share one
 /// cluster: start the first, then copy its DATA_DIR/cluster-id, DATA_DIR/pki
-/// and (with an API beyond loopback) DATA_DIR/api-token into the others'
-/// data directories before their first start.
+/// and (with an API beyond loopback) DATA_DIR/api-token and
+/// DATA_DIR/api-token-view into the others' data directories before their
+/// first start.
 ///
 ///   shoal server --node-id 1 --raft-listen 10.0.0.1:6446 \
 ///     --peer 2=https://10.0.0.2:6446 --peer 3=https://10.0.0.3:6446 \
 ///     --listen 0.0.0.0:6443 --join-listen 0.0.0.0:6445
 ///
 /// Changing the servers: a new server (a new --node-id, the same copies of
-/// cluster-id, pki/ and api-token) joins the running ones with --join and a
-/// --peer for some of them; a lost one is removed with `shoal server rm ID`.
+/// cluster-id, pki/, api-token and api-token-view) joins the running ones
+/// with --join and a --peer for some of them; a lost one is removed with
+/// `shoal server rm ID`. Agents need the new server's join address in their
+/// --dispatcher list (restart them; their containers keep running).
 /// To replace server 3: `shoal server rm 3`, then start the new one:
 ///
 ///   shoal server --node-id 4 --raft-listen 10.0.0.4:6446 --join \
@@ -89,7 +92,7 @@ pub struct Args {
     peers: Vec<(u64, String)>,
     /// Join the running control plane the --peer servers belong to: this
     /// server (a new --node-id, an empty data directory but for the copies
-    /// of cluster-id, pki/ and api-token) asks them to add it to the voters
+    /// of cluster-id, pki/ and the api-token files) asks them to add it to the voters
     /// and catches up from the leader. Harmless once it has joined.
     #[arg(long, requires = "node_id")]
     join: bool,
