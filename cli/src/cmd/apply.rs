@@ -47,14 +47,22 @@ pub struct Args {
     /// check files without an API, use `shoal validate`).
     #[arg(long)]
     dry_run: bool,
-    /// Wait until every applied service has all its replicas ready.
-    #[arg(long)]
-    wait: bool,
-    /// How long --wait waits, e.g. `90s`, `5m`.
-    #[arg(long, default_value = "5m", value_parser = parse_timeout)]
-    timeout: Duration,
+    #[command(flatten)]
+    wait: WaitArgs,
     #[command(flatten)]
     conn: ConnArgs,
+}
+
+/// `--wait` and `--timeout` of the commands that change services.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct WaitArgs {
+    /// Wait until the service's replicas all run its template and are
+    /// ready (every applied service's, for apply).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, e.g. `90s`, `5m`.
+    #[arg(long, default_value = "5m", value_parser = parse_timeout)]
+    pub timeout: Duration,
 }
 
 /// How long a service must stay ready to count as ready, unless its
@@ -171,8 +179,8 @@ async fn apply(args: Args) -> anyhow::Result<ExitCode> {
             Validated::Task(_) => {}
         }
     }
-    if args.wait && !args.dry_run && !applied.is_empty() {
-        return wait_ready(&conn, &applied, args.timeout).await;
+    if args.wait.wait && !args.dry_run && !applied.is_empty() {
+        return wait_ready(&conn, &applied, args.wait.timeout).await;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use kube::api::PostParams;
 use shoal_crds::{RESUME_ANNOTATION, Service, UpdateState};
 
 use crate::client::{ConnArgs, block_on, connect};
-use crate::cmd::apply::{Applied, parse_timeout, wait_ready};
+use crate::cmd::apply::{Applied, WaitArgs, wait_ready};
 
 /// Go on with a service's paused rollout (or rollback)
 ///
@@ -30,12 +30,8 @@ use crate::cmd::apply::{Applied, parse_timeout, wait_ready};
 pub struct Args {
     /// The service.
     service: String,
-    /// Wait until every replica runs the template and is ready.
-    #[arg(long)]
-    wait: bool,
-    /// How long --wait waits, e.g. `90s`, `5m`.
-    #[arg(long, default_value = "5m", value_parser = parse_timeout)]
-    timeout: Duration,
+    #[command(flatten)]
+    wait: WaitArgs,
     #[command(flatten)]
     conn: ConnArgs,
 }
@@ -105,18 +101,18 @@ async fn resume(args: Args) -> anyhow::Result<ExitCode> {
                 } else {
                     println!("service/{} {what} resumed", args.service);
                 }
-                if !args.wait {
+                if !args.wait.wait {
                     return Ok(ExitCode::SUCCESS);
                 }
                 // The service still says Paused until the orchestrator has
                 // seen the value; --wait would take that for the answer.
-                seen(&conn, &args.service, &value, args.timeout).await?;
+                seen(&conn, &args.service, &value, args.wait.timeout).await?;
                 let applied = Applied {
                     namespace: conn.namespace.clone(),
                     name: args.service.clone(),
                     generation: s.metadata.generation.unwrap_or(0),
                 };
-                return wait_ready(&conn, &[applied], args.timeout).await;
+                return wait_ready(&conn, &[applied], args.wait.timeout).await;
             }
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
             Err(e) => return Err(conn.explain(e)),

@@ -1,13 +1,12 @@
 //! `shoal rollback SERVICE [--wait]`: back to the template that ran before.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use kube::api::{ListParams, PostParams};
 use shoal_crds::{DesiredState, Service, Task};
 
 use crate::client::{ConnArgs, block_on, connect};
-use crate::cmd::apply::{Applied, parse_timeout, wait_ready};
+use crate::cmd::apply::{Applied, WaitArgs, wait_ready};
 
 /// Roll a service back to the template that ran before the current one
 ///
@@ -26,12 +25,8 @@ use crate::cmd::apply::{Applied, parse_timeout, wait_ready};
 pub struct Args {
     /// The service.
     service: String,
-    /// Wait until every replica runs the restored template and is ready.
-    #[arg(long)]
-    wait: bool,
-    /// How long --wait waits, e.g. `90s`, `5m`.
-    #[arg(long, default_value = "5m", value_parser = parse_timeout)]
-    timeout: Duration,
+    #[command(flatten)]
+    wait: WaitArgs,
     #[command(flatten)]
     conn: ConnArgs,
 }
@@ -97,7 +92,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
         {
             Ok(s) => {
                 println!("service/{} rolled back to template {hash}", args.service);
-                if !args.wait {
+                if !args.wait.wait {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let applied = Applied {
@@ -105,7 +100,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
                     name: args.service.clone(),
                     generation: s.metadata.generation.unwrap_or(0),
                 };
-                return wait_ready(&conn, &[applied], args.timeout).await;
+                return wait_ready(&conn, &[applied], args.wait.timeout).await;
             }
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
             Err(e) => return Err(conn.explain(e)),
