@@ -98,6 +98,21 @@ fn running(cluster: &str) -> Vec<String> {
     ids
 }
 
+/// Servers 1..=`n`: fresh ports, data directories under `dir`.
+fn servers(dir: &Path, n: u64) -> Vec<Server> {
+    (1..=n)
+        .map(|id| Server {
+            data: dir.join(format!("server-{id}")),
+            ports: ServerPorts {
+                id,
+                api: free_port(),
+                dispatcher: free_port(),
+                raft: free_port(),
+            },
+        })
+        .collect()
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -111,17 +126,7 @@ fn the_control_plane_survives_its_leader() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(Engine::main()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let servers: Vec<Server> = (1..=3)
-        .map(|id| Server {
-            data: tmp.path().join(format!("server-{id}")),
-            ports: ServerPorts {
-                id,
-                api: free_port(),
-                dispatcher: free_port(),
-                raft: free_port(),
-            },
-        })
-        .collect();
+    let servers = servers(tmp.path(), 3);
 
     // The first server makes the cluster's id and CA; the others get copies
     // before their first start.
@@ -279,17 +284,7 @@ fn ids(listing: &str) -> Vec<u64> {
 #[test]
 fn servers_join_and_are_removed_while_the_control_plane_runs() {
     let tmp = tempfile::tempdir().unwrap();
-    let servers: Vec<Server> = (1..=4)
-        .map(|id| Server {
-            data: tmp.path().join(format!("server-{id}")),
-            ports: ServerPorts {
-                id,
-                api: free_port(),
-                dispatcher: free_port(),
-                raft: free_port(),
-            },
-        })
-        .collect();
+    let servers = servers(tmp.path(), 4);
     let (first, newcomer) = (&servers[..3], &servers[3]);
     let mut procs: Vec<Option<Killed>> = vec![Some(first[0].start(first, tmp.path()))];
     eventually("the first server's CA", 30, || {

@@ -291,19 +291,24 @@ fn client_tls(ca_pem: &str, cert_pem: &str, key_pem: &str) -> ClientTlsConfig {
         .identity(Identity::from_pem(cert_pem, key_pem))
 }
 
+/// A channel to the peer listener at `url`.
+async fn dial(url: &str, tls: ClientTlsConfig) -> Result<tonic::transport::Channel, tonic::Status> {
+    Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connect: {e:?}")))
+}
+
 /// Sends `msgs` to `url` on one `Send` stream, which it then closes.
 async fn send_raw(
     url: &str,
     tls: ClientTlsConfig,
     msgs: Vec<Message>,
 ) -> Result<(), tonic::Status> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("connect: {e:?}")))?;
+    let channel = dial(url, tls).await?;
     let envelopes: Vec<RaftEnvelope> = msgs
         .iter()
         .map(|m| RaftEnvelope {
@@ -322,13 +327,7 @@ async fn add_voter_raw(
     tls: ClientTlsConfig,
     address: &str,
 ) -> Result<Vec<u64>, tonic::Status> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("connect: {e:?}")))?;
+    let channel = dial(url, tls).await?;
     RaftPeerClient::new(channel)
         .add_voter(shoal_proto::control_v1::AddVoterRequest {
             address: address.to_owned(),
