@@ -58,9 +58,10 @@ impl LeaderRoute {
         task: &Task,
         req: &LogRequest,
     ) -> Result<BoxStream<'static, LogLine>, LogError> {
-        let leader = self.raft.status().leader_id;
+        let status = self.raft.status();
+        let leader = status.leader_id;
         // The servers given at start, and those added since.
-        let added = self.raft.status().peer_addresses;
+        let added = status.peer_addresses;
         let url = added
             .get(&leader)
             .or_else(|| self.peers.get(&leader))

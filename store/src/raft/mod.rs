@@ -132,7 +132,7 @@ pub struct NodeStatus {
     /// The voters.
     pub voters: Vec<u64>,
     /// Where the voters added with [`RaftStore::add_voter_at`] are reached.
-    pub peer_addresses: std::collections::BTreeMap<u64, String>,
+    pub peer_addresses: Arc<std::collections::BTreeMap<u64, String>>,
     /// The node loop has stopped.
     pub stopped: bool,
 }
@@ -192,7 +192,7 @@ impl RaftStore {
 
         let (tx, rx) = std::sync::mpsc::channel();
         transport.attach(config.id, Inbox(tx.clone()));
-        for (id, address) in raw.store().peer_addresses() {
+        for (id, address) in raw.store().peer_addresses().iter() {
             transport.set_peer(*id, Some(address));
         }
         let status = Arc::new(Mutex::new(NodeStatus {

@@ -349,8 +349,8 @@ impl Node {
             self.hub.lock().replace_state(sm);
             self.dirty.clear();
             self.snapshots_installed += 1;
-            for (id, address) in self.raw.store().peer_addresses().clone() {
-                self.transport.set_peer(id, Some(&address));
+            for (id, address) in self.raw.store().peer_addresses().clone().iter() {
+                self.transport.set_peer(*id, Some(address));
             }
             let answers = self.apply(ready.take_committed_entries())?;
             self.raw.mut_store().append(&txn, ready.entries())?;

@@ -97,7 +97,8 @@ pub(crate) struct DiskStorage {
     /// written.
     unwritten_states: bool,
     /// Where the voters added by membership changes are reached.
-    peer_addresses: BTreeMap<u64, String>,
+    /// Shared with every status the node publishes (no copy per turn).
+    peer_addresses: Arc<BTreeMap<u64, String>>,
     /// Entries from this index on may differ from redb's log (they are in
     /// the write-ahead log only).
     log_unwritten_from: Option<u64>,
@@ -217,7 +218,7 @@ impl DiskStorage {
             applied,
             applied_on_disk: applied,
             unwritten_states: false,
-            peer_addresses,
+            peer_addresses: Arc::new(peer_addresses),
             log_unwritten_from: None,
             wal,
             hub: None,
@@ -422,13 +423,13 @@ impl DiskStorage {
             .write_to_bytes()
             .map_err(|e| db_err("encode conf state", e))?;
         Self::put_meta(txn, CONF_STATE, &bytes)?;
-        let peers = serde_json::to_vec(&self.peer_addresses)
+        let peers = serde_json::to_vec(&*self.peer_addresses)
             .map_err(|e| db_err("encode peer addresses", e))?;
         Self::put_meta(txn, PEER_ADDRESSES, &peers)
     }
 
     /// Where the voters added by membership changes are reached.
-    pub fn peer_addresses(&self) -> &BTreeMap<u64, String> {
+    pub fn peer_addresses(&self) -> &Arc<BTreeMap<u64, String>> {
         &self.peer_addresses
     }
 
@@ -436,8 +437,8 @@ impl DiskStorage {
     /// with the next [`DiskStorage::write_applied`] like the conf state.
     pub fn set_peer_address(&mut self, id: u64, address: Option<String>) {
         match address {
-            Some(a) => self.peer_addresses.insert(id, a),
-            None => self.peer_addresses.remove(&id),
+            Some(a) => Arc::make_mut(&mut self.peer_addresses).insert(id, a),
+            None => Arc::make_mut(&mut self.peer_addresses).remove(&id),
         };
         self.unwritten_states = true;
     }
@@ -540,7 +541,7 @@ impl DiskStorage {
         let meta = snap.get_metadata();
         let mut data: SnapshotData =
             serde_json::from_slice(snap.get_data()).map_err(|e| db_err("decode snapshot", e))?;
-        self.peer_addresses = std::mem::take(&mut data.peer_addresses);
+        self.peer_addresses = Arc::new(std::mem::take(&mut data.peer_addresses));
         let sm = StateMachine::from_snapshot(data, history)?;
         {
             let mut objs = txn
@@ -636,7 +637,7 @@ impl Storage for DiskStorage {
             .as_ref()
             .ok_or_else(|| raft_err(StoreError::Internal("no state machine attached".into())))?;
         let mut data = hub.lock().state().snapshot();
-        data.peer_addresses = self.peer_addresses.clone();
+        data.peer_addresses = (*self.peer_addresses).clone();
         let data = serde_json::to_vec(&data).map_err(|e| raft_err(db_err("encode snapshot", e)))?;
         let mut snap = Snapshot::default();
         snap.set_data(data.into());
