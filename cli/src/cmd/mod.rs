@@ -18,3 +18,23 @@ pub mod scale;
 pub mod server;
 pub mod up;
 pub mod validate;
+
+/// Service `name` of the connection's namespace; `None` after saying on
+/// stderr that it does not exist.
+pub async fn service_or_report(
+    conn: &crate::client::Conn,
+    name: &str,
+) -> anyhow::Result<Option<shoal_crds::Service>> {
+    let svc = conn
+        .namespaced::<shoal_crds::Service>()
+        .get_opt(name)
+        .await
+        .map_err(|e| conn.explain(e))?;
+    if svc.is_none() {
+        eprintln!(
+            "error: service {name:?} not found in namespace {}",
+            conn.namespace
+        );
+    }
+    Ok(svc)
+}

@@ -58,15 +58,7 @@ async fn resume(args: Args) -> anyhow::Result<ExitCode> {
     let conn = connect(&args.conn).await?;
     let api = conn.namespaced::<Service>();
     for _ in 0..5 {
-        let Some(mut svc) = api
-            .get_opt(&args.service)
-            .await
-            .map_err(|e| conn.explain(e))?
-        else {
-            eprintln!(
-                "error: service {:?} not found in namespace {}",
-                args.service, conn.namespace
-            );
+        let Some(mut svc) = crate::cmd::service_or_report(&conn, &args.service).await? else {
             return Ok(ExitCode::FAILURE);
         };
         let update = svc.status.as_ref().and_then(|s| s.update.clone());

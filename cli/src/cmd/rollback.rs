@@ -54,15 +54,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
     let api = conn.namespaced::<Service>();
     let tasks: kube::Api<Task> = conn.namespaced();
     for _ in 0..5 {
-        let Some(mut svc) = api
-            .get_opt(&args.service)
-            .await
-            .map_err(|e| conn.explain(e))?
-        else {
-            eprintln!(
-                "error: service {:?} not found in namespace {}",
-                args.service, conn.namespace
-            );
+        let Some(mut svc) = crate::cmd::service_or_report(&conn, &args.service).await? else {
             return Ok(ExitCode::FAILURE);
         };
         let selector = format!("shoal.dev/service={}", args.service);
