@@ -184,3 +184,41 @@ async fn concurrent_writers() {
     assert!(status.proposals >= 320, "{status:?}");
     assert!(status.syncs < status.proposals, "{status:?}");
 }
+
+/// A first start killed while the database file was being made leaves at
+/// most a half-made file under a temporary name; the next start makes the
+/// database afresh and never mistakes the leftover for the database.
+#[tokio::test]
+async fn a_half_made_database_from_a_killed_first_start_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let leftover = dir.path().join("store.redb.new");
+    // What a kill between redb growing the file and writing its header leaves.
+    std::fs::write(&leftover, vec![0u8; 4096]).unwrap();
+    let rev = {
+        let store = open(dir.path(), 100, 100);
+        store.create(common::svc("kept", 1)).await.unwrap();
+        store.revision().await.unwrap()
+    };
+    assert!(!leftover.exists(), "the leftover is replaced, not kept");
+    assert!(dir.path().join(shoal_store::raft::DB_FILE).exists());
+    let store = open(dir.path(), 100, 100);
+    let got = store.get(&common::svc_key("kept")).await.unwrap();
+    assert_eq!(got.as_ref().and_then(revision_of), Some(rev));
+}
+
+/// An older version killed on its first start could leave the database file
+/// itself all zeros; it never held data and is made afresh.
+#[tokio::test]
+async fn an_all_zero_database_file_is_made_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(shoal_store::raft::DB_FILE),
+        vec![0u8; 1 << 20],
+    )
+    .unwrap();
+    let store = open(dir.path(), 100, 100);
+    store.create(common::svc("kept", 1)).await.unwrap();
+    drop(store);
+    let store = open(dir.path(), 100, 100);
+    assert!(store.get(&common::svc_key("kept")).await.unwrap().is_some());
+}

@@ -106,15 +106,79 @@ pub(crate) struct DiskStorage {
     hub: Option<Arc<Hub>>,
 }
 
+/// Opens the database at `path`, creating it if there is none.
+///
+/// A new database is made under a temporary name, synced and then renamed
+/// into place: a kill while redb writes a new file's header must not leave a
+/// file at `path` that is not a database (every later start would fail on
+/// it). The rename is atomic, so `path` either does not exist or holds a
+/// complete empty database.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let io = |what: &str, e: std::io::Error| db_err(what, e);
+    if !path.exists() || never_written(path)? {
+        let tmp = path.with_extension("redb.new");
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing a half-made store database", e)),
+        }
+        let file = super::file::ZeroFilledFile::open(&tmp)
+            .map_err(|e| db_err("creating the store database", e))?;
+        let db = Database::builder()
+            .create_with_backend(file)
+            .map_err(|e| db_err("creating the store database", e))?;
+        drop(db);
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("syncing the new store database", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io("placing the new store database", e))?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("syncing the data directory", e))?;
+        }
+    }
+    let file = super::file::ZeroFilledFile::open(path)
+        .map_err(|e| db_err("opening the store database", e))?;
+    Database::builder()
+        .create_with_backend(file)
+        .map_err(|e| db_err("opening the store database", e))
+}
+
+/// Whether the file at `path` holds nothing but zeros: what a first start of
+/// an older version, killed before redb wrote the header, left behind. It
+/// never held data, so it is made afresh.
+fn never_written(path: &Path) -> Result<bool, StoreError> {
+    use std::io::Read;
+    const LIMIT: u64 = 64 << 20;
+    let mut file =
+        std::fs::File::open(path).map_err(|e| db_err("opening the store database", e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| db_err("opening the store database", e))?
+        .len();
+    if len > LIMIT {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| db_err("reading the store database", e))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+    }
+}
+
 impl DiskStorage {
     /// Opens (or creates) the database. Membership is bootstrapped with
     /// `voters` only if the database is empty.
     pub fn open(path: &Path, voters: &[u64], history: usize) -> Result<Loaded, StoreError> {
-        let file = super::file::ZeroFilledFile::open(path)
-            .map_err(|e| db_err("opening the store database", e))?;
-        let db = Database::builder()
-            .create_with_backend(file)
-            .map_err(|e| db_err("opening the store database", e))?;
+        let db = open_database(path)?;
         let txn = db.begin_write().map_err(|e| db_err("begin", e))?;
         let mut meta_vals: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut entries = VecDeque::new();
