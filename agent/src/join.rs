@@ -556,7 +556,13 @@ pub async fn keep_renewed(
                 () = shutdown.cancelled() => return,
             }
         }
-        match renew_any(&urls, &creds).await {
+        // Renewed by any server, the ones the control plane told too.
+        let known = crate::dispatchers::Dispatchers::new(
+            urls.clone(),
+            Some(state_dir.join(crate::dispatchers::FILE)),
+        )
+        .all();
+        match renew_any(&known, &creds).await {
             Ok(new) => {
                 if let Err(e) = new.save(&state_dir) {
                     tracing::error!(error = %e, "cannot keep the renewed certificate");

@@ -13,6 +13,7 @@
 //!   the control plane cannot override.
 
 pub mod assignments;
+pub mod dispatchers;
 pub mod docker;
 pub mod engine;
 pub mod error;

@@ -85,6 +85,10 @@ pub struct SessionConfig {
     /// The host's credentials, current: renewal replaces them (see
     /// [`crate::join::keep_renewed`]) and the next connection uses the new ones.
     pub tls: Option<watch::Receiver<crate::join::Credentials>>,
+    /// Where the join addresses the control plane tells (its servers') are
+    /// kept, dialled after [`Self::endpoints`]; see [`crate::dispatchers`].
+    /// Only told on sessions with [`Self::tls`]. `None`: kept in memory only.
+    pub dispatchers_file: Option<std::path::PathBuf>,
 }
 
 impl SessionConfig {
@@ -109,6 +113,7 @@ impl SessionConfig {
             status_batch_window: Duration::from_millis(10),
             engine_state: None,
             tls: None,
+            dispatchers_file: None,
         }
     }
 }
@@ -171,13 +176,14 @@ pub async fn run(
             .instrument(tracing::info_span!("fence-watchdog")),
     );
     let _stop_watchdog = AbortOnDrop(watchdog);
-    if cfg.endpoints.is_empty() {
+    let dispatchers =
+        crate::dispatchers::Dispatchers::new(cfg.endpoints.clone(), cfg.dispatchers_file.clone());
+    if dispatchers.all().is_empty() {
         tracing::error!("no dispatcher address: the agent cannot reach the control plane");
         shutdown.cancelled().await;
         return None;
     }
-    let several = cfg.endpoints.len() > 1;
-    let mut rotation = Rotation::new(cfg.endpoints.len(), cfg.max_backoff);
+    let mut rotation = Rotation::new(dispatchers.all().len(), cfg.max_backoff);
     let mut wait = Duration::ZERO;
     loop {
         if !wait.is_zero() {
@@ -186,11 +192,16 @@ pub async fn run(
                 () = shutdown.cancelled() => return None,
             }
         }
-        let endpoint = cfg.endpoints[rotation.current()].as_str();
+        // The control plane may have told other servers meanwhile.
+        let endpoints = dispatchers.all();
+        rotation.resize(endpoints.len());
+        let several = endpoints.len() > 1;
+        let endpoint = endpoints[rotation.current()].as_str();
         let started = tokio::time::Instant::now();
         let res = session(
             &cfg,
             endpoint,
+            &dispatchers,
             &assigned,
             &heard,
             &mut reports,
@@ -233,7 +244,7 @@ pub async fn run(
         wait = rotation.next(started.elapsed() > Duration::from_secs(2));
         if several && !wait.is_zero() {
             tracing::warn!(
-                endpoints = cfg.endpoints.len(),
+                endpoints = endpoints.len(),
                 retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                 "no dispatcher serves this agent; trying them again"
             );
@@ -291,6 +302,13 @@ impl Rotation {
         self.current
     }
 
+    /// The number of endpoints changed to `len` (new ones are added at the
+    /// end, so the current index stays valid unless the list shrank).
+    fn resize(&mut self, len: usize) {
+        self.len = len.max(1);
+        self.current %= self.len;
+    }
+
     /// The attempt on the current endpoint ended (`lived`: it held a session
     /// for a while, which resets the backoff): moves to the next endpoint,
     /// and says how long to wait before dialling it.
@@ -344,9 +362,11 @@ struct Reports {
     latest: HashMap<String, StatusUpdate>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     cfg: &SessionConfig,
     url: &str,
+    dispatchers: &crate::dispatchers::Dispatchers,
     assigned: &watch::Sender<Option<Assignments>>,
     heard: &AtomicU64,
     reports: &mut Reports,
@@ -354,7 +374,7 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
     // With other dispatchers to try, a silent one is given up sooner.
-    let connect_timeout = if cfg.endpoints.len() > 1 {
+    let connect_timeout = if dispatchers.all().len() > 1 {
         Duration::from_secs(2)
     } else {
         Duration::from_secs(5)
@@ -469,6 +489,13 @@ async fn session(
                     Some(FromPlane::CancelRequest(c)) => {
                         if let Some(t) = requests.remove(&c.request_id) {
                             t.cancel();
+                        }
+                    }
+                    Some(FromPlane::Servers(s)) => {
+                        // Join addresses mean something only to an agent
+                        // holding a certificate.
+                        if cfg.tls.is_some() && dispatchers.tell(s.dispatchers) {
+                            tracing::info!(dispatchers = ?dispatchers.all(), "the control plane's servers");
                         }
                     }
                     Some(FromPlane::HeartbeatAck(_)) | None => {}

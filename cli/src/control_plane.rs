@@ -33,6 +33,10 @@ pub struct HaSettings {
     /// `https://HOST:PORT` where the others reach this server (told them when
     /// joining).
     pub advertise: String,
+    /// `https://HOST:PORT` where agents of other hosts reach this server's
+    /// join listener: named to the peers, and told by the leader to its
+    /// agents with every other server's. `None`: not told.
+    pub join_advertise: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +179,39 @@ impl ControlPlane {
             }
         };
         let (raft, members) = raft;
+        // The servers' join addresses, for the leader's agents: this one's
+        // first, then every other voter's as it named it.
+        let servers = match (
+            &members,
+            settings.ha.as_ref().and_then(|h| h.join_advertise.clone()),
+        ) {
+            (Some(m), Some(own)) => {
+                let (tx, rx) = tokio::sync::watch::channel(m.join_addresses(&own));
+                let (m, stop) = (m.clone(), shutdown.child_token());
+                tasks.push(tokio::spawn(
+                    async move {
+                        loop {
+                            tokio::select! {
+                                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                                () = stop.cancelled() => return,
+                            }
+                            let now = m.join_addresses(&own);
+                            tx.send_if_modified(|old| {
+                                let changed = *old != now;
+                                if changed {
+                                    tracing::info!(servers = ?now, "the servers' join addresses");
+                                    *old = now;
+                                }
+                                changed
+                            });
+                        }
+                    }
+                    .instrument(tracing::info_span!("server-addresses")),
+                ));
+                Some(rx)
+            }
+            _ => None,
+        };
         let store: Arc<dyn ClusterStore> = raft.clone();
         let _ = peer_logs.store.set(store.clone());
         // A server that does not lead reads logs through the leader.
@@ -284,6 +321,7 @@ impl ControlPlane {
             current,
             // After a leader change agents look for the new leader first.
             startup_grace: settings.ha.as_ref().map(|_| HA_STARTUP_GRACE),
+            servers,
         };
         let (dispatcher_url, join_url) = if settings.ha.is_none() {
             // A lone server leads from the start: its listeners' errors
@@ -366,13 +404,21 @@ async fn open_replicated(
     let tls = pki
         .peer_client_tls(ha.node_id)
         .context("issuing this server's peer certificate")?;
+    // The join address is set before the peers are dialled: every call
+    // names it.
     let transport = NetTransport::new(
         ha.node_id,
-        ha.peers.clone(),
+        std::collections::BTreeMap::new(),
         tls.clone(),
         tokio::runtime::Handle::current(),
         shutdown.child_token(),
     );
+    if let Some(url) = &ha.join_advertise {
+        transport.set_join_url(url).context("--join-advertise")?;
+    }
+    for (id, address) in &ha.peers {
+        shoal_store::raft::Transport::set_peer(transport.as_ref(), *id, Some(address));
+    }
     let (p, id, t, stop) = (
         pki.clone(),
         ha.node_id,
@@ -480,6 +526,26 @@ pub struct RaftMembers {
     self_address: String,
 }
 
+impl RaftMembers {
+    /// The voters' join addresses: `own` (this server's) first, then the
+    /// others' in id order, as they named them to this server (a voter not
+    /// heard from yet is left out).
+    fn join_addresses(&self, own: &str) -> Vec<String> {
+        let mut voters = self.raft.status().voters;
+        voters.sort_unstable();
+        let named = self.transport.join_urls();
+        let mut list = vec![own.to_owned()];
+        for id in voters.iter().filter(|id| **id != self.self_id) {
+            if let Some(url) = named.get(id)
+                && !list.contains(url)
+            {
+                list.push(url.clone());
+            }
+        }
+        list
+    }
+}
+
 impl shoal_apiserver::Members for RaftMembers {
     fn list(&self) -> Vec<shoal_apiserver::Member> {
         let mut status = self.raft.status();
@@ -533,6 +599,8 @@ struct Leader {
     data_dir: PathBuf,
     current: tokio::sync::watch::Sender<Option<Dispatcher>>,
     startup_grace: Option<std::time::Duration>,
+    /// The servers' join addresses, told to agents.
+    servers: Option<tokio::sync::watch::Receiver<Vec<String>>>,
 }
 
 /// The leader's components, running.
@@ -571,6 +639,7 @@ impl Leader {
         let config = DispatcherConfig {
             cluster_id: self.cluster_id.clone(),
             startup_grace: self.startup_grace,
+            servers: self.servers.clone(),
             ..Default::default()
         };
         let dispatcher = Dispatcher::new(self.store.clone(), config, stop.clone());

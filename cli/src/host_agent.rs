@@ -140,6 +140,9 @@ pub struct AgentSettings {
     /// Mutual TLS credentials (a joined host on the dispatcher's join
     /// listener), kept current by renewal; `None` on loopback.
     pub tls: Option<watch::Receiver<shoal_agent::join::Credentials>>,
+    /// Where the addresses of the servers the control plane tells are kept
+    /// (in the agent's state directory; with `tls`).
+    pub dispatchers_file: Option<std::path::PathBuf>,
 }
 
 /// The agent's two tasks.
@@ -193,6 +196,7 @@ pub fn start(
                 SessionConfig {
                     engine_state: Some(engine_state),
                     tls: settings.tls,
+                    dispatchers_file: settings.dispatchers_file,
                     ..SessionConfig::with_endpoints(
                         settings.dispatcher_urls,
                         settings.cluster_id,

@@ -1,9 +1,10 @@
 //! A highly available control plane end to end: three `shoal server`
 //! processes replicating the store with Raft over mutual TLS, and one
-//! `shoal agent` given all three dispatcher addresses, on the main test
-//! engine. A service runs; the leader is killed (SIGKILL); a surviving
-//! server accepts writes again (the time is printed), the agent finds the new
-//! leader, the service scales up without restarting its containers, a
+//! `shoal agent` joined with the token and given only the leader's join
+//! address, on the main test engine. The leader tells the agent every
+//! server's join address. A service runs; the leader is killed (SIGKILL); a
+//! surviving server accepts writes again (the time is printed), the agent
+//! finds the new leader by the addresses it was told, the service scales up without restarting its containers, a
 //! server that does not lead serves the service's logs through the leader,
 //! and the killed server, started again, catches up as a follower.
 
@@ -47,6 +48,8 @@ fn free_port() -> u16 {
 struct Server {
     data: PathBuf,
     ports: ServerPorts,
+    /// Its join listener for agents of other hosts.
+    join: u16,
 }
 
 impl Server {
@@ -68,7 +71,8 @@ impl Server {
             .open(logs.join(format!("server-{}.log", self.ports.id)))
             .unwrap();
         Killed(
-            c.env("RUST_LOG", "info")
+            c.args(["--join-listen", &format!("127.0.0.1:{}", self.join)])
+                .env("RUST_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -109,6 +113,7 @@ fn servers(dir: &Path, n: u64) -> Vec<Server> {
                 dispatcher: free_port(),
                 raft: free_port(),
             },
+            join: free_port(),
         })
         .collect()
 }
@@ -159,15 +164,23 @@ fn the_control_plane_survives_its_leader() {
         });
     }
 
-    // One agent, given every server's dispatcher.
-    let dispatchers: Vec<String> = servers
+    // One agent, joined with the token and given the leader's join address
+    // only: the leader tells it the others'.
+    let first_leader = servers.iter().find(|s| s.leads()).unwrap();
+    let token = std::fs::read_to_string(first_leader.data.join("join-token")).unwrap();
+    let state = tmp.path().join("agent-state");
+    let mut join_urls: Vec<String> = servers
         .iter()
-        .map(|s| format!("http://127.0.0.1:{}", s.ports.dispatcher))
+        .map(|s| format!("https://127.0.0.1:{}", s.join))
         .collect();
+    join_urls.sort_unstable();
     let _agent = Killed(
         Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["agent", "--dispatcher", &dispatchers.join(",")])
-            .args(["--cluster-id", &cluster, "--host-name", HOST])
+            .args(["agent", "--dispatcher"])
+            .arg(format!("https://127.0.0.1:{}", first_leader.join))
+            .args(["--join-token", token.trim(), "--host-name", HOST])
+            .arg("--state-dir")
+            .arg(&state)
             .env("DOCKER_HOST", main_docker_host())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -194,6 +207,13 @@ fn the_control_plane_survives_its_leader() {
     );
     let before = running(&cluster);
     assert_eq!(before.len(), 3);
+    eventually("the agent to be told every server", 30, || {
+        std::fs::read_to_string(state.join("dispatchers")).is_ok_and(|told| {
+            let mut told: Vec<&str> = told.lines().collect();
+            told.sort_unstable();
+            told == join_urls.iter().map(String::as_str).collect::<Vec<_>>()
+        })
+    });
 
     // Kill the leader.
     let leader = servers.iter().position(Server::leads).unwrap();

@@ -28,6 +28,10 @@ pub struct DispatcherConfig {
     /// longer of the heartbeat timeout and the reconnect grace. A new leader
     /// of a replicated control plane gives more: agents look for it first.
     pub startup_grace: Option<Duration>,
+    /// The join addresses of the control plane's servers (this one first),
+    /// told to agents on mutual-TLS sessions and again when they change.
+    /// `None` (a lone server): not told.
+    pub servers: Option<tokio::sync::watch::Receiver<Vec<String>>>,
 }
 
 impl Default for DispatcherConfig {
@@ -41,6 +45,7 @@ impl Default for DispatcherConfig {
             server_version: env!("CARGO_PKG_VERSION").into(),
             host_cert_validity: Duration::from_secs(90 * 24 * 3600),
             startup_grace: None,
+            servers: None,
         }
     }
 }

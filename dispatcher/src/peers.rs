@@ -22,6 +22,12 @@
 //!   with the change, so every server's transport learns it
 //!   ([`Transport::set_peer`] starts a task for the new peer).
 //!
+//! - Join addresses: a server with a join listener for agents names its
+//!   address in the metadata of every `Send` call it makes
+//!   ([`JOIN_URL_HEADER`], see [`NetTransport::set_join_url`]); the receiver
+//!   remembers it per peer ([`NetTransport::join_urls`]). Every follower
+//!   sends to the leader, so the leader knows them all and tells its agents.
+//!
 //! Every peer uses one certificate for both directions; peers dial each
 //! other as [`crate::pki::PEER_TLS_NAME`].
 
@@ -45,6 +51,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::pki::{ClusterPki, PkiError, peer_of};
+
+/// The metadata key of a `Send` call naming the caller's join address.
+pub const JOIN_URL_HEADER: &str = "shoal-join-url";
 
 /// Messages queued per peer before `send` drops them.
 pub const PEER_QUEUE: usize = 4096;
@@ -100,6 +109,9 @@ impl PeerError {
     }
 }
 
+/// A join address as `Send` call metadata.
+type JoinUrlValue = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
 /// A peer's address and the queue of the task sending to it.
 type PeerQueue = (String, mpsc::Sender<Vec<u8>>);
 
@@ -119,6 +131,10 @@ pub struct NetTransport {
     inbox: Mutex<Option<Inbox>>,
     /// The membership handle answering `AddVoter` (set once the store is open).
     membership: Mutex<Option<Arc<dyn PeerMembership>>>,
+    /// This server's join address, named in every `Send` call.
+    join_url: Arc<Mutex<Option<JoinUrlValue>>>,
+    /// The join addresses the peers named in their `Send` calls.
+    peer_join_urls: Mutex<BTreeMap<u64, String>>,
     tls: ClientTlsConfig,
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
@@ -147,6 +163,8 @@ impl NetTransport {
             queues: Mutex::new(BTreeMap::new()),
             inbox: Mutex::new(None),
             membership: Mutex::new(None),
+            join_url: Arc::new(Mutex::new(None)),
+            peer_join_urls: Mutex::new(BTreeMap::new()),
             tls,
             runtime,
             shutdown,
@@ -181,7 +199,7 @@ impl NetTransport {
             tracing::info!(peer = id, %address, "raft peer moved");
         }
         self.runtime.spawn(
-            peer_loop(endpoint, rx, self.shutdown.clone())
+            peer_loop(endpoint, rx, self.join_url.clone(), self.shutdown.clone())
                 .instrument(tracing::info_span!("raft-peer", peer = id)),
         );
     }
@@ -192,6 +210,26 @@ impl NetTransport {
             .iter()
             .map(|(id, (a, _))| (*id, a.clone()))
             .collect()
+    }
+
+    /// Names `url` (`https://host:port`, where agents reach this server's
+    /// join listener) to the peers in the calls made from now on.
+    pub fn set_join_url(&self, url: &str) -> Result<(), PeerError> {
+        let bad = |reason: &str| PeerError::Address {
+            id: self.self_id,
+            address: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let valid = join_url(url).ok_or_else(|| bad("not an https://host:port URL"))?;
+        let value = valid.parse().map_err(|_| bad("not a valid header value"))?;
+        *lock(&self.join_url) = Some(value);
+        Ok(())
+    }
+
+    /// The join addresses the peers named (Raft id → `https://host:port`),
+    /// as last heard; a peer that never called has none.
+    pub fn join_urls(&self) -> BTreeMap<u64, String> {
+        lock(&self.peer_join_urls).clone()
     }
 
     /// Lets peers add voters through `AddVoter` (see [`serve_peers`]).
@@ -287,6 +325,17 @@ fn endpoint(id: u64, address: &str, tls: &ClientTlsConfig) -> Result<Endpoint, P
         .http2_adaptive_window(true))
 }
 
+/// `url` if it is an `https://host:port` URL (the form of a join address).
+fn join_url(url: &str) -> Option<&str> {
+    let uri: tonic::codegen::http::Uri = url.parse().ok()?;
+    (uri.scheme_str() == Some("https")
+        && uri.host().is_some_and(|h| !h.is_empty())
+        && uri
+            .path_and_query()
+            .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty()))
+    .then_some(url)
+}
+
 /// The wait before dialling again after `failures` failed calls in a row:
 /// none after the first, then 100 ms doubling up to 1 s.
 fn backoff(failures: u32) -> Duration {
@@ -312,6 +361,7 @@ enum CallEnd {
 async fn peer_loop(
     endpoint: Endpoint,
     mut queue: mpsc::Receiver<Vec<u8>>,
+    join_url: Arc<Mutex<Option<JoinUrlValue>>>,
     shutdown: CancellationToken,
 ) {
     let mut failures = 0u32;
@@ -320,7 +370,7 @@ async fn peer_loop(
         let started = Instant::now();
         let mut up = false;
         let end = tokio::select! {
-            end = call(&endpoint, &mut queue, &mut up) => end,
+            end = call(&endpoint, &mut queue, lock(&join_url).clone(), &mut up) => end,
             () = shutdown.cancelled() => return,
         };
         if up && started.elapsed() >= HEALTHY_CALL {
@@ -359,14 +409,23 @@ async fn peer_loop(
 
 /// Dials the peer and streams queued messages to it until the call ends;
 /// `up` is set once connected.
-async fn call(endpoint: &Endpoint, queue: &mut mpsc::Receiver<Vec<u8>>, up: &mut bool) -> CallEnd {
+async fn call(
+    endpoint: &Endpoint,
+    queue: &mut mpsc::Receiver<Vec<u8>>,
+    join_url: Option<JoinUrlValue>,
+    up: &mut bool,
+) -> CallEnd {
     let channel = match endpoint.connect().await {
         Ok(c) => c,
         Err(e) => return CallEnd::Failed(error_chain(&e)),
     };
     let mut client = RaftPeerClient::new(channel).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel(CALL_BUFFER);
-    let response = client.send(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(url) = join_url {
+        request.metadata_mut().insert(JOIN_URL_HEADER, url);
+    }
+    let response = client.send(request);
     tokio::pin!(response);
     *up = true;
     tracing::debug!("connected to peer");
@@ -613,6 +672,17 @@ impl RaftPeer for PeerService {
                 return Err(status);
             }
         };
+        if let Some(url) = request
+            .metadata()
+            .get(JOIN_URL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(join_url)
+        {
+            let old = lock(&self.transport.peer_join_urls).insert(peer, url.to_owned());
+            if old.as_deref() != Some(url) {
+                tracing::info!(peer, join_url = url, "a server's join address");
+            }
+        }
         let span = tracing::info_span!("raft-peer-in", peer);
         async move {
             tracing::debug!("peer connected");
@@ -645,6 +715,21 @@ impl RaftPeer for PeerService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_addresses_are_https_urls_of_a_host() {
+        assert!(join_url("https://10.0.0.1:6445").is_some());
+        assert!(join_url("https://node-1.example.com:6445/").is_some());
+        for bad in [
+            "http://10.0.0.1:6445",
+            "10.0.0.1:6445",
+            "https://",
+            "https://h:1/x",
+            "",
+        ] {
+            assert!(join_url(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn backoff_is_immediate_then_doubles_to_a_second() {

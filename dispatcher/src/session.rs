@@ -7,11 +7,11 @@ use shoal_crds::Task;
 use shoal_proto::v1::agent_message::Message as FromAgent;
 use shoal_proto::v1::control_message::Message as ToAgent;
 use shoal_proto::{
-    AgentMessage, ControlMessage, DataAck, Hello, JoinRequest, JoinResponse, LogChunk,
-    RenewRequest, StatsChunk, Welcome,
+    AgentMessage, ControlMessage, ControlPlaneServers, DataAck, Hello, JoinRequest, JoinResponse,
+    LogChunk, RenewRequest, StatsChunk, Welcome,
 };
 use shoal_store::{Kind, ListOptions, StoreError, WatchEvent, typed};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -89,6 +89,7 @@ impl shoal_proto::Dispatcher for Service {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let address = request.remote_addr().map(|a| a.ip().to_string());
         let certified = self.caller(&request)?;
+        let certified_session = certified.is_some();
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage {
@@ -173,7 +174,9 @@ impl shoal_proto::Dispatcher for Service {
         .map_err(|_| Status::cancelled("session closed"))?;
         let span = tracing::info_span!("session", host = %hello.host_name, session = session_id);
         tracing::info!(parent: &span, agent = %hello.agent_version, engine = %hello.engine_version, "agent connected");
-        tokio::spawn(run_session(d, hello, session_id, inbound, tx, end).instrument(span));
+        // Agents over mutual TLS learn where the other servers are.
+        let servers = d.inner.config.servers.clone().filter(|_| certified_session);
+        tokio::spawn(run_session(d, hello, session_id, inbound, tx, end, servers).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -306,12 +309,16 @@ async fn run_session(
     mut inbound: Streaming<AgentMessage>,
     tx: Tx,
     end: tokio_util::sync::CancellationToken,
+    servers: Option<watch::Receiver<Vec<String>>>,
 ) {
     let host = hello.host_name.clone();
     let assign = assignments(&d, &host, &tx);
     tokio::pin!(assign);
+    let tell = tell_servers(servers, &tx);
+    tokio::pin!(tell);
     loop {
         tokio::select! {
+            () = &mut tell => {}
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => d.on_agent_message(&host, m),
                 Ok(None) => { tracing::info!("agent closed its stream"); break; }
@@ -362,6 +369,32 @@ async fn run_session(
                 let _ =
                     r.tx.try_send(crate::DataChunk::Error(format!("host {host} disconnected")));
             }
+        }
+    }
+}
+
+/// Tells the agent the servers' join addresses now (if any are known) and
+/// again whenever they change; pending forever without a list to tell (a
+/// lone server, or a session without mutual TLS) or once the outbound side
+/// closes.
+async fn tell_servers(servers: Option<watch::Receiver<Vec<String>>>, tx: &Tx) {
+    let Some(mut servers) = servers else {
+        return std::future::pending().await;
+    };
+    loop {
+        let list = servers.borrow_and_update().clone();
+        if !list.is_empty()
+            && tx
+                .send(Ok(ControlMessage {
+                    message: Some(ToAgent::Servers(ControlPlaneServers { dispatchers: list })),
+                }))
+                .await
+                .is_err()
+        {
+            return std::future::pending().await;
+        }
+        if servers.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }

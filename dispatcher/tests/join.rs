@@ -467,6 +467,130 @@ impl shoal_agent::session::LogSource for NoLogs {
     }
 }
 
+/// A dispatcher on the join listener of `pki` over `store`, telling its
+/// agents `servers`: its address, and its stop token.
+async fn leader_on(
+    pki: &Arc<ClusterPki>,
+    store: &Arc<dyn ClusterStore>,
+    servers: Option<tokio::sync::watch::Receiver<Vec<String>>>,
+) -> (String, Dispatcher, CancellationToken) {
+    let stop = CancellationToken::new();
+    let config = DispatcherConfig {
+        cluster_id: "c0ffee".into(),
+        servers,
+        ..Default::default()
+    };
+    let d = Dispatcher::new(store.clone(), config, stop.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(d.clone().serve_join(listener, pki.clone()));
+    (url, d, stop)
+}
+
+/// Waits up to 10 s for `f`.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn connected(d: &Dispatcher, host: &str) -> bool {
+    d.liveness()
+        .get(host)
+        .is_some_and(|e| matches!(e.link, shoal_dispatcher::Link::Connected { .. }))
+}
+
+/// The leader tells its agents every server's join address, now and when
+/// they change; an agent given only the first leader's address follows the
+/// leadership to a server it was never given, and keeps the addresses for
+/// its next start.
+#[tokio::test]
+async fn agents_are_told_the_servers_and_follow_the_leader_to_one_they_were_not_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Arc::new(ClusterPki::load_or_create(dir.path(), "c0ffee").unwrap());
+    let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+    let (servers_tx, servers_rx) = tokio::sync::watch::channel(Vec::new());
+    let (first, first_d, first_stop) = leader_on(&pki, &store, Some(servers_rx)).await;
+    let (second, second_d, second_stop) = leader_on(&pki, &store, None).await;
+    servers_tx.send_replace(vec![first.clone(), second.clone()]);
+
+    // What a session hears: the Welcome, then the servers, then again when
+    // they change.
+    let token = pki.token().clone();
+    let creds = join(&first, &token, "node-2").await.unwrap();
+    let (welcome, mut open) = open_session(&first, creds.client_tls(), "node-2")
+        .await
+        .unwrap();
+    assert!(matches!(welcome, ToAgent::Welcome(_)), "{welcome:?}");
+    let mut told = Vec::new();
+    while told.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), open.inbound.message())
+            .await
+            .expect("the servers within 5 s")
+            .unwrap()
+            .and_then(|m| m.message);
+        if let Some(ToAgent::Servers(s)) = m {
+            told.push(s.dispatchers);
+            if told.len() == 1 {
+                servers_tx.send_replace(vec![first.clone(), second.clone(), dead_address()]);
+            }
+        }
+    }
+    assert_eq!(told[0], [first.clone(), second.clone()]);
+    assert_eq!(told[1].len(), 3);
+    servers_tx.send_replace(vec![first.clone(), second.clone()]);
+    drop(open);
+
+    // The agent loop, given the first server only.
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join(shoal_agent::dispatchers::FILE);
+    let (creds_tx, creds_rx) = tokio::sync::watch::channel(creds);
+    let cfg = shoal_agent::session::SessionConfig {
+        tls: Some(creds_rx),
+        dispatchers_file: Some(file.clone()),
+        ..shoal_agent::session::SessionConfig::new(
+            first.clone(),
+            "c0ffee",
+            shoal_agent::session::HostInfo {
+                host_name: "node-2".into(),
+                ..Default::default()
+            },
+        )
+    };
+    let (assigned_tx, _assigned_rx) = tokio::sync::watch::channel(None);
+    let (_reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let agent = tokio::spawn(shoal_agent::session::run(
+        cfg,
+        assigned_tx,
+        reports_rx,
+        Arc::new(NoLogs),
+        stop.clone(),
+    ));
+    until("a session with the first server", || {
+        connected(&first_d, "node-2")
+    })
+    .await;
+    until("the servers kept in the file", || {
+        std::fs::read_to_string(&file).is_ok_and(|s| s == format!("{first}\n{second}\n"))
+    })
+    .await;
+    assert!(!connected(&second_d, "node-2"));
+    // The first leader goes; the agent finds the second.
+    first_stop.cancel();
+    until("a session with the second server", || {
+        connected(&second_d, "node-2")
+    })
+    .await;
+
+    stop.cancel();
+    assert_eq!(agent.await.unwrap(), None);
+    second_stop.cancel();
+    drop(creds_tx);
+}
+
 #[tokio::test]
 async fn joining_tries_the_dispatchers_in_turn_until_one_answers() {
     let p = plane().await;

@@ -472,6 +472,55 @@ async fn only_peers_speak_and_only_for_themselves() {
     server.stop().await;
 }
 
+/// A server names its join address to its peers on every `Send` call; the
+/// receiver keeps it under the caller's certificate id, and only a valid one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_name_their_join_address_to_their_peers() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Arc::new(ClusterPki::load_or_create(pki_dir.path(), "c0ffee").unwrap());
+    let (mut ls, peers) = listeners(2).await;
+    let (receiver, stop2, listener2) = start(2, ls.remove(1), &BTreeMap::new(), &pki);
+    let stop1 = CancellationToken::new();
+    let sender = NetTransport::new(
+        1,
+        BTreeMap::new(),
+        pki.peer_client_tls(1).unwrap(),
+        tokio::runtime::Handle::current(),
+        stop1.clone(),
+    );
+    sender.set_join_url("https://10.0.0.1:6445").unwrap();
+    let err = sender.set_join_url("http://10.0.0.1:6445").unwrap_err();
+    assert!(err.to_string().contains("https://host:port"), "{err}");
+    assert!(receiver.join_urls().is_empty());
+    sender.set_peer(2, Some(&peers[&2]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.join_urls().is_empty() {
+        assert!(Instant::now() < deadline, "no join address received");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        receiver.join_urls(),
+        BTreeMap::from([(1, "https://10.0.0.1:6445".to_owned())])
+    );
+
+    // Peer 3 naming an address that is not https: not kept.
+    let (cert3, key3) = pki.issue_peer(3).unwrap();
+    let channel = dial(&peers[&2], client_tls(pki.ca_pem(), &cert3, &key3))
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::iter(Vec::<RaftEnvelope>::new()));
+    request.metadata_mut().insert(
+        shoal_dispatcher::peers::JOIN_URL_HEADER,
+        "http://10.0.0.3:6445".parse().unwrap(),
+    );
+    RaftPeerClient::new(channel).send(request).await.unwrap();
+    assert_eq!(receiver.join_urls().len(), 1, "{:?}", receiver.join_urls());
+
+    stop1.cancel();
+    stop2.cancel();
+    listener2.await.unwrap().unwrap();
+}
+
 #[test]
 fn peer_addresses_must_be_https_urls() {
     let ok = BTreeMap::from([(2, "https://10.0.0.2:7443".to_owned())]);

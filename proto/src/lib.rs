@@ -24,7 +24,9 @@
 //! - control plane → agent ([`ControlMessage`]): a [`Welcome`] (cluster id,
 //!   heartbeat interval and the misses that make a host lost), then the
 //!   assignments, and requests for logs ([`LogsRequest`]) or stats
-//!   ([`StatsRequest`]), each with a request id, and [`CancelRequest`]s.
+//!   ([`StatsRequest`]), each with a request id, and [`CancelRequest`]s; on
+//!   sessions over mutual TLS with a highly available control plane, the
+//!   servers' join addresses ([`ControlPlaneServers`]).
 //!
 //! Bulk data never travels on the session: the agent answers a request id by
 //! opening a separate client stream, `SendLogs` ([`LogChunk`]s) or
@@ -108,7 +110,7 @@ pub use v1::dispatcher_client::DispatcherClient;
 pub use v1::dispatcher_server::{Dispatcher, DispatcherServer};
 pub use v1::{
     AgentMessage, Assignment, AssignmentDelta, AssignmentSet, CancelRequest, ContainerEvent,
-    ControlMessage, DataAck, EnvVarList, Heartbeat, HeartbeatAck, Hello, JoinRequest, JoinResponse,
-    LogChunk, LogsRequest, MountList, PortMappingList, RenewRequest, RequestError, StatsChunk,
-    StatsRequest, StringList, StringMap, TaskStatusBatch, Welcome,
+    ControlMessage, ControlPlaneServers, DataAck, EnvVarList, Heartbeat, HeartbeatAck, Hello,
+    JoinRequest, JoinResponse, LogChunk, LogsRequest, MountList, PortMappingList, RenewRequest,
+    RequestError, StatsChunk, StatsRequest, StringList, StringMap, TaskStatusBatch, Welcome,
 };

@@ -30,10 +30,12 @@ use tracing::Instrument;
 /// cluster id (`cat /var/lib/shoal/cluster-id`) do.
 ///
 /// A highly available control plane runs several servers, of which only the
-/// leader serves agents: give all their addresses (comma-separated, or
-/// --dispatcher repeated). The agent tries them in turn, and when the leader
-/// changes it moves to the new one at once; it backs off only after none of
-/// them answered.
+/// leader serves agents: give one or more of their join addresses
+/// (comma-separated, or --dispatcher repeated). The leader tells the agent
+/// every server's, kept in --state-dir/dispatchers (servers added later
+/// included, removed ones forgotten). The agent tries them in turn, and when
+/// the leader changes it moves to the new one at once; it backs off only
+/// after none of them answered.
 ///
 /// With `--assignments` instead, the tasks come from a YAML file of Task
 /// objects, re-read when it changes, and status changes are printed one per
@@ -245,6 +247,9 @@ async fn joined(args: Args, urls: Vec<String>) -> anyhow::Result<()> {
         cluster_id,
         host_name: host_name.clone(),
         labels: args.labels.iter().cloned().collect(),
+        dispatchers_file: tls
+            .is_some()
+            .then(|| args.state_dir.join(shoal_agent::dispatchers::FILE)),
         config,
         tls,
     };
@@ -286,6 +291,12 @@ async fn joined(args: Args, urls: Vec<String>) -> anyhow::Result<()> {
     if let Some(why) = refused {
         // The certificate is revoked: keeping it would only be refused again.
         Credentials::forget(&args.state_dir)?;
+        shoal_agent::dispatchers::Dispatchers::forget(&args.state_dir).with_context(|| {
+            format!(
+                "deleting the server addresses in {}",
+                args.state_dir.display()
+            )
+        })?;
         anyhow::bail!(
             "the control plane refused this host: {why}. Its containers of the cluster were removed and its credentials in {} deleted; to join again: shoal agent --dispatcher {dispatcher} --join-token TOKEN",
             args.state_dir.display()

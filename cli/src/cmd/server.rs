@@ -26,8 +26,9 @@ use crate::control_plane::{ControlPlane, Settings, default_data_dir, stop_signal
 /// --node-id, --raft-listen and a --peer for every other one. The store is
 /// replicated among them with Raft and survives the loss of a minority; the
 /// API answers on every server, and the leader alone runs the orchestrator,
-/// the scheduler and the dispatcher, so agents are given every server's
-/// address (`shoal agent --dispatcher URL,URL,URL`). The servers share one
+/// the scheduler and the dispatcher; it tells its agents every server's join
+/// address (--join-advertise), so an agent given one of them finds the
+/// next leader, servers added later included. The servers share one
 /// cluster: start the first, then copy its DATA_DIR/cluster-id, DATA_DIR/pki
 /// and (with an API beyond loopback) DATA_DIR/api-token and
 /// DATA_DIR/api-token-view into the others' data directories before their
@@ -40,8 +41,7 @@ use crate::control_plane::{ControlPlane, Settings, default_data_dir, stop_signal
 /// Changing the servers: a new server (a new --node-id, the same copies of
 /// cluster-id, pki/, api-token and api-token-view) joins the running ones
 /// with --join and a --peer for some of them; a lost one is removed with
-/// `shoal server rm ID`. Agents need the new server's join address in their
-/// --dispatcher list (restart them; their containers keep running).
+/// `shoal server rm ID`. Agents learn of both from the leader.
 /// To replace server 3: `shoal server rm 3`, then start the new one:
 ///
 ///   shoal server --node-id 4 --raft-listen 10.0.0.4:6446 --join \
@@ -101,6 +101,13 @@ pub struct Args {
     /// address, e.g. 0.0.0.0:6446).
     #[arg(long, value_name = "URL", requires = "node_id")]
     raft_advertise: Option<String>,
+    /// Where agents of other hosts reach this server's --join-listen,
+    /// https://HOST:PORT. The leader tells its agents every server's, so
+    /// they find the next leader, servers that joined later included.
+    /// Default: https://ADDRESS of --join-listen, or, when that listens on
+    /// every address, the host of --raft-advertise with its port.
+    #[arg(long, value_name = "URL", requires_all = ["node_id", "join_listen"])]
+    join_advertise: Option<String>,
 }
 
 /// What to do instead of running a server.
@@ -117,6 +124,44 @@ enum Action {
         #[command(flatten)]
         conn: ConnArgs,
     },
+}
+
+/// Where agents reach this server's join listener (see `--join-advertise`):
+/// `given`, else `join_listen` itself, else the host of `raft_advertise`
+/// with `join_listen`'s port; `None` without a join listener, or with one on
+/// a port picked at start (port 0) and nothing given.
+fn join_advertise(
+    given: Option<&str>,
+    join_listen: Option<SocketAddr>,
+    raft_advertise: &str,
+) -> Result<Option<String>, String> {
+    let Some(listen) = join_listen else {
+        return Ok(None);
+    };
+    if let Some(url) = given {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        if uri.scheme_str() != Some("https") || uri.host().is_none() || uri.port().is_none() {
+            return Err(format!(
+                "{url:?}: the join address must be https://HOST:PORT"
+            ));
+        }
+        return Ok(Some(url.trim_end_matches('/').to_owned()));
+    }
+    if listen.port() == 0 {
+        return Ok(None);
+    }
+    if !listen.ip().is_unspecified() {
+        return Ok(Some(format!("https://{listen}")));
+    }
+    let uri: http::Uri = raft_advertise
+        .parse()
+        .map_err(|e| format!("--raft-advertise {raft_advertise:?}: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("--raft-advertise {raft_advertise:?} names no host"))?;
+    Ok(Some(format!("https://{host}:{}", listen.port())))
 }
 
 /// `ID=https://HOST:PORT`.
@@ -173,12 +218,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                     ),
                     None => format!("https://{raft_listen}"),
                 };
+                let join_advertise =
+                    join_advertise(args.join_advertise.as_deref(), args.join_listen, &advertise)
+                        .map_err(|e| anyhow::anyhow!("--join-advertise: {e}"))?;
                 Some(crate::control_plane::HaSettings {
                     node_id,
                     raft_listen,
                     peers: args.peers.iter().cloned().collect(),
                     join: args.join,
                     advertise,
+                    join_advertise,
                 })
             }
             _ => None,
@@ -254,4 +303,53 @@ async fn remove(id: u64, conn: ConnArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| conn.explain(e))?;
     println!("server {id} removed; the servers now: {:?}", voters.voters);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn addr(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn the_join_address_told_to_agents() {
+        let raft = "https://10.0.0.1:6446";
+        assert_eq!(join_advertise(None, None, raft), Ok(None));
+        assert_eq!(
+            join_advertise(None, addr("10.0.0.1:6445"), raft)
+                .unwrap()
+                .as_deref(),
+            Some("https://10.0.0.1:6445")
+        );
+        // Every address: the host the other servers reach this one by.
+        assert_eq!(
+            join_advertise(None, addr("0.0.0.0:6445"), "https://node-1.example:6446")
+                .unwrap()
+                .as_deref(),
+            Some("https://node-1.example:6445")
+        );
+        assert_eq!(
+            join_advertise(None, addr("[::]:6445"), "https://[fd00::1]:6446")
+                .unwrap()
+                .as_deref(),
+            Some("https://[fd00::1]:6445")
+        );
+        assert_eq!(
+            join_advertise(Some("https://lb.example:443/"), addr("0.0.0.0:6445"), raft)
+                .unwrap()
+                .as_deref(),
+            Some("https://lb.example:443")
+        );
+        assert_eq!(join_advertise(None, addr("0.0.0.0:0"), raft), Ok(None));
+        for bad in ["http://10.0.0.1:6445", "https://10.0.0.1", "10.0.0.1:6445"] {
+            let e = join_advertise(Some(bad), addr("0.0.0.0:6445"), raft).unwrap_err();
+            assert!(
+                e.contains("https://HOST:PORT") || e.contains("not a URL"),
+                "{bad}: {e}"
+            );
+        }
+    }
 }

@@ -111,6 +111,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
             ..AgentConfig::new(cp.cluster_id.clone())
         },
         tls: None,
+        dispatchers_file: None,
     };
     let host_agent::AgentTasks {
         reconciler: reconciler_task,
