@@ -221,6 +221,41 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        // The store is electing a leader (or lost its majority): clients
+        // that honour Retry-After (kubectl, client-go) try again in a second.
+        if code == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn subject() -> Subject {
+        Subject {
+            plural: "services".into(),
+            kind: "Service".into(),
+            name: Some("web".into()),
+        }
+    }
+
+    #[test]
+    fn only_an_unavailable_store_asks_to_retry() {
+        let busy = ApiError::from_store(
+            &subject(),
+            StoreError::Unavailable("no Raft leader at the moment".into()),
+        )
+        .into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        let missing =
+            ApiError::from_store(&subject(), StoreError::NotFound("web".into())).into_response();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert!(missing.headers().get(header::RETRY_AFTER).is_none());
     }
 }

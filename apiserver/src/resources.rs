@@ -312,7 +312,13 @@ fn check(t: &Target<'_>, obj: Value, mode: FieldValidation) -> Result<fields::Ch
     fields::check(obj, mode).map_err(|e| ApiError::invalid(&s, &e))
 }
 
+/// The object now: every write acknowledged before is in it, whichever
+/// server answers (see [`shoal_store::ClusterStore::linearize`]).
 pub(crate) async fn current(app: &App, t: &Target<'_>) -> Result<Value, ApiError> {
+    app.store
+        .linearize()
+        .await
+        .map_err(|e| ApiError::from_store(&t.subject(), e))?;
     match app.store.get(&t.key()).await {
         Ok(Some(v)) => Ok(v),
         Ok(None) => Err(ApiError::not_found(&t.subject())),
@@ -350,6 +356,14 @@ async fn list(
         ));
     }
     let opts = t.list_options(q);
+    // Without a resourceVersion, the most recent state (Kubernetes' default
+    // for a list); with one, any state this server has is recent enough.
+    if q.get("resourceVersion").is_none_or(|v| v.is_empty()) {
+        app.store
+            .linearize()
+            .await
+            .map_err(|e| ApiError::from_store(&t.subject(), e))?;
+    }
     let list = app
         .store
         .list(t.res.kind, &opts)

@@ -263,6 +263,10 @@ pub(crate) async fn watch(
         Some(s) => s,
         None => {
             // No version: the current objects as ADDED, then changes after them.
+            app.store
+                .linearize()
+                .await
+                .map_err(|e| ApiError::from_store(&subject, e))?;
             let list = app
                 .store
                 .list(t.res.kind, &opts)

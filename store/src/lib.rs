@@ -312,4 +312,12 @@ pub trait ClusterStore: Send + Sync + 'static {
     }
     /// The latest applied revision.
     async fn revision(&self) -> Result<Revision, StoreError>;
+    /// Waits until reads on this handle show every write acknowledged
+    /// anywhere before the call (a linearizable read follows): a replica
+    /// that does not lead confirms with the leader how far the store is
+    /// committed and waits to have applied that far. Stores whose reads are
+    /// always current (a lone replica, memory) answer at once.
+    async fn linearize(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

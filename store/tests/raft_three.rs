@@ -441,3 +441,81 @@ async fn added_voters_addresses_reach_every_node_and_survive_restarts_and_snapsh
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Reads after `linearize` show every write acknowledged before, whichever
+/// node serves them: a follower cut off from the leader does not answer
+/// (rather than serve its stale state), and once it hears from the leader
+/// again it answers only after applying what the leader had committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearized_reads_on_a_follower_see_every_acknowledged_write() {
+    let dirs: Vec<_> = VOTERS
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let transport = MemTransport::new();
+    let nodes: Nodes = VOTERS
+        .iter()
+        .map(|&id| {
+            Some(
+                RaftStore::open(
+                    config(id, dirs[(id - 1) as usize].path()),
+                    transport.clone(),
+                )
+                .unwrap(),
+            )
+        })
+        .collect();
+    let leader = wait_leader(&nodes).await;
+    let follower = VOTERS.iter().copied().find(|&id| id != leader).unwrap();
+    let first = node(&nodes, leader)
+        .create(common::svc("web", 1))
+        .await
+        .unwrap();
+    wait_revision(&nodes, follower, revision_of(&first).unwrap()).await;
+    // The leader reads linearizably too (it confirms it still leads).
+    node(&nodes, leader).linearize().await.unwrap();
+
+    transport.isolate(follower);
+    let mut obj = first.clone();
+    obj["spec"]["replicas"] = serde_json::json!(2);
+    let updated = node(&nodes, leader).update(obj).await.unwrap();
+    let stale = node(&nodes, follower)
+        .get(&common::svc_key("web"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stale["spec"]["replicas"], 1, "the follower is behind");
+    let cut_off = tokio::time::timeout(
+        Duration::from_millis(500),
+        node(&nodes, follower).linearize(),
+    )
+    .await;
+    eprintln!("linearize on the cut-off follower: {cut_off:?}");
+    assert!(
+        !matches!(cut_off, Ok(Ok(()))),
+        "a cut-off follower must not vouch for its state: {cut_off:?}"
+    );
+
+    transport.heal(follower);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match node(&nodes, follower).linearize().await {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "no linearized read after healing: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    let now = node(&nodes, follower)
+        .get(&common::svc_key("web"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now["spec"]["replicas"], 2);
+    assert!(revision_of(&now) >= revision_of(&updated));
+}

@@ -404,4 +404,23 @@ impl ClusterStore for RaftStore {
     async fn revision(&self) -> Result<Revision, StoreError> {
         Ok(self.hub.revision())
     }
+
+    async fn linearize(&self) -> Result<(), StoreError> {
+        // A lone voter answers writes once applied: its reads are current.
+        let status = self.status();
+        if status.is_leader && status.voters.len() <= 1 {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Read { reply })
+            .map_err(|_| StoreError::Unavailable("the raft node has stopped".into()))?;
+        match tokio::time::timeout(self.propose_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::Unavailable("the raft node has stopped".into())),
+            Err(_) => Err(StoreError::Unavailable(
+                "timed out confirming the store's state with the Raft leader".into(),
+            )),
+        }
+    }
 }

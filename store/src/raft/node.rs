@@ -27,6 +27,13 @@
 //! the applied index, revision, commit index and membership, and a log
 //! compaction when due; the write-ahead log then starts over.
 //!
+//! Linearizable reads (ReadIndex): the reads that arrive in one turn share
+//! one `read_index` request (its context is `(node id, request id)`); raft
+//! answers it with the leader's commit index once a quorum confirmed the
+//! leadership, and the reads are answered when this node has applied that
+//! far. A request raft drops (no leader, a leader that has not committed in
+//! its term yet, a lost message) is asked again after a few ticks.
+//!
 //! A proposal's entry carries `(node id, proposal id)` in its context and the
 //! command in its data; when the entry is applied on the node that proposed
 //! it, that node answers the client with the apply's result. When the term
@@ -54,6 +61,12 @@ use crate::{ObjectKey, StoreError};
 
 pub(crate) type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
 
+/// The answer to a linearizable read: the node may serve it now.
+pub(crate) type ReadReply = oneshot::Sender<Result<(), StoreError>>;
+
+/// Ticks after which a read index request not answered is asked again.
+const READ_RETRY_TICKS: u64 = 3;
+
 /// What the node loop receives.
 #[derive(Debug)]
 pub(crate) enum Msg {
@@ -66,6 +79,9 @@ pub(crate) enum Msg {
     },
     /// A message from a peer.
     Raft(Box<Message>),
+    /// A linearizable read: answered once this node applied everything
+    /// committed when it was asked.
+    Read { reply: ReadReply },
     /// Stop.
     Shutdown,
 }
@@ -113,6 +129,15 @@ pub(crate) struct Node {
     dirty: Vec<ObjectKey>,
     /// Signalled once everything in the log at start is applied.
     caught_up: Option<(u64, std::sync::mpsc::SyncSender<()>)>,
+    /// Ticks since start.
+    ticks: u64,
+    /// Reads not yet in a read index request.
+    reads_new: Vec<ReadReply>,
+    /// Read index requests asked: by request id, the tick they were asked
+    /// at and their reads.
+    reads_asked: HashMap<u64, (u64, Vec<ReadReply>)>,
+    /// Reads with their read index, waiting for the apply to reach it.
+    reads_ready: Vec<(u64, Vec<ReadReply>)>,
 }
 
 type Answers = Vec<(Reply, Result<Outcome, StoreError>)>;
@@ -144,6 +169,10 @@ impl Node {
             answered_last: 0,
             dirty: Vec::new(),
             caught_up: None,
+            ticks: 0,
+            reads_new: Vec::new(),
+            reads_asked: HashMap::new(),
+            reads_ready: Vec::new(),
         }
     }
 
@@ -202,6 +231,8 @@ impl Node {
             let now = Instant::now();
             if now >= next_tick {
                 self.raw.tick();
+                self.ticks += 1;
+                self.retry_reads();
                 next_tick = now + tick;
                 self.pending.retain(|_, p| !p.reply.is_closed());
                 self.pending_conf.retain(|_, r| !r.is_closed());
@@ -210,16 +241,20 @@ impl Node {
                 if let Err(e) = self.checkpoint() {
                     tracing::error!(error = %e, "raft storage failed: stopping this node");
                     self.fail_pending(&e);
+                    self.fail_reads(&e);
                     self.publish_status(true);
                     break;
                 }
             }
+            self.ask_reads();
             if let Err(e) = self.on_ready() {
                 tracing::error!(error = %e, "raft storage failed: stopping this node");
                 self.fail_pending(&e);
+                self.fail_reads(&e);
                 self.publish_status(true);
                 break;
             }
+            self.answer_reads();
             self.check_term();
             self.publish_status(false);
             if let Some((index, _)) = &self.caught_up
@@ -233,9 +268,9 @@ impl Node {
         if let Err(e) = self.checkpoint() {
             tracing::warn!(error = %e, "final sync failed");
         }
-        self.fail_pending(&StoreError::Unavailable(
-            "the store is shutting down".into(),
-        ));
+        let stopping = StoreError::Unavailable("the store is shutting down".into());
+        self.fail_pending(&stopping);
+        self.fail_reads(&stopping);
         self.publish_status(true);
         self.hub.shutdown();
         tracing::info!("raft node stopped");
@@ -250,6 +285,7 @@ impl Node {
                     tracing::debug!(error = %e, "raft message refused");
                 }
             }
+            Msg::Read { reply } => self.reads_new.push(reply),
             Msg::ConfChange { cc, reply } => {
                 if self.raw.raft.leader_id == raft::INVALID_ID {
                     let _ = reply.send(Err(StoreError::Unavailable(
@@ -307,6 +343,79 @@ impl Node {
         false
     }
 
+    /// Asks one read index for the reads that arrived this turn, or fails
+    /// them at once without a leader to ask, as writes are (the caller
+    /// tries again: an election takes about a second).
+    fn ask_reads(&mut self) {
+        self.reads_new.retain(|r| !r.is_closed());
+        if self.reads_new.is_empty() {
+            return;
+        }
+        let reads = std::mem::take(&mut self.reads_new);
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            for r in reads {
+                let _ = r.send(Err(StoreError::Unavailable(
+                    "no Raft leader at the moment".into(),
+                )));
+            }
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.raw.read_index(encode_origin(self.config.id, id));
+        self.reads_asked.insert(id, (self.ticks, reads));
+    }
+
+    /// Requests unanswered for a few ticks are asked again (raft drops some
+    /// without a word); reads whose caller gave up are forgotten.
+    fn retry_reads(&mut self) {
+        let now = self.ticks;
+        let stale: Vec<u64> = self
+            .reads_asked
+            .iter()
+            .filter(|(_, (at, _))| now.saturating_sub(*at) >= READ_RETRY_TICKS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some((_, reads)) = self.reads_asked.remove(&id) {
+                self.reads_new
+                    .extend(reads.into_iter().filter(|r| !r.is_closed()));
+            }
+        }
+    }
+
+    /// Takes raft's answers to read index requests.
+    fn take_read_states(&mut self, states: Vec<raft::ReadState>) {
+        for rs in states {
+            let Some((node, id)) = decode_origin(&rs.request_ctx) else {
+                continue;
+            };
+            if node != self.config.id {
+                continue;
+            }
+            if let Some((_, reads)) = self.reads_asked.remove(&id) {
+                self.reads_ready.push((rs.index, reads));
+            }
+        }
+    }
+
+    /// Answers the reads whose read index is applied.
+    fn answer_reads(&mut self) {
+        if self.reads_ready.is_empty() {
+            return;
+        }
+        let applied = self.raw.store().applied();
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_ready)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.reads_ready = waiting;
+        for (_, reads) in done {
+            for r in reads {
+                let _ = r.send(Ok(()));
+            }
+        }
+    }
+
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
             let (to, snapshot) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
@@ -331,6 +440,7 @@ impl Node {
         }
         let mut ready = self.raw.ready();
         self.send(ready.take_messages());
+        self.take_read_states(ready.take_read_states());
 
         let has_snapshot = !ready.snapshot().is_empty();
         let answers = if has_snapshot {
@@ -555,6 +665,19 @@ impl Node {
             let _ = p.reply.send(Err(err.clone()));
         }
         for (_, r) in self.pending_conf.drain() {
+            let _ = r.send(Err(err.clone()));
+        }
+    }
+
+    /// Fails every read (the node stops; a term change keeps them: their
+    /// requests are asked again, their read indexes stay valid).
+    fn fail_reads(&mut self, err: &StoreError) {
+        let reads = self
+            .reads_new
+            .drain(..)
+            .chain(self.reads_asked.drain().flat_map(|(_, (_, r))| r))
+            .chain(self.reads_ready.drain(..).flat_map(|(_, r)| r));
+        for r in reads {
             let _ = r.send(Err(err.clone()));
         }
     }
