@@ -423,9 +423,11 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn stats(&self, id: &str) -> Result<ContainerStats, EngineError> {
+        // Not one-shot: the engine then also gives its reading of about a
+        // second before, for the CPU rate.
         let opts = StatsOptionsBuilder::default()
             .stream(false)
-            .one_shot(true)
+            .one_shot(false)
             .build();
         let mut stream = self.docker.stats(id, Some(opts));
         let s = stream
@@ -434,11 +436,27 @@ impl ContainerEngine for DockerEngine {
             .ok_or_else(|| EngineError::Other("empty stats answer".into()))?
             .map_err(map_err)?;
         let mem = s.memory_stats.unwrap_or_default();
-        let cpu = s.cpu_stats.and_then(|c| c.cpu_usage).unwrap_or_default();
+        let now = s.cpu_stats.unwrap_or_default();
+        let before = s.precpu_stats.unwrap_or_default();
+        let total = |c: &bollard::models::ContainerCpuStats| {
+            c.cpu_usage
+                .as_ref()
+                .and_then(|u| u.total_usage)
+                .unwrap_or(0)
+        };
+        let cpu_millicores = crate::engine::cpu_millicores(
+            (total(&before), total(&now)),
+            (
+                before.system_cpu_usage.unwrap_or(0),
+                now.system_cpu_usage.unwrap_or(0),
+            ),
+            now.online_cpus.unwrap_or(1),
+        );
         Ok(ContainerStats {
             memory_bytes: mem.usage.unwrap_or(0),
             memory_limit_bytes: mem.limit.unwrap_or(0),
-            cpu_total_ns: cpu.total_usage.unwrap_or(0),
+            cpu_total_ns: total(&now),
+            cpu_millicores,
         })
     }
 

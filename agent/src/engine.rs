@@ -137,6 +137,29 @@ pub struct ContainerStats {
     pub memory_limit_bytes: u64,
     /// Total CPU time, nanoseconds.
     pub cpu_total_ns: u64,
+    /// CPU used over about the last second, millicores (from the engine's
+    /// previous reading); `None` without one.
+    pub cpu_millicores: Option<u64>,
+}
+
+/// CPU use between two engine readings, in millicores: the container's CPU
+/// time over the host's (all CPUs together), times the CPUs online — the
+/// `docker stats` formula. `None` when the readings do not allow it (no
+/// earlier reading, or the host's time did not move).
+pub fn cpu_millicores(
+    container_ns: (u64, u64),
+    system_ns: (u64, u64),
+    online_cpus: u32,
+) -> Option<u64> {
+    let (before, now) = container_ns;
+    let (sys_before, sys_now) = system_ns;
+    if sys_before == 0 || before == 0 && now == 0 {
+        return None;
+    }
+    let used = now.checked_sub(before)?;
+    let host = sys_now.checked_sub(sys_before).filter(|d| *d > 0)?;
+    let cores = u128::from(used) * u128::from(online_cpus.max(1)) * 1000 / u128::from(host);
+    u64::try_from(cores).ok()
 }
 
 /// The container operations the agent uses. Implementations make them
@@ -307,6 +330,28 @@ pub fn parse_engine_time(s: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_use_between_two_readings() {
+        // Half a second of CPU while the host's 2 CPUs gave 2 s: half a core.
+        assert_eq!(
+            cpu_millicores(
+                (1_000_000_000, 1_500_000_000),
+                (10_000_000_000, 12_000_000_000),
+                2
+            ),
+            Some(500)
+        );
+        // Both CPUs busy.
+        assert_eq!(
+            cpu_millicores((0, 2_000_000_000), (10_000_000_000, 12_000_000_000), 2),
+            Some(2000)
+        );
+        // No earlier reading, the host's time not moving, a counter reset.
+        assert_eq!(cpu_millicores((0, 5), (0, 12_000_000_000), 2), None);
+        assert_eq!(cpu_millicores((1, 5), (10, 10), 2), None);
+        assert_eq!(cpu_millicores((9, 5), (10, 20), 2), None);
+    }
 
     #[test]
     fn log_frames() {

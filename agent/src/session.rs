@@ -27,10 +27,10 @@ use futures::stream::BoxStream;
 use shoal_crds::Task;
 use shoal_proto::v1::agent_message::Message as ToPlane;
 use shoal_proto::v1::control_message::Message as FromPlane;
-use shoal_proto::v1::{HostCapacity, LogLine, LogStream, TaskStatusUpdate};
+use shoal_proto::v1::{HostCapacity, LogLine, LogStream, StatsSample, TaskStatusUpdate};
 use shoal_proto::{
     AgentMessage, DispatcherClient, Heartbeat, Hello, LogChunk, LogsRequest, RequestError,
-    TaskStatusBatch,
+    StatsChunk, StatsRequest, TaskStatusBatch,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -118,12 +118,23 @@ impl SessionConfig {
     }
 }
 
-/// Reads a task's container logs for the control plane.
+/// Reads tasks' container logs and resource use for the control plane.
 #[async_trait::async_trait]
 pub trait LogSource: Send + Sync + 'static {
     /// Log lines of the current container of the task with this uid.
     async fn logs(&self, req: &LogsRequest) -> Result<BoxStream<'static, LogLine>, String>;
+
+    /// One resource sample of the current container of each task with these
+    /// uids (every task of the host when empty); tasks without a running
+    /// container are left out.
+    async fn stats(&self, task_uids: &[String]) -> Result<Vec<StatsSample>, String> {
+        let _ = task_uids;
+        Err("stats are not served by this agent".into())
+    }
 }
+
+/// How often a streamed stats request gets samples.
+const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a session ended (each leads to a reconnect).
 #[derive(Debug, thiserror::Error)]
@@ -481,10 +492,13 @@ async fn session(
                         );
                     }
                     Some(FromPlane::StatsRequest(req)) => {
-                        let _ = tx.try_send(send(ToPlane::RequestError(RequestError {
-                            request_id: req.request_id,
-                            message: "stats are not served by this agent yet".into(),
-                        })));
+                        let span = tracing::info_span!("stats", request = req.request_id);
+                        requests.retain(|_, t: &mut CancellationToken| !t.is_cancelled());
+                        let stop = session_token.child_token();
+                        requests.insert(req.request_id, stop.clone());
+                        tokio::spawn(
+                            serve_stats(client.clone(), logs.clone(), req, tx.clone(), stop).instrument(span),
+                        );
                     }
                     Some(FromPlane::CancelRequest(c)) => {
                         if let Some(t) = requests.remove(&c.request_id) {
@@ -632,6 +646,62 @@ fn publish(assigned: &watch::Sender<Option<Assignments>>, tasks: &BTreeMap<Strin
     assigned.send_replace(Some(Arc::new(set)));
 }
 
+/// Answers a stats request on a `SendStats` stream: one chunk of samples,
+/// or (streamed) one every [`STATS_EVERY`] until cancelled.
+async fn serve_stats(
+    mut client: DispatcherClient<tonic::transport::Channel>,
+    source: Arc<dyn LogSource>,
+    req: StatsRequest,
+    control: mpsc::Sender<AgentMessage>,
+    stop: CancellationToken,
+) {
+    let _done = stop.clone().drop_guard();
+    let id = req.request_id;
+    let first = match source.stats(&req.task_uids).await {
+        Ok(s) => s,
+        Err(message) => {
+            let _ = control
+                .send(AgentMessage {
+                    message: Some(ToPlane::RequestError(RequestError {
+                        request_id: id,
+                        message,
+                    })),
+                })
+                .await;
+            return;
+        }
+    };
+    let (chunk_tx, chunk_rx) = mpsc::channel::<StatsChunk>(4);
+    let pump = async move {
+        let mut samples = first;
+        loop {
+            let chunk = StatsChunk {
+                request_id: id,
+                samples: std::mem::take(&mut samples),
+            };
+            if chunk_tx.send(chunk).await.is_err() || !req.stream {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(STATS_EVERY) => {}
+                () = stop.cancelled() => return,
+            }
+            match source.stats(&req.task_uids).await {
+                Ok(s) => samples = s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "stats ended");
+                    return;
+                }
+            }
+        }
+    };
+    tokio::spawn(pump.instrument(tracing::Span::current()));
+    let stream = tokio_stream::wrappers::ReceiverStream::new(chunk_rx);
+    if let Err(e) = client.send_stats(stream).await {
+        tracing::debug!(error = %e, "stats stream ended");
+    }
+}
+
 async fn serve_logs(
     mut client: DispatcherClient<tonic::transport::Channel>,
     source: Arc<dyn LogSource>,
@@ -756,6 +826,41 @@ impl LogSource for EngineLogs {
                 }))
             });
         Ok(lines.boxed())
+    }
+
+    async fn stats(&self, task_uids: &[String]) -> Result<Vec<StatsSample>, String> {
+        let filter = [(crate::labels::CLUSTER.to_string(), self.cluster_id.clone())];
+        let found = self.engine.list(&filter).await.map_err(|e| e.to_string())?;
+        let wanted: Vec<(String, String)> = found
+            .into_iter()
+            .filter_map(|c| {
+                let uid = c.labels.get(crate::labels::TASK_UID)?.clone();
+                (task_uids.is_empty() || task_uids.contains(&uid)).then_some((uid, c.id))
+            })
+            .collect();
+        // The engine takes about a second per sample (its two readings):
+        // all containers at once. A container not running has nothing to
+        // measure.
+        let samples = futures::future::join_all(wanted.into_iter().map(|(uid, id)| async move {
+            let info = self.engine.inspect(&id).await.ok()?;
+            if info.state != crate::engine::RunState::Running {
+                return None;
+            }
+            let s = self.engine.stats(&id).await.ok()?;
+            Some(StatsSample {
+                task_uid: uid,
+                time: k8s_openapi::jiff::Timestamp::try_from(std::time::SystemTime::now())
+                    .ok()
+                    .map(shoal_proto::convert::timestamp_from_jiff),
+                cpu_usage_ns: s.cpu_total_ns,
+                memory_bytes: s.memory_bytes,
+                // The engine reports the host's memory when unlimited.
+                memory_limit_bytes: (s.memory_limit_bytes > 0).then_some(s.memory_limit_bytes),
+                cpu_millicores: s.cpu_millicores,
+            })
+        }))
+        .await;
+        Ok(samples.into_iter().flatten().collect())
     }
 }
 

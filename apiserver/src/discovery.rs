@@ -112,6 +112,13 @@ fn resource_list_of(model: &Model, group_version: &str) -> Value {
                 "kind": r.kind_name(),
                 "verbs": ["get"],
             }));
+            resources.push(json!({
+                "name": format!("{}/stats", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": "TaskStats",
+                "verbs": ["get"],
+            }));
         }
     }
     json!({

@@ -29,6 +29,7 @@ pub mod model;
 pub mod openapi;
 mod resources;
 pub mod secure;
+pub mod stats;
 pub mod table;
 mod watch;
 
@@ -62,6 +63,9 @@ pub struct Config {
     /// Where task logs come from (`tasks/NAME/log`); without it that
     /// subresource answers 501.
     pub logs: Option<Arc<dyn logs::TaskLogs>>,
+    /// Where task resource samples come from (`tasks/NAME/stats`); without
+    /// it that subresource answers 501.
+    pub stats: Option<Arc<dyn stats::TaskStats>>,
     /// TLS and a bearer token: required to listen beyond loopback.
     pub security: Option<Security>,
     /// The servers of a replicated control plane (`/shoal/v1/servers`);
@@ -75,6 +79,7 @@ impl Default for Config {
             max_body_bytes: 3 * 1024 * 1024,
             watch_timeout: Duration::from_secs(30 * 60),
             logs: None,
+            stats: None,
             security: None,
             members: None,
         }

@@ -51,6 +51,7 @@ pub(crate) enum Sub {
     Status,
     Scale,
     Log,
+    Stats,
 }
 
 /// What a path names.
@@ -120,6 +121,9 @@ pub(crate) fn parse_target<'a>(app: &'a App, api_version: &str, rest: &str) -> O
         [name, "log"] if res.kind == shoal_store::Kind::Task => {
             (Some((*name).to_owned()), Some(Sub::Log))
         }
+        [name, "stats"] if res.kind == shoal_store::Kind::Task => {
+            (Some((*name).to_owned()), Some(Sub::Stats))
+        }
         _ => return None,
     };
     Some(Target {
@@ -147,7 +151,7 @@ pub(crate) fn json_response(code: StatusCode, body: &Value, warnings: &[String])
     resp
 }
 
-fn ok(body: &Value) -> Response {
+pub(crate) fn ok(body: &Value) -> Response {
     json_response(StatusCode::OK, body, &[])
 }
 
@@ -194,6 +198,7 @@ pub(crate) async fn handle(
         (Some(_), Some(Sub::Status), &Method::GET) => get(&app, &t, None).await,
         (Some(_), Some(Sub::Status), &Method::PUT) => update_status(&app, &t, &q, &body).await,
         (Some(_), Some(Sub::Log), &Method::GET) => crate::logs::serve(&app, &t, &q).await,
+        (Some(_), Some(Sub::Stats), &Method::GET) => crate::stats::serve(&app, &t).await,
         (Some(_), Some(Sub::Scale), &Method::GET) => {
             let cur = current(&app, &t).await?;
             Ok(ok(&to_scale(&t, &cur)))

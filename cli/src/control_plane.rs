@@ -254,12 +254,15 @@ impl ControlPlane {
             }
             _ => None,
         };
+        // Logs and stats of tasks come through the same bridge.
+        let bridge = Arc::new(crate::task_logs::DispatcherLogs {
+            current: current_rx,
+            via_leader,
+        });
         let api_config = shoal_apiserver::Config {
             max_body_bytes: settings.max_body_bytes,
-            logs: Some(Arc::new(crate::task_logs::DispatcherLogs {
-                current: current_rx,
-                via_leader,
-            })),
+            logs: Some(bridge.clone()),
+            stats: Some(bridge),
             security: security.clone(),
             members: members.map(|m| m as Arc<dyn shoal_apiserver::Members>),
             ..shoal_apiserver::Config::default()

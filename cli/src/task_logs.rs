@@ -9,11 +9,14 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use shoal_apiserver::logs::{LogError, LogLine, LogRequest, TaskLogs};
+use shoal_apiserver::stats::{StatsSample, TaskStats};
 use shoal_crds::Task;
 use shoal_dispatcher::peers::PeerLogs;
 use shoal_dispatcher::{DataChunk, DispatchError, Dispatcher, LogOptions};
 use shoal_proto::control_v1::raft_peer_client::RaftPeerClient;
-use shoal_proto::control_v1::{PeerLogLine, PeerLogLines, PeerLogsRequest};
+use shoal_proto::control_v1::{
+    PeerLogLine, PeerLogLines, PeerLogsRequest, PeerStats, PeerStatsRequest,
+};
 use shoal_proto::convert::{timestamp_from_jiff, timestamp_to_jiff};
 use shoal_store::raft::RaftStore;
 use shoal_store::{ClusterStore, typed};
@@ -52,12 +55,8 @@ pub struct LeaderRoute {
 }
 
 impl LeaderRoute {
-    /// The task's lines, read by the leader.
-    async fn open(
-        &self,
-        task: &Task,
-        req: &LogRequest,
-    ) -> Result<BoxStream<'static, LogLine>, LogError> {
+    /// A channel to the leader's peer listener, and its address.
+    async fn leader(&self) -> Result<(tonic::transport::Channel, String), LogError> {
         let status = self.raft.status();
         let leader = status.leader_id;
         // The servers given at start, and those added since.
@@ -77,6 +76,40 @@ impl LeaderRoute {
             .connect()
             .await
             .map_err(|e| unavailable(e.to_string()))?;
+        Ok((channel, url.clone()))
+    }
+
+    /// A sample of the task's resource use, taken by the leader.
+    async fn stats(&self, task: &Task) -> Result<StatsSample, LogError> {
+        let (channel, url) = self.leader().await?;
+        let request = PeerStatsRequest {
+            namespace: task.metadata.namespace.clone().unwrap_or_default(),
+            task: task.metadata.name.clone().unwrap_or_default(),
+        };
+        let s = RaftPeerClient::new(channel)
+            .task_stats(request)
+            .await
+            .map_err(|s| peer_error(&url, &s))?
+            .into_inner();
+        Ok(StatsSample {
+            time: s
+                .time
+                .as_ref()
+                .and_then(|t| timestamp_to_jiff(t, "time").ok())
+                .map_or_else(SystemTime::now, SystemTime::from),
+            cpu_millicores: s.cpu_millicores,
+            memory_bytes: s.memory_bytes,
+            memory_limit_bytes: s.memory_limit_bytes,
+        })
+    }
+
+    /// The task's lines, read by the leader.
+    async fn open(
+        &self,
+        task: &Task,
+        req: &LogRequest,
+    ) -> Result<BoxStream<'static, LogLine>, LogError> {
+        let (channel, url) = self.leader().await?;
         let request = PeerLogsRequest {
             namespace: task.metadata.namespace.clone().unwrap_or_default(),
             task: task.metadata.name.clone().unwrap_or_default(),
@@ -90,12 +123,7 @@ impl LeaderRoute {
         let lines = RaftPeerClient::new(channel)
             .task_logs(request)
             .await
-            .map_err(|s| match s.code() {
-                tonic::Code::InvalidArgument | tonic::Code::NotFound => {
-                    LogError::BadRequest(s.message().to_string())
-                }
-                _ => LogError::Unavailable(s.message().to_string()),
-            })?
+            .map_err(|s| peer_error(&url, &s))?
             .into_inner();
         Ok(lines
             .take_while(|r| futures::future::ready(r.is_ok()))
@@ -104,6 +132,16 @@ impl LeaderRoute {
                 futures::stream::iter(lines.into_iter().map(|l| log_line(l.time.as_ref(), l.data)))
             })
             .boxed())
+    }
+}
+
+/// The leader's answer as the API's error.
+fn peer_error(url: &str, s: &tonic::Status) -> LogError {
+    match s.code() {
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => {
+            LogError::BadRequest(s.message().to_string())
+        }
+        _ => LogError::Unavailable(format!("the leader at {url}: {}", s.message())),
     }
 }
 
@@ -167,6 +205,42 @@ impl PeerLogs for LeaderLogs {
                         .collect(),
                 })
                 .boxed())
+        })
+    }
+
+    fn stats(
+        &self,
+        request: PeerStatsRequest,
+    ) -> BoxFuture<'static, Result<PeerStats, tonic::Status>> {
+        let store = self.store.get().cloned();
+        let logs = DispatcherLogs {
+            current: self.logs.current.clone(),
+            via_leader: None,
+        };
+        Box::pin(async move {
+            let store =
+                store.ok_or_else(|| tonic::Status::unavailable("the store is not open yet"))?;
+            let task = typed::get::<Task>(store.as_ref(), Some(&request.namespace), &request.task)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+                .ok_or_else(|| {
+                    tonic::Status::not_found(format!(
+                        "task {}/{} not found",
+                        request.namespace, request.task
+                    ))
+                })?;
+            let s = logs.sample(&task).await.map_err(|e| match e {
+                LogError::BadRequest(m) => tonic::Status::invalid_argument(m),
+                LogError::Unavailable(m) => tonic::Status::unavailable(m),
+            })?;
+            Ok(PeerStats {
+                time: jiff::Timestamp::try_from(s.time)
+                    .ok()
+                    .map(timestamp_from_jiff),
+                cpu_millicores: s.cpu_millicores,
+                memory_bytes: s.memory_bytes,
+                memory_limit_bytes: s.memory_limit_bytes,
+            })
         })
     }
 }
@@ -262,5 +336,77 @@ impl TaskLogs for DispatcherLogs {
             .flatten();
             Ok(futures::stream::iter(first).chain(rest).boxed())
         })
+    }
+}
+
+/// How long the task's agent may take to measure (the engine's two
+/// readings take about a second).
+const STATS_ANSWER: Duration = Duration::from_secs(10);
+
+impl TaskStats for DispatcherLogs {
+    fn sample<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<StatsSample, LogError>> {
+        Box::pin(async move {
+            let host = task.spec.host_name.clone().unwrap_or_default();
+            let uid = task.metadata.uid.clone().unwrap_or_default();
+            let name = task.metadata.name.clone().unwrap_or_default();
+            let Some(dispatcher) = self.current.borrow().clone() else {
+                return match &self.via_leader {
+                    Some(route) => route.stats(task).await,
+                    None => Err(LogError::Unavailable(
+                        "this server does not lead the control plane: read stats through the leader's API".into(),
+                    )),
+                };
+            };
+            let mut rx = dispatcher
+                .stats(&host, vec![uid.clone()], false)
+                .await
+                .map_err(|e| match e {
+                    DispatchError::NotConnected(h) => LogError::Unavailable(format!(
+                        "host {h} cannot be reached: its agent is not connected"
+                    )),
+                    other => LogError::Unavailable(other.to_string()),
+                })?;
+            match tokio::time::timeout(STATS_ANSWER, rx.recv()).await {
+                Err(_) => Err(LogError::Unavailable(format!(
+                    "host {host} did not answer the stats request within {} s",
+                    STATS_ANSWER.as_secs()
+                ))),
+                Ok(None) => Err(LogError::Unavailable(format!(
+                    "host {host} went away before answering"
+                ))),
+                Ok(Some(DataChunk::Error(m))) => Err(if m.contains("disconnected") {
+                    LogError::Unavailable(m)
+                } else {
+                    LogError::BadRequest(m)
+                }),
+                Ok(Some(DataChunk::Stats(chunk))) => chunk
+                    .samples
+                    .into_iter()
+                    .find(|s| s.task_uid == uid)
+                    .map(|s| sample_of(&s))
+                    .ok_or_else(|| {
+                        LogError::BadRequest(format!(
+                            "task {name} has no running container on host {host}"
+                        ))
+                    }),
+                Ok(Some(DataChunk::Logs(_))) => Err(LogError::Unavailable(format!(
+                    "host {host} answered the stats request with logs"
+                ))),
+            }
+        })
+    }
+}
+
+/// A sample as the API gives it, from the agent's.
+fn sample_of(s: &shoal_proto::v1::StatsSample) -> StatsSample {
+    StatsSample {
+        time: s
+            .time
+            .as_ref()
+            .and_then(|t| timestamp_to_jiff(t, "time").ok())
+            .map_or_else(SystemTime::now, SystemTime::from),
+        cpu_millicores: s.cpu_millicores,
+        memory_bytes: s.memory_bytes,
+        memory_limit_bytes: s.memory_limit_bytes,
     }
 }

@@ -369,6 +369,11 @@ pub fn memory(q: Option<&shoal_crds::ByteQuantity>) -> String {
     let Ok(b) = q.parse() else {
         return q.to_string();
     };
+    bytes(b)
+}
+
+/// A byte count in binary units (`23.5Gi`, `512Mi`, `900`).
+pub fn bytes(b: u64) -> String {
     let units = [
         ("Ti", 1u64 << 40),
         ("Gi", 1 << 30),
@@ -378,7 +383,7 @@ pub fn memory(q: Option<&shoal_crds::ByteQuantity>) -> String {
     for (u, n) in units {
         if b >= n {
             let v = b as f64 / n as f64;
-            return if b % n == 0 {
+            return if b.is_multiple_of(n) {
                 format!("{}{u}", b / n)
             } else {
                 format!("{v:.1}{u}")

@@ -374,6 +374,65 @@ fn cli_against_shoal_up() {
     let o = shoal(&kc, &["scale", "nope=2"]);
     assert_eq!(o.status.code(), Some(1));
 
+    // top: each running task measured on its host. A CPU burner held to
+    // 300m by its limit shows about that; idle web servers next to nothing.
+    let burner = r#"
+apiVersion: shoal.dev/v1alpha1
+kind: Service
+metadata: { name: burner, namespace: default }
+spec:
+  replicas: 1
+  template:
+    image: shoal-test/busybox:1
+    command: ["sh", "-c", "while :; do :; done"]
+    init: true
+    stopGracePeriod: 1s
+    resources:
+      limits: { cpu: "300m", memory: 32Mi }
+"#;
+    let o = shoal_stdin(
+        &kc,
+        &["apply", "-f", "-", "--wait", "--timeout", "60s"],
+        burner,
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let top = ok(&kc, &["top", "burner", "web"]);
+    assert!(top.starts_with("TASK"), "{top}");
+    let burning = row(&top, "burner-0-");
+    assert_eq!(&burning[1..2], [HOST], "{top}");
+    let millicores = |cpu: &str| -> u64 {
+        cpu.strip_suffix('m')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("CPU {cpu:?} in {top}"))
+    };
+    let cpu = millicores(burning[2]);
+    assert!((50..=450).contains(&cpu), "burner at {cpu}m: {top}");
+    assert_eq!(burning[4], "32Mi", "{top}");
+    assert!(
+        burning[3].ends_with("Ki") || burning[3].ends_with("Mi"),
+        "{top}"
+    );
+    for slot in 0..5 {
+        let web = row(&top, &format!("web-{slot}-"));
+        assert!(millicores(web[2]) < 100, "idle web at {}: {top}", web[2]);
+        assert_eq!(web[4], "64Mi", "{top}");
+    }
+    let all = json(&kc, &["top", "-o", "json"]);
+    let items = all["items"].as_array().unwrap();
+    assert_eq!(items.len(), 6, "{all}");
+    assert!(items.iter().all(|i| i["kind"] == "TaskStats"), "{all}");
+    let o = shoal(&kc, &["top", "nope"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(
+        text(&o).1.contains("No running tasks of nope"),
+        "{:?}",
+        text(&o)
+    );
+    ok(
+        &kc,
+        &["delete", "service", "burner", "--wait", "--timeout", "60s"],
+    );
+
     // delete --wait: services, tasks and containers gone.
     let o = shoal(
         &kc,

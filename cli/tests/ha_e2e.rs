@@ -285,6 +285,17 @@ fn the_control_plane_survives_its_leader() {
     }
     let logs = ok(&follower.kubeconfig(), &["logs", "steady"]);
     assert_eq!(logs.matches("steady here").count(), 4, "{logs}");
+    // So do stats: every replica measured on its host, through the leader.
+    let top = ok(&follower.kubeconfig(), &["top", "steady"]);
+    let rows: Vec<&str> = top.lines().filter(|l| l.starts_with("steady-")).collect();
+    assert_eq!(rows.len(), 4, "{top}");
+    assert!(
+        rows.iter().all(|r| r
+            .split_whitespace()
+            .nth(2)
+            .is_some_and(|c| c.ends_with('m'))),
+        "{top}"
+    );
     let hosts = ok(&kc2, &["host", "ls"]);
     let line = hosts.lines().find(|l| l.starts_with(HOST)).unwrap();
     assert!(line.split_whitespace().nth(1) == Some("True"), "{hosts}");

@@ -40,7 +40,8 @@ use raft::eraftpb::Message;
 use shoal_proto::control_v1::raft_peer_client::RaftPeerClient;
 use shoal_proto::control_v1::raft_peer_server::{RaftPeer, RaftPeerServer};
 use shoal_proto::control_v1::{
-    AddVoterRequest, AddVoterResponse, PeerLogLines, PeerLogsRequest, RaftAck, RaftEnvelope,
+    AddVoterRequest, AddVoterResponse, PeerLogLines, PeerLogsRequest, PeerStats, PeerStatsRequest,
+    RaftAck, RaftEnvelope,
 };
 use shoal_store::StoreError;
 use shoal_store::raft::{Inbox, RaftStore, Transport};
@@ -502,6 +503,12 @@ pub trait PeerLogs: Send + Sync + 'static {
         &self,
         request: PeerLogsRequest,
     ) -> futures::future::BoxFuture<'static, Result<LogLines, Status>>;
+
+    /// A sample of the task's resource use, or why not (as for `open`).
+    fn stats(
+        &self,
+        request: PeerStatsRequest,
+    ) -> futures::future::BoxFuture<'static, Result<PeerStats, Status>>;
 }
 
 /// A stream of log line batches.
@@ -640,6 +647,17 @@ impl RaftPeer for PeerService {
         };
         let lines = logs.open(request.into_inner()).await?;
         Ok(Response::new(Box::pin(futures::StreamExt::map(lines, Ok))))
+    }
+
+    async fn task_stats(
+        &self,
+        request: Request<PeerStatsRequest>,
+    ) -> Result<Response<PeerStats>, Status> {
+        Self::caller(&request)?;
+        let Some(logs) = &self.logs else {
+            return Err(Status::unavailable("this server serves no task stats"));
+        };
+        Ok(Response::new(logs.stats(request.into_inner()).await?))
     }
 
     async fn add_voter(

@@ -16,6 +16,7 @@ pub mod resume;
 pub mod rollback;
 pub mod scale;
 pub mod server;
+pub mod top;
 pub mod up;
 pub mod validate;
 

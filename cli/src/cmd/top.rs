@@ -1,0 +1,182 @@
+//! `shoal top [SERVICE...]`: the CPU and memory use of running tasks.
+
+use std::process::ExitCode;
+
+use futures::StreamExt;
+use kube::api::ListParams;
+use shoal_crds::{Task, TaskPhase};
+
+use crate::client::{Conn, ConnArgs, block_on, connect};
+use crate::output::{Cell, Format, Table, colour_stdout};
+use crate::view;
+
+/// Show the CPU and memory use of services' running tasks
+///
+/// Like `docker stats --no-stream` or `kubectl top pod`: each running task
+/// of the services (of every service in the namespace when none is named)
+/// is measured by its host's engine — CPU over about the last second (1000m
+/// is one core busy) and memory in use against the container's limit (the
+/// host's memory when it has none). It takes about a second: the engine
+/// reads twice. `-o json|yaml` prints the TaskStats objects.
+///
+/// Examples:
+///   shoal top                # every service in the namespace
+///   shoal top web api
+///   shoal top web -o json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The services (default: all in the namespace).
+    services: Vec<String>,
+    /// Output format: yaml or json.
+    #[arg(short, long, value_enum)]
+    output: Option<Format>,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    block_on(top(args))
+}
+
+/// Hosts measured at once.
+const IN_FLIGHT: usize = 16;
+
+async fn top(args: Args) -> anyhow::Result<ExitCode> {
+    let conn = connect(&args.conn).await?;
+    let selector = match args.services.as_slice() {
+        [] => view::SERVICE_LABEL.to_string(),
+        names => format!("{} in ({})", view::SERVICE_LABEL, names.join(",")),
+    };
+    let mut tasks: Vec<Task> = conn
+        .namespaced::<Task>()
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| conn.explain(e))?
+        .items
+        .into_iter()
+        .filter(|t| t.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Running))
+        .collect();
+    view::sort_tasks(&mut tasks);
+    if tasks.is_empty() {
+        match args.services.as_slice() {
+            [] => eprintln!("No running tasks in namespace {}.", conn.namespace),
+            names => eprintln!("No running tasks of {}.", names.join(", ")),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let conn = &conn;
+    let answers: Vec<(Task, anyhow::Result<serde_json::Value>)> =
+        futures::stream::iter(tasks.into_iter().map(|t| async move {
+            let sample = sample(conn, &t).await;
+            (t, sample)
+        }))
+        .buffered(IN_FLIGHT)
+        .collect()
+        .await;
+    let mut failed = false;
+    let mut samples = Vec::new();
+    for (task, answer) in answers {
+        match answer {
+            Ok(v) => samples.push(v),
+            Err(e) => {
+                failed = true;
+                eprintln!(
+                    "task {}: {e:#}",
+                    task.metadata.name.as_deref().unwrap_or_default()
+                );
+            }
+        }
+    }
+    match args.output {
+        Some(f @ (Format::Json | Format::Yaml)) => {
+            crate::output::print_objects(&samples, false, f)?;
+        }
+        _ => {
+            let mut table = Table::new(["TASK", "HOST", "CPU", "MEMORY", "LIMIT"]);
+            for s in &samples {
+                table.row(row(s));
+            }
+            if !table.is_empty() {
+                print!("{}", table.render(colour_stdout()));
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The task's `stats` subresource.
+async fn sample(conn: &Conn, task: &Task) -> anyhow::Result<serde_json::Value> {
+    let ns = task
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| conn.namespace.clone());
+    let name = task.metadata.name.clone().unwrap_or_default();
+    let req = http::Request::get(format!(
+        "/apis/shoal.dev/v1alpha1/namespaces/{ns}/tasks/{name}/stats"
+    ))
+    .body(Vec::new())?;
+    conn.client.request(req).await.map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 502 || s.code == 400 => anyhow::anyhow!(s.message),
+        other => conn.explain(other),
+    })
+}
+
+/// A table row of a TaskStats object.
+fn row(s: &serde_json::Value) -> Vec<Cell> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let cpu = s["cpuMillicores"]
+        .as_u64()
+        .map_or_else(|| "-".to_string(), |m| format!("{m}m"));
+    let limit = s["memoryLimitBytes"]
+        .as_u64()
+        .map_or_else(|| "-".to_string(), view::bytes);
+    vec![
+        text(&s["metadata"]["name"]).into(),
+        text(&s["hostName"]).into(),
+        cpu.into(),
+        s["memoryBytes"]
+            .as_u64()
+            .map_or_else(String::new, view::bytes)
+            .into(),
+        limit.into(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cells(s: &serde_json::Value) -> Vec<String> {
+        let mut t = Table::new(["TASK", "HOST", "CPU", "MEMORY", "LIMIT"]);
+        t.row(row(s));
+        let out = t.render(false);
+        let line = out.lines().nth(1).unwrap_or_default();
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_sample_reads_as_a_row() {
+        let s = serde_json::json!({
+            "metadata": {"name": "web-1-abcde"},
+            "hostName": "node-1",
+            "cpuMillicores": 250,
+            "memoryBytes": 3 * 1024 * 1024 + 512 * 1024,
+            "memoryLimitBytes": 128u64 << 20,
+        });
+        assert_eq!(
+            cells(&s),
+            ["web-1-abcde", "node-1", "250m", "3.5Mi", "128Mi"]
+        );
+        let unknown = serde_json::json!({
+            "metadata": {"name": "t"}, "hostName": "h",
+            "cpuMillicores": null, "memoryBytes": 0, "memoryLimitBytes": null,
+        });
+        assert_eq!(cells(&unknown), ["t", "h", "-", "0", "-"]);
+    }
+}
