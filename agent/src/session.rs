@@ -646,6 +646,18 @@ fn publish(assigned: &watch::Sender<Option<Assignments>>, tasks: &BTreeMap<Strin
     assigned.send_replace(Some(Arc::new(set)));
 }
 
+/// Tells the control plane why request `id` cannot be served.
+async fn refuse(control: &mpsc::Sender<AgentMessage>, id: u64, message: String) {
+    let _ = control
+        .send(AgentMessage {
+            message: Some(ToPlane::RequestError(RequestError {
+                request_id: id,
+                message,
+            })),
+        })
+        .await;
+}
+
 /// Answers a stats request on a `SendStats` stream: one chunk of samples,
 /// or (streamed) one every [`STATS_EVERY`] until cancelled.
 async fn serve_stats(
@@ -659,17 +671,7 @@ async fn serve_stats(
     let id = req.request_id;
     let first = match source.stats(&req.task_uids).await {
         Ok(s) => s,
-        Err(message) => {
-            let _ = control
-                .send(AgentMessage {
-                    message: Some(ToPlane::RequestError(RequestError {
-                        request_id: id,
-                        message,
-                    })),
-                })
-                .await;
-            return;
-        }
+        Err(message) => return refuse(&control, id, message).await,
     };
     let (chunk_tx, chunk_rx) = mpsc::channel::<StatsChunk>(4);
     let pump = async move {
@@ -715,17 +717,7 @@ async fn serve_logs(
     let id = req.request_id;
     let lines = match source.logs(&req).await {
         Ok(l) => l,
-        Err(message) => {
-            let _ = control
-                .send(AgentMessage {
-                    message: Some(ToPlane::RequestError(RequestError {
-                        request_id: id,
-                        message,
-                    })),
-                })
-                .await;
-            return;
-        }
+        Err(message) => return refuse(&control, id, message).await,
     };
     // An empty first chunk names the request even if there are no lines;
     // then chunks of up to 64 lines, sent as they come. A concrete channel

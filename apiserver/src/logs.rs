@@ -155,29 +155,50 @@ pub fn format_line(line: &LogLine, timestamps: bool) -> Bytes {
 }
 
 /// Serves `GET .../tasks/NAME/log`.
-pub(crate) async fn serve(app: &Arc<App>, t: &Target<'_>, q: &Query) -> Result<Response, ApiError> {
-    let req = parse_request(q, SystemTime::now())?;
-    let Some(provider) = app.cfg.logs.clone() else {
-        return Err(ApiError::new(
-            501,
-            "NotImplemented",
-            "task logs are read through the dispatcher, which this server does not run",
-        ));
-    };
+/// 501: this server has no way to the hosts for `what`.
+pub(crate) fn not_served(what: &str) -> ApiError {
+    ApiError::new(
+        501,
+        "NotImplemented",
+        format!("task {what} are read through the dispatcher, which this server does not run"),
+    )
+}
+
+/// The task `t` names, placed on a host (else 400: `unplaced`).
+pub(crate) async fn placed_task(
+    app: &Arc<App>,
+    t: &Target<'_>,
+    unplaced: &str,
+) -> Result<Task, ApiError> {
     let obj = crate::resources::current(app, t).await?;
     let task: Task = serde_json::from_value(obj)
         .map_err(|e| ApiError::new(500, "InternalError", format!("reading the task: {e}")))?;
-    let name = task.metadata.name.clone().unwrap_or_default();
     if task.spec.host_name.is_none() {
+        let name = task.metadata.name.clone().unwrap_or_default();
         return Err(ApiError::bad_request(format!(
-            "task {name} is not placed on a host yet: it has no logs"
+            "task {name} is not placed on a host yet: {unplaced}"
         )));
     }
-    let timestamps = req.timestamps;
-    let lines = provider.open(&task, req).await.map_err(|e| match e {
+    Ok(task)
+}
+
+/// A provider's error as the API answers it (the API is the gateway to the
+/// host: an unreachable one is 502).
+pub(crate) fn api_error(e: LogError) -> ApiError {
+    match e {
         LogError::BadRequest(m) => ApiError::bad_request(m),
         LogError::Unavailable(m) => ApiError::new(502, "BadGateway", m),
-    })?;
+    }
+}
+
+pub(crate) async fn serve(app: &Arc<App>, t: &Target<'_>, q: &Query) -> Result<Response, ApiError> {
+    let req = parse_request(q, SystemTime::now())?;
+    let Some(provider) = app.cfg.logs.clone() else {
+        return Err(not_served("logs"));
+    };
+    let task = placed_task(app, t, "it has no logs").await?;
+    let timestamps = req.timestamps;
+    let lines = provider.open(&task, req).await.map_err(api_error)?;
     let mut shutdown = app.shutdown.clone();
     let stop = async move {
         // An error means the server is gone: stop as well.

@@ -64,24 +64,12 @@ pub fn to_json(task: &Task, s: &StatsSample) -> serde_json::Value {
 
 pub(crate) async fn serve(app: &Arc<App>, t: &Target<'_>) -> Result<Response, ApiError> {
     let Some(provider) = app.cfg.stats.clone() else {
-        return Err(ApiError::new(
-            501,
-            "NotImplemented",
-            "task stats are read through the dispatcher, which this server does not run",
-        ));
+        return Err(crate::logs::not_served("stats"));
     };
-    let obj = crate::resources::current(app, t).await?;
-    let task: Task = serde_json::from_value(obj)
-        .map_err(|e| ApiError::new(500, "InternalError", format!("reading the task: {e}")))?;
-    let name = task.metadata.name.clone().unwrap_or_default();
-    if task.spec.host_name.is_none() {
-        return Err(ApiError::bad_request(format!(
-            "task {name} is not placed on a host yet: it has no container to measure"
-        )));
-    }
-    let sample = provider.sample(&task).await.map_err(|e| match e {
-        LogError::BadRequest(m) => ApiError::bad_request(m),
-        LogError::Unavailable(m) => ApiError::new(502, "BadGateway", m),
-    })?;
+    let task = crate::logs::placed_task(app, t, "it has no container to measure").await?;
+    let sample = provider
+        .sample(&task)
+        .await
+        .map_err(crate::logs::api_error)?;
     Ok(crate::resources::ok(&to_json(&task, &sample)))
 }

@@ -91,16 +91,14 @@ impl LeaderRoute {
             .await
             .map_err(|s| peer_error(&url, &s))?
             .into_inner();
-        Ok(StatsSample {
-            time: s
-                .time
-                .as_ref()
-                .and_then(|t| timestamp_to_jiff(t, "time").ok())
-                .map_or_else(SystemTime::now, SystemTime::from),
-            cpu_millicores: s.cpu_millicores,
+        Ok(sample_of(&shoal_proto::v1::StatsSample {
+            task_uid: String::new(),
+            time: s.time,
+            cpu_usage_ns: 0,
             memory_bytes: s.memory_bytes,
             memory_limit_bytes: s.memory_limit_bytes,
-        })
+            cpu_millicores: s.cpu_millicores,
+        }))
     }
 
     /// The task's lines, read by the leader.
@@ -154,28 +152,46 @@ pub struct LeaderLogs {
     pub logs: DispatcherLogs,
 }
 
+impl LeaderLogs {
+    /// The store (if open yet) and this server's own dispatcher route.
+    fn parts(&self) -> (Option<Arc<dyn ClusterStore>>, DispatcherLogs) {
+        let logs = DispatcherLogs {
+            current: self.logs.current.clone(),
+            via_leader: None,
+        };
+        (self.store.get().cloned(), logs)
+    }
+}
+
+/// The task a peer asks about.
+async fn peer_task(
+    store: Option<Arc<dyn ClusterStore>>,
+    namespace: &str,
+    name: &str,
+) -> Result<Task, tonic::Status> {
+    let store = store.ok_or_else(|| tonic::Status::unavailable("the store is not open yet"))?;
+    typed::get::<Task>(store.as_ref(), Some(namespace), name)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+        .ok_or_else(|| tonic::Status::not_found(format!("task {namespace}/{name} not found")))
+}
+
+/// The API's error as the peer call's.
+fn peer_status(e: LogError) -> tonic::Status {
+    match e {
+        LogError::BadRequest(m) => tonic::Status::invalid_argument(m),
+        LogError::Unavailable(m) => tonic::Status::unavailable(m),
+    }
+}
+
 impl PeerLogs for LeaderLogs {
     fn open(
         &self,
         request: PeerLogsRequest,
     ) -> BoxFuture<'static, Result<shoal_dispatcher::peers::LogLines, tonic::Status>> {
-        let store = self.store.get().cloned();
-        let logs = DispatcherLogs {
-            current: self.logs.current.clone(),
-            via_leader: None,
-        };
+        let (store, logs) = self.parts();
         Box::pin(async move {
-            let store =
-                store.ok_or_else(|| tonic::Status::unavailable("the store is not open yet"))?;
-            let task = typed::get::<Task>(store.as_ref(), Some(&request.namespace), &request.task)
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-                .ok_or_else(|| {
-                    tonic::Status::not_found(format!(
-                        "task {}/{} not found",
-                        request.namespace, request.task
-                    ))
-                })?;
+            let task = peer_task(store, &request.namespace, &request.task).await?;
             let req = LogRequest {
                 follow: request.follow,
                 tail_lines: request.tail_lines,
@@ -186,10 +202,7 @@ impl PeerLogs for LeaderLogs {
                     .map(SystemTime::from),
                 timestamps: true,
             };
-            let lines = logs.open(&task, req).await.map_err(|e| match e {
-                LogError::BadRequest(m) => tonic::Status::invalid_argument(m),
-                LogError::Unavailable(m) => tonic::Status::unavailable(m),
-            })?;
+            let lines = logs.open(&task, req).await.map_err(peer_status)?;
             Ok(lines
                 .ready_chunks(64)
                 .map(|chunk| PeerLogLines {
@@ -212,27 +225,10 @@ impl PeerLogs for LeaderLogs {
         &self,
         request: PeerStatsRequest,
     ) -> BoxFuture<'static, Result<PeerStats, tonic::Status>> {
-        let store = self.store.get().cloned();
-        let logs = DispatcherLogs {
-            current: self.logs.current.clone(),
-            via_leader: None,
-        };
+        let (store, logs) = self.parts();
         Box::pin(async move {
-            let store =
-                store.ok_or_else(|| tonic::Status::unavailable("the store is not open yet"))?;
-            let task = typed::get::<Task>(store.as_ref(), Some(&request.namespace), &request.task)
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?
-                .ok_or_else(|| {
-                    tonic::Status::not_found(format!(
-                        "task {}/{} not found",
-                        request.namespace, request.task
-                    ))
-                })?;
-            let s = logs.sample(&task).await.map_err(|e| match e {
-                LogError::BadRequest(m) => tonic::Status::invalid_argument(m),
-                LogError::Unavailable(m) => tonic::Status::unavailable(m),
-            })?;
+            let task = peer_task(store, &request.namespace, &request.task).await?;
+            let s = logs.sample(&task).await.map_err(peer_status)?;
             Ok(PeerStats {
                 time: jiff::Timestamp::try_from(s.time)
                     .ok()
@@ -397,7 +393,8 @@ impl TaskStats for DispatcherLogs {
     }
 }
 
-/// A sample as the API gives it, from the agent's.
+/// A sample as the API gives it, from the agent's (or the leader's, which
+/// carries no task uid or CPU time).
 fn sample_of(s: &shoal_proto::v1::StatsSample) -> StatsSample {
     StatsSample {
         time: s

@@ -427,6 +427,19 @@ fn agent_session<const N: usize>(
     CancellationToken,
     tokio::task::JoinHandle<Option<String>>,
 ) {
+    agent_session_keeping(endpoints, creds, None)
+}
+
+/// [`agent_session`], keeping the servers it is told in `dispatchers_file`.
+fn agent_session_keeping<const N: usize>(
+    endpoints: [String; N],
+    creds: Credentials,
+    dispatchers_file: Option<std::path::PathBuf>,
+) -> (
+    tokio::sync::watch::Receiver<Option<shoal_agent::Assignments>>,
+    CancellationToken,
+    tokio::task::JoinHandle<Option<String>>,
+) {
     let (creds_tx, creds_rx) = tokio::sync::watch::channel(creds);
     // Kept open for the session's life (renewal would send on it).
     std::mem::forget(creds_tx);
@@ -438,6 +451,7 @@ fn agent_session<const N: usize>(
     };
     let cfg = shoal_agent::session::SessionConfig {
         tls: Some(creds_rx),
+        dispatchers_file,
         ..shoal_agent::session::SessionConfig::with_endpoints(endpoints, "c0ffee", host)
     };
     let (assigned_tx, assigned_rx) = tokio::sync::watch::channel(None);
@@ -546,29 +560,8 @@ async fn agents_are_told_the_servers_and_follow_the_leader_to_one_they_were_not_
     // The agent loop, given the first server only.
     let state = tempfile::tempdir().unwrap();
     let file = state.path().join(shoal_agent::dispatchers::FILE);
-    let (creds_tx, creds_rx) = tokio::sync::watch::channel(creds);
-    let cfg = shoal_agent::session::SessionConfig {
-        tls: Some(creds_rx),
-        dispatchers_file: Some(file.clone()),
-        ..shoal_agent::session::SessionConfig::new(
-            first.clone(),
-            "c0ffee",
-            shoal_agent::session::HostInfo {
-                host_name: "node-2".into(),
-                ..Default::default()
-            },
-        )
-    };
-    let (assigned_tx, _assigned_rx) = tokio::sync::watch::channel(None);
-    let (_reports_tx, reports_rx) = mpsc::unbounded_channel();
-    let stop = CancellationToken::new();
-    let agent = tokio::spawn(shoal_agent::session::run(
-        cfg,
-        assigned_tx,
-        reports_rx,
-        Arc::new(NoLogs),
-        stop.clone(),
-    ));
+    let (_assigned, stop, agent) =
+        agent_session_keeping([first.clone()], creds, Some(file.clone()));
     until("a session with the first server", || {
         connected(&first_d, "node-2")
     })
@@ -588,7 +581,6 @@ async fn agents_are_told_the_servers_and_follow_the_leader_to_one_they_were_not_
     stop.cancel();
     assert_eq!(agent.await.unwrap(), None);
     second_stop.cancel();
-    drop(creds_tx);
 }
 
 #[tokio::test]

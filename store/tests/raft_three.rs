@@ -36,6 +36,29 @@ fn node(nodes: &Nodes, id: u64) -> &RaftStore {
     nodes[(id - 1) as usize].as_ref().expect("node is running")
 }
 
+/// The three voters, each in its own directory, over one in-memory
+/// transport.
+fn three() -> (Vec<tempfile::TempDir>, Arc<MemTransport>, Nodes) {
+    let dirs: Vec<_> = VOTERS
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let transport = MemTransport::new();
+    let nodes: Nodes = VOTERS
+        .iter()
+        .map(|&id| {
+            Some(
+                RaftStore::open(
+                    config(id, dirs[(id - 1) as usize].path()),
+                    transport.clone(),
+                )
+                .unwrap(),
+            )
+        })
+        .collect();
+    (dirs, transport, nodes)
+}
+
 /// Waits until the running nodes agree on one leader, and returns it.
 async fn wait_leader(nodes: &Nodes) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -71,23 +94,7 @@ async fn wait_revision(nodes: &Nodes, id: u64, rev: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_failover_and_snapshot_catch_up() {
-    let dirs: Vec<_> = VOTERS
-        .iter()
-        .map(|_| tempfile::tempdir().unwrap())
-        .collect();
-    let transport = MemTransport::new();
-    let mut nodes: Nodes = VOTERS
-        .iter()
-        .map(|&id| {
-            Some(
-                RaftStore::open(
-                    config(id, dirs[(id - 1) as usize].path()),
-                    transport.clone(),
-                )
-                .unwrap(),
-            )
-        })
-        .collect();
+    let (dirs, transport, mut nodes) = three();
 
     let leader = wait_leader(&nodes).await;
     let followers: Vec<u64> = VOTERS.iter().copied().filter(|&id| id != leader).collect();
@@ -448,23 +455,7 @@ async fn added_voters_addresses_reach_every_node_and_survive_restarts_and_snapsh
 /// again it answers only after applying what the leader had committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linearized_reads_on_a_follower_see_every_acknowledged_write() {
-    let dirs: Vec<_> = VOTERS
-        .iter()
-        .map(|_| tempfile::tempdir().unwrap())
-        .collect();
-    let transport = MemTransport::new();
-    let nodes: Nodes = VOTERS
-        .iter()
-        .map(|&id| {
-            Some(
-                RaftStore::open(
-                    config(id, dirs[(id - 1) as usize].path()),
-                    transport.clone(),
-                )
-                .unwrap(),
-            )
-        })
-        .collect();
+    let (_dirs, transport, nodes) = three();
     let leader = wait_leader(&nodes).await;
     let follower = VOTERS.iter().copied().find(|&id| id != leader).unwrap();
     let first = node(&nodes, leader)
