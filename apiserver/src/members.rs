@@ -29,6 +29,10 @@ pub struct Member {
     pub leader: bool,
     /// Whether it is the server answering.
     pub answering: bool,
+    /// Where agents reach its join listener (`https://HOST:PORT`), as it
+    /// named it; absent when unknown (no join listener, or not heard from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_address: Option<String>,
 }
 
 /// The membership of a replicated control plane.

@@ -474,6 +474,7 @@ async fn open_replicated(
         transport,
         self_id: ha.node_id,
         self_address: ha.advertise.clone(),
+        self_join_address: ha.join_advertise.clone(),
     });
     Ok((raft, Some(members)))
 }
@@ -527,6 +528,7 @@ pub struct RaftMembers {
     transport: Arc<shoal_dispatcher::peers::NetTransport>,
     self_id: u64,
     self_address: String,
+    self_join_address: Option<String>,
 }
 
 impl RaftMembers {
@@ -555,6 +557,10 @@ impl shoal_apiserver::Members for RaftMembers {
         status.voters.sort_unstable();
         let mut addresses = self.transport.peers();
         addresses.insert(self.self_id, self.self_address.clone());
+        let mut joins = self.transport.join_urls();
+        if let Some(own) = &self.self_join_address {
+            joins.insert(self.self_id, own.clone());
+        }
         status
             .voters
             .iter()
@@ -563,6 +569,7 @@ impl shoal_apiserver::Members for RaftMembers {
                 address: addresses.get(id).cloned().unwrap_or_default(),
                 leader: status.leader_id == *id,
                 answering: *id == self.self_id,
+                join_address: joins.get(id).cloned(),
             })
             .collect()
     }

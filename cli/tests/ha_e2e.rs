@@ -214,6 +214,11 @@ fn the_control_plane_survives_its_leader() {
             told == join_urls.iter().map(String::as_str).collect::<Vec<_>>()
         })
     });
+    // Every server's join address is listed, whichever server answers.
+    eventually("the join addresses listed", 30, || {
+        let listing = ok(&servers[2].kubeconfig(), &["server", "ls"]);
+        listing.starts_with("ID") && join_urls.iter().all(|u| listing.contains(u.as_str()))
+    });
 
     // Kill the leader.
     let leader = servers.iter().position(Server::leads).unwrap();

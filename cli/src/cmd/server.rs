@@ -113,7 +113,8 @@ pub struct Args {
 /// What to do instead of running a server.
 #[derive(Debug, clap::Subcommand)]
 enum Action {
-    /// List the servers of a replicated control plane and which one leads
+    /// List the servers of a replicated control plane: which one leads,
+    /// where the servers reach each other and where agents reach them
     Ls(ConnArgs),
     /// Remove a server from a replicated control plane (a lost one, or one
     /// to retire); the others go on without it. Its process, if it still
@@ -282,12 +283,19 @@ async fn list(conn: ConnArgs) -> anyhow::Result<ExitCode> {
         .request(req)
         .await
         .map_err(|e| conn.explain(e))?;
-    println!("{:<4} {:<8} ADDRESS", "ID", "ROLE");
+    let mut table = crate::output::Table::new(["ID", "ROLE", "ADDRESS", "JOIN ADDRESS", ""]);
     for m in list.servers {
         let role = if m.leader { "leader" } else { "follower" };
-        let here = if m.answering { "   (answering)" } else { "" };
-        println!("{:<4} {role:<8} {}{here}", m.id, m.address);
+        let here = if m.answering { "(answering)" } else { "" };
+        table.row(vec![
+            m.id.to_string().into(),
+            role.into(),
+            m.address.into(),
+            m.join_address.unwrap_or_else(|| "-".into()).into(),
+            here.into(),
+        ]);
     }
+    print!("{}", table.render(false));
     Ok(ExitCode::SUCCESS)
 }
 
