@@ -25,6 +25,7 @@ pub mod fields;
 pub mod kubeconfig;
 pub mod logs;
 pub mod members;
+pub mod metrics;
 pub mod model;
 pub mod openapi;
 mod resources;
@@ -66,6 +67,8 @@ pub struct Config {
     /// Where task resource samples come from (`tasks/NAME/stats`); without
     /// it that subresource answers 501.
     pub stats: Option<Arc<dyn stats::TaskStats>>,
+    /// What the server adds to `/metrics` (its Raft node, its dispatcher).
+    pub metrics: Option<Arc<dyn metrics::MetricsSource>>,
     /// TLS and a bearer token: required to listen beyond loopback.
     pub security: Option<Security>,
     /// The servers of a replicated control plane (`/shoal/v1/servers`);
@@ -80,6 +83,7 @@ impl Default for Config {
             watch_timeout: Duration::from_secs(30 * 60),
             logs: None,
             stats: None,
+            metrics: None,
             security: None,
             members: None,
         }
@@ -116,6 +120,7 @@ pub(crate) struct App {
     pub(crate) openapi: openapi::OpenApi,
     pub(crate) cfg: Config,
     pub(crate) shutdown: signal::Receiver<bool>,
+    pub(crate) requests: Arc<metrics::RequestMetrics>,
 }
 
 fn json_ok(v: &serde_json::Value) -> Response {
@@ -184,12 +189,14 @@ pub fn router(
             view: s.view_token.clone(),
         })
     });
+    let requests = Arc::new(metrics::RequestMetrics::default());
     let app = Arc::new(App {
         store,
         model,
         openapi,
         cfg,
         shutdown,
+        requests: requests.clone(),
     });
     let health = || async { "ok" };
     let router = Router::new()
@@ -220,6 +227,7 @@ pub fn router(
             }),
         )
         .route("/apis/shoal.dev/v1alpha1/{*rest}", any(resource))
+        .route("/metrics", get(metrics::serve))
         .route("/shoal/v1/servers", get(members::list))
         .route(
             "/shoal/v1/servers/{id}",
@@ -242,7 +250,11 @@ pub fn router(
         )
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(app);
+        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(
+            requests,
+            metrics::track,
+        ));
     Ok(match token {
         Some(token) => router.layer(axum::middleware::from_fn_with_state(
             token,

@@ -254,6 +254,10 @@ impl ControlPlane {
             }
             _ => None,
         };
+        let server_metrics = Arc::new(crate::server_metrics::ServerMetrics {
+            raft: raft.clone(),
+            current: current_rx.clone(),
+        });
         // Logs and stats of tasks come through the same bridge.
         let bridge = Arc::new(crate::task_logs::DispatcherLogs {
             current: current_rx,
@@ -263,6 +267,7 @@ impl ControlPlane {
             max_body_bytes: settings.max_body_bytes,
             logs: Some(bridge.clone()),
             stats: Some(bridge),
+            metrics: Some(server_metrics),
             security: security.clone(),
             members: members.map(|m| m as Arc<dyn shoal_apiserver::Members>),
             ..shoal_apiserver::Config::default()

@@ -7,6 +7,7 @@ mod host_agent;
 mod logging;
 mod output;
 mod policy_args;
+mod server_metrics;
 mod task_logs;
 mod view;
 

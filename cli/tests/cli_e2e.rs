@@ -421,6 +421,35 @@ spec:
     let items = all["items"].as_array().unwrap();
     assert_eq!(items.len(), 6, "{all}");
     assert!(items.iter().all(|i| i["kind"] == "TaskStats"), "{all}");
+    // /metrics: the server's Raft node and dispatcher, the cluster's tasks.
+    let o = Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "get",
+            "--raw",
+            "/metrics",
+        ])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{metrics}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for line in [
+        "shoal_raft_leader 1",
+        "shoal_raft_voters 1",
+        "shoal_agents_connected 1",
+        r#"shoal_service_replicas_ready{namespace="default",service="burner"} 1"#,
+        r#"shoal_service_replicas_ready{namespace="default",service="web"} 5"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
     let o = shoal(&kc, &["top", "nope"]);
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(
