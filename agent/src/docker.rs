@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, EventMessageTypeEnum, HealthStatusEnum,
     NetworkCreateRequest,
@@ -25,8 +26,8 @@ use shoal_crds::HealthState;
 
 use crate::engine::{
     ContainerEngine, ContainerInfo, ContainerListing, ContainerStats, EngineEvent, EngineVersion,
-    EventKind, LogEntry, LogOrigin, LogStreamOptions, RunState, filter_since, parse_engine_time,
-    split_log_frame,
+    EventKind, ExecOutput, LogEntry, LogOrigin, LogStreamOptions, RunState, filter_since,
+    parse_engine_time, split_log_frame,
 };
 use crate::error::EngineError;
 
@@ -458,6 +459,65 @@ impl ContainerEngine for DockerEngine {
             cpu_total_ns: total(&now),
             cpu_millicores,
         })
+    }
+
+    fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+    ) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
+        let (docker, id, cmd) = (self.docker.clone(), id.to_owned(), command.to_vec());
+        let started = async move {
+            let created = docker
+                .create_exec(
+                    &id,
+                    CreateExecOptions {
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        cmd: Some(cmd),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(map_err)?;
+            match docker
+                .start_exec(&created.id, None)
+                .await
+                .map_err(map_err)?
+            {
+                StartExecResults::Attached { output, .. } => Ok((docker, created.id, output)),
+                StartExecResults::Detached => {
+                    Err(EngineError::Other("the command started detached".into()))
+                }
+            }
+        };
+        futures::stream::once(started)
+            .flat_map(|started| match started {
+                Err(e) => futures::stream::once(futures::future::ready(Err(e))).boxed(),
+                Ok((docker, exec_id, output)) => {
+                    let lines = output.map(|item| {
+                        let (origin, data) = match item.map_err(map_err)? {
+                            LogOutput::StdOut { message } => (LogOrigin::Stdout, message),
+                            LogOutput::StdErr { message } => (LogOrigin::Stderr, message),
+                            LogOutput::Console { message } | LogOutput::StdIn { message } => {
+                                (LogOrigin::Console, message)
+                            }
+                        };
+                        Ok(ExecOutput::Output(LogEntry {
+                            time: None,
+                            origin,
+                            data: data.to_vec(),
+                        }))
+                    });
+                    // Once the output ends the command has: its exit code.
+                    let exit = futures::stream::once(async move {
+                        let info = docker.inspect_exec(&exec_id).await.map_err(map_err)?;
+                        Ok(ExecOutput::Exit(info.exit_code.unwrap_or(-1)))
+                    });
+                    lines.chain(exit).boxed()
+                }
+            })
+            .boxed()
     }
 
     async fn image_present(&self, image: &str) -> Result<bool, EngineError> {

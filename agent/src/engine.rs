@@ -207,6 +207,13 @@ pub trait ContainerEngine: Send + Sync + Debug {
     ) -> BoxStream<'static, Result<LogEntry, EngineError>>;
     /// One resource sample.
     async fn stats(&self, id: &str) -> Result<ContainerStats, EngineError>;
+    /// Runs `command` in the running container `id` (no TTY, no stdin), as
+    /// `docker exec` does: its output as it comes, then its exit code.
+    fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+    ) -> BoxStream<'static, Result<ExecOutput, EngineError>>;
     /// Whether the engine has the image.
     async fn image_present(&self, image: &str) -> Result<bool, EngineError>;
     /// Pull the image, giving up after `timeout` ([`EngineError::ImageNotFound`]).
@@ -251,6 +258,15 @@ pub struct LogEntry {
     pub origin: LogOrigin,
     /// The bytes, with the trailing newline if there was one.
     pub data: Vec<u8>,
+}
+
+/// What a command run in a container gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecOutput {
+    /// Output (without times).
+    Output(LogEntry),
+    /// It ended with this exit code.
+    Exit(i64),
 }
 
 /// Splits a timestamped engine log frame (`2026-11-24T19:30:00.123456789Z

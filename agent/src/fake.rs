@@ -382,6 +382,18 @@ impl ContainerEngine for FakeEngine {
         Ok(ContainerStats::default())
     }
 
+    fn exec(
+        &self,
+        _id: &str,
+        _command: &[String],
+    ) -> BoxStream<'static, Result<crate::engine::ExecOutput, EngineError>> {
+        let mut st = self.lock();
+        let err = Self::count(&mut st, "exec")
+            .err()
+            .unwrap_or_else(|| EngineError::Other("the fake engine runs no commands".into()));
+        futures::stream::once(futures::future::ready(Err(err))).boxed()
+    }
+
     async fn image_present(&self, image: &str) -> Result<bool, EngineError> {
         let mut st = self.lock();
         Self::count(&mut st, "image_present")?;

@@ -29,8 +29,8 @@ use shoal_proto::v1::agent_message::Message as ToPlane;
 use shoal_proto::v1::control_message::Message as FromPlane;
 use shoal_proto::v1::{HostCapacity, LogLine, LogStream, StatsSample, TaskStatusUpdate};
 use shoal_proto::{
-    AgentMessage, DispatcherClient, Heartbeat, Hello, LogChunk, LogsRequest, RequestError,
-    StatsChunk, StatsRequest, TaskStatusBatch,
+    AgentMessage, DispatcherClient, ExecRequest, Heartbeat, Hello, LogChunk, LogsRequest,
+    RequestError, StatsChunk, StatsRequest, TaskStatusBatch,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -131,6 +131,21 @@ pub trait LogSource: Send + Sync + 'static {
         let _ = task_uids;
         Err("stats are not served by this agent".into())
     }
+
+    /// Runs the request's command in the running container of its task.
+    async fn exec(&self, req: &ExecRequest) -> Result<BoxStream<'static, ExecEvent>, String> {
+        let _ = req;
+        Err("commands are not run by this agent".into())
+    }
+}
+
+/// What a command run in a task's container gives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecEvent {
+    /// Some of its output.
+    Line(LogLine),
+    /// It ended with this exit code.
+    Exit(i64),
 }
 
 /// How often a streamed stats request gets samples.
@@ -500,6 +515,15 @@ async fn session(
                             serve_stats(client.clone(), logs.clone(), req, tx.clone(), stop).instrument(span),
                         );
                     }
+                    Some(FromPlane::ExecRequest(req)) => {
+                        let span = tracing::info_span!("exec", request = req.request_id);
+                        requests.retain(|_, t: &mut CancellationToken| !t.is_cancelled());
+                        let stop = session_token.child_token();
+                        requests.insert(req.request_id, stop.clone());
+                        tokio::spawn(
+                            serve_exec(client.clone(), logs.clone(), req, tx.clone(), stop).instrument(span),
+                        );
+                    }
                     Some(FromPlane::CancelRequest(c)) => {
                         if let Some(t) = requests.remove(&c.request_id) {
                             t.cancel();
@@ -658,6 +682,61 @@ async fn refuse(control: &mpsc::Sender<AgentMessage>, id: u64, message: String) 
         .await;
 }
 
+/// Runs an exec request's command and answers on a `SendLogs` stream: an
+/// empty first chunk, the output in chunks as it comes, the exit code on
+/// the last.
+async fn serve_exec(
+    mut client: DispatcherClient<tonic::transport::Channel>,
+    source: Arc<dyn LogSource>,
+    req: ExecRequest,
+    control: mpsc::Sender<AgentMessage>,
+    stop: CancellationToken,
+) {
+    let _done = stop.clone().drop_guard();
+    let id = req.request_id;
+    let events = match source.exec(&req).await {
+        Ok(e) => e,
+        Err(message) => return refuse(&control, id, message).await,
+    };
+    let (chunk_tx, chunk_rx) = mpsc::channel::<LogChunk>(16);
+    let pump = async move {
+        let chunk = |lines, exit_code| LogChunk {
+            request_id: id,
+            lines,
+            exit_code,
+        };
+        if chunk_tx.send(chunk(vec![], None)).await.is_err() {
+            return;
+        }
+        let mut events = events.ready_chunks(64);
+        loop {
+            let batch = tokio::select! {
+                next = events.next() => match next {
+                    Some(b) => b,
+                    None => return,
+                },
+                () = stop.cancelled() => return,
+            };
+            let mut lines = Vec::new();
+            let mut exit = None;
+            for e in batch {
+                match e {
+                    ExecEvent::Line(l) => lines.push(l),
+                    ExecEvent::Exit(code) => exit = Some(code),
+                }
+            }
+            if chunk_tx.send(chunk(lines, exit)).await.is_err() || exit.is_some() {
+                return;
+            }
+        }
+    };
+    tokio::spawn(pump.instrument(tracing::Span::current()));
+    let stream = tokio_stream::wrappers::ReceiverStream::new(chunk_rx);
+    if let Err(e) = client.send_logs(stream).await {
+        tracing::debug!(error = %e, "exec output stream ended");
+    }
+}
+
 /// Answers a stats request on a `SendStats` stream: one chunk of samples,
 /// or (streamed) one every [`STATS_EVERY`] until cancelled.
 async fn serve_stats(
@@ -729,6 +808,7 @@ async fn serve_logs(
             .send(LogChunk {
                 request_id: id,
                 lines: vec![],
+                exit_code: None,
             })
             .await
             .is_err()
@@ -739,7 +819,7 @@ async fn serve_logs(
             tokio::select! {
                 next = chunks.next() => match next {
                     Some(lines) => {
-                        if chunk_tx.send(LogChunk { request_id: id, lines }).await.is_err() {
+                        if chunk_tx.send(LogChunk { request_id: id, lines, exit_code: None }).await.is_err() {
                             return;
                         }
                     }
@@ -818,6 +898,53 @@ impl LogSource for EngineLogs {
                 }))
             });
         Ok(lines.boxed())
+    }
+
+    async fn exec(&self, req: &ExecRequest) -> Result<BoxStream<'static, ExecEvent>, String> {
+        if req.command.is_empty() {
+            return Err("no command to run".into());
+        }
+        let filter = [
+            (crate::labels::CLUSTER.to_string(), self.cluster_id.clone()),
+            (crate::labels::TASK_UID.to_string(), req.task_uid.clone()),
+        ];
+        let found = self.engine.list(&filter).await.map_err(|e| e.to_string())?;
+        let Some(c) = found.first() else {
+            return Err(format!(
+                "no container for task {} on this host",
+                req.task_uid
+            ));
+        };
+        let info = self
+            .engine
+            .inspect(&c.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if info.state != crate::engine::RunState::Running {
+            return Err(format!(
+                "the container of task {} is not running ({:?})",
+                req.task_uid, info.state
+            ));
+        }
+        let events = self.engine.exec(&c.id, &req.command).map(|r| match r {
+            Ok(crate::engine::ExecOutput::Output(e)) => ExecEvent::Line(LogLine {
+                time: None,
+                stream: match e.origin {
+                    crate::engine::LogOrigin::Stdout => LogStream::Stdout as i32,
+                    crate::engine::LogOrigin::Stderr => LogStream::Stderr as i32,
+                    crate::engine::LogOrigin::Console => LogStream::Unspecified as i32,
+                },
+                data: e.data,
+            }),
+            Ok(crate::engine::ExecOutput::Exit(code)) => ExecEvent::Exit(code),
+            // The engine failed mid-way: say so, as a command would.
+            Err(e) => ExecEvent::Line(LogLine {
+                time: None,
+                stream: LogStream::Stderr as i32,
+                data: format!("shoal: {e}\n").into_bytes(),
+            }),
+        });
+        Ok(events.boxed())
     }
 
     async fn stats(&self, task_uids: &[String]) -> Result<Vec<StatsSample>, String> {

@@ -119,6 +119,13 @@ fn resource_list_of(model: &Model, group_version: &str) -> Value {
                 "kind": "TaskStats",
                 "verbs": ["get"],
             }));
+            resources.push(json!({
+                "name": format!("{}/exec", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": r.kind_name(),
+                "verbs": ["create"],
+            }));
         }
     }
     json!({

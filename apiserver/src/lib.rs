@@ -21,6 +21,7 @@
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod exec;
 pub mod fields;
 pub mod kubeconfig;
 pub mod logs;
@@ -67,6 +68,9 @@ pub struct Config {
     /// Where task resource samples come from (`tasks/NAME/stats`); without
     /// it that subresource answers 501.
     pub stats: Option<Arc<dyn stats::TaskStats>>,
+    /// Where commands run (`tasks/NAME/exec`); without it that subresource
+    /// answers 501.
+    pub exec: Option<Arc<dyn exec::TaskExec>>,
     /// What the server adds to `/metrics` (its Raft node, its dispatcher).
     pub metrics: Option<Arc<dyn metrics::MetricsSource>>,
     /// TLS and a bearer token: required to listen beyond loopback.
@@ -83,6 +87,7 @@ impl Default for Config {
             watch_timeout: Duration::from_secs(30 * 60),
             logs: None,
             stats: None,
+            exec: None,
             metrics: None,
             security: None,
             members: None,

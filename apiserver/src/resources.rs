@@ -52,6 +52,7 @@ pub(crate) enum Sub {
     Scale,
     Log,
     Stats,
+    Exec,
 }
 
 /// What a path names.
@@ -123,6 +124,9 @@ pub(crate) fn parse_target<'a>(app: &'a App, api_version: &str, rest: &str) -> O
         }
         [name, "stats"] if res.kind == shoal_store::Kind::Task => {
             (Some((*name).to_owned()), Some(Sub::Stats))
+        }
+        [name, "exec"] if res.kind == shoal_store::Kind::Task => {
+            (Some((*name).to_owned()), Some(Sub::Exec))
         }
         _ => return None,
     };
@@ -199,6 +203,7 @@ pub(crate) async fn handle(
         (Some(_), Some(Sub::Status), &Method::PUT) => update_status(&app, &t, &q, &body).await,
         (Some(_), Some(Sub::Log), &Method::GET) => crate::logs::serve(&app, &t, &q).await,
         (Some(_), Some(Sub::Stats), &Method::GET) => crate::stats::serve(&app, &t).await,
+        (Some(_), Some(Sub::Exec), &Method::POST) => crate::exec::serve(&app, &t, &body).await,
         (Some(_), Some(Sub::Scale), &Method::GET) => {
             let cur = current(&app, &t).await?;
             Ok(ok(&to_scale(&t, &cur)))

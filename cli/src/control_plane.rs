@@ -266,7 +266,8 @@ impl ControlPlane {
         let api_config = shoal_apiserver::Config {
             max_body_bytes: settings.max_body_bytes,
             logs: Some(bridge.clone()),
-            stats: Some(bridge),
+            stats: Some(bridge.clone()),
+            exec: Some(bridge),
             metrics: Some(server_metrics),
             security: security.clone(),
             members: members.map(|m| m as Arc<dyn shoal_apiserver::Members>),

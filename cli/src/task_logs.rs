@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use shoal_apiserver::exec::{ExecEvent, TaskExec};
 use shoal_apiserver::logs::{LogError, LogLine, LogRequest, TaskLogs};
 use shoal_apiserver::stats::{StatsSample, TaskStats};
 use shoal_crds::Task;
@@ -405,5 +406,75 @@ fn sample_of(s: &shoal_proto::v1::StatsSample) -> StatsSample {
         cpu_millicores: s.cpu_millicores,
         memory_bytes: s.memory_bytes,
         memory_limit_bytes: s.memory_limit_bytes,
+    }
+}
+
+impl TaskExec for DispatcherLogs {
+    fn exec<'a>(
+        &'a self,
+        task: &'a Task,
+        command: Vec<String>,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, ExecEvent>, LogError>> {
+        Box::pin(async move {
+            let host = task.spec.host_name.clone().unwrap_or_default();
+            let Some(dispatcher) = self.current.borrow().clone() else {
+                return Err(LogError::Unavailable(
+                    "commands run through the leader's API: this server does not lead the control plane (`shoal server ls` names the leader)".into(),
+                ));
+            };
+            let mut rx = dispatcher.exec(task, command).await.map_err(|e| match e {
+                DispatchError::NotConnected(h) => LogError::Unavailable(format!(
+                    "host {h} cannot be reached: its agent is not connected"
+                )),
+                DispatchError::NotPlaced(n) => {
+                    LogError::BadRequest(format!("task {n} is not placed on a host yet"))
+                }
+                other => LogError::Unavailable(other.to_string()),
+            })?;
+            // The agent answers first with an empty chunk or its refusal.
+            match tokio::time::timeout(FIRST_ANSWER, rx.recv()).await {
+                Err(_) => {
+                    return Err(LogError::Unavailable(format!(
+                        "host {host} did not start the command within {} s",
+                        FIRST_ANSWER.as_secs()
+                    )));
+                }
+                Ok(None) => {
+                    return Err(LogError::Unavailable(format!(
+                        "host {host} went away before starting the command"
+                    )));
+                }
+                Ok(Some(DataChunk::Error(m))) => return Err(LogError::BadRequest(m)),
+                Ok(Some(_)) => {}
+            }
+            // The answer lives in the stream: dropping it (the caller went
+            // away) stops the forwarding.
+            let events = futures::stream::unfold(rx, |mut rx| async move {
+                let events = match rx.recv().await? {
+                    DataChunk::Logs(c) => {
+                        let mut out: Vec<ExecEvent> = c
+                            .lines
+                            .into_iter()
+                            .map(|l| {
+                                if l.stream == shoal_proto::v1::LogStream::Stderr as i32 {
+                                    ExecEvent::Stderr(l.data)
+                                } else {
+                                    ExecEvent::Stdout(l.data)
+                                }
+                            })
+                            .collect();
+                        out.extend(c.exit_code.map(ExecEvent::Exit));
+                        out
+                    }
+                    DataChunk::Error(m) => {
+                        vec![ExecEvent::Stderr(format!("shoal: {m}\n").into_bytes())]
+                    }
+                    DataChunk::Stats(_) => Vec::new(),
+                };
+                Some((futures::stream::iter(events), rx))
+            })
+            .flatten();
+            Ok(events.boxed())
+        })
     }
 }

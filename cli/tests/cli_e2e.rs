@@ -450,6 +450,37 @@ spec:
             "no {line:?} in\n{metrics}"
         );
     }
+    // exec: a command in a replica's container, its streams and exit code.
+    let o = shoal(
+        &kc,
+        &[
+            "exec",
+            "web.1",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}{err}");
+    assert_eq!(out, "out\n");
+    assert!(err.contains("err"), "{err}");
+    let hostname = ok(&kc, &["exec", "web", "--", "cat", "/etc/hostname"]);
+    let web0 = row(&ok(&kc, &["ps", "web"]), "web-0-")[0].to_string();
+    let container = json(&kc, &["get", "task", &web0, "-o", "json"])["status"]["containerId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        container.starts_with(hostname.trim()),
+        "web (slot 0) answered as {hostname:?}, its container is {container}"
+    );
+    let o = shoal(&kc, &["exec", "crashing", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("no running task"), "{:?}", text(&o));
+    let o = shoal(&kc, &["exec", "web", "--", "/no/such/program"]);
+    assert_ne!(o.status.code(), Some(0), "{:?}", text(&o));
     let o = shoal(&kc, &["top", "nope"]);
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(

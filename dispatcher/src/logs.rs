@@ -5,7 +5,9 @@
 
 use shoal_crds::Task;
 use shoal_proto::v1::control_message::Message as ToAgent;
-use shoal_proto::{CancelRequest, ControlMessage, LogChunk, LogsRequest, StatsChunk, StatsRequest};
+use shoal_proto::{
+    CancelRequest, ControlMessage, ExecRequest, LogChunk, LogsRequest, StatsChunk, StatsRequest,
+};
 use tokio::sync::mpsc;
 
 use crate::{DispatchError, Dispatcher};
@@ -102,24 +104,59 @@ impl Dispatcher {
             .host_name
             .clone()
             .ok_or(DispatchError::NotPlaced(name))?;
-        let (id, rx, control) = self.open_route(&host)?;
-        let req = LogsRequest {
-            request_id: id,
-            task_uid: task.metadata.uid.clone().unwrap_or_default(),
-            follow: opts.follow,
-            tail_lines: opts.tail_lines,
-            since: opts.since,
-            timestamps: opts.timestamps,
-        };
+        let task_uid = task.metadata.uid.clone().unwrap_or_default();
+        self.ask(&host, |request_id| {
+            ToAgent::LogsRequest(LogsRequest {
+                request_id,
+                task_uid,
+                follow: opts.follow,
+                tail_lines: opts.tail_lines,
+                since: opts.since,
+                timestamps: opts.timestamps,
+            })
+        })
+        .await
+    }
+
+    /// Asks the agent of the task's host to run `command` in its running
+    /// container. The answer yields log chunks of the output, the last one
+    /// with the exit code; dropping it stops the forwarding (the command
+    /// itself runs to its end: the engine cannot stop it).
+    pub async fn exec(&self, task: &Task, command: Vec<String>) -> Result<Answer, DispatchError> {
+        let name = task.metadata.name.clone().unwrap_or_default();
+        let host = task
+            .spec
+            .host_name
+            .clone()
+            .ok_or(DispatchError::NotPlaced(name))?;
+        let task_uid = task.metadata.uid.clone().unwrap_or_default();
+        self.ask(&host, |request_id| {
+            ToAgent::ExecRequest(ExecRequest {
+                request_id,
+                task_uid,
+                command,
+            })
+        })
+        .await
+    }
+
+    /// Sends the request `make` builds (given its id) to the agent of
+    /// `host`; its answer.
+    async fn ask(
+        &self,
+        host: &str,
+        make: impl FnOnce(u64) -> ToAgent,
+    ) -> Result<Answer, DispatchError> {
+        let (id, rx, control) = self.open_route(host)?;
         if control
             .send(Ok(ControlMessage {
-                message: Some(ToAgent::LogsRequest(req)),
+                message: Some(make(id)),
             }))
             .await
             .is_err()
         {
             self.finish_route(id);
-            return Err(DispatchError::NotConnected(host));
+            return Err(DispatchError::NotConnected(host.to_string()));
         }
         Ok(Answer {
             rx,
@@ -135,27 +172,14 @@ impl Dispatcher {
         task_uids: Vec<String>,
         stream: bool,
     ) -> Result<Answer, DispatchError> {
-        let (id, rx, control) = self.open_route(host)?;
-        let req = StatsRequest {
-            request_id: id,
-            task_uids,
-            stream,
-        };
-        if control
-            .send(Ok(ControlMessage {
-                message: Some(ToAgent::StatsRequest(req)),
-            }))
-            .await
-            .is_err()
-        {
-            self.finish_route(id);
-            return Err(DispatchError::NotConnected(host.to_string()));
-        }
-        Ok(Answer {
-            rx,
-            id,
-            dispatcher: self.clone(),
+        self.ask(host, |request_id| {
+            ToAgent::StatsRequest(StatsRequest {
+                request_id,
+                task_uids,
+                stream,
+            })
         })
+        .await
     }
 
     /// Forwards a chunk; false if nobody wants it any more (the request is

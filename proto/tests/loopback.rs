@@ -139,6 +139,7 @@ async fn session_and_data_stream_over_loopback() {
     let chunks = (0..3).map(|_| LogChunk {
         request_id: 7,
         lines: vec![],
+        exit_code: None,
     });
     let ack = client
         .send_logs(tokio_stream::iter(chunks))

@@ -72,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// What to read: a service (maybe one slot of it) or a single task.
 #[derive(Debug, Clone)]
-enum Selection {
+pub(crate) enum Selection {
     Service { name: String, slot: Option<String> },
     Task { name: String },
 }
@@ -94,7 +94,7 @@ fn prefix_of(t: &Task) -> String {
     format!("{}.{}", t.spec.service, slot_key(t))
 }
 
-async fn resolve(conn: &Conn, target: &str) -> anyhow::Result<Selection> {
+pub(crate) async fn resolve(conn: &Conn, target: &str) -> anyhow::Result<Selection> {
     let services = conn.namespaced::<Service>();
     if services
         .get_opt(target)
@@ -137,7 +137,7 @@ async fn resolve(conn: &Conn, target: &str) -> anyhow::Result<Selection> {
     )
 }
 
-fn selected(sel: &Selection, t: &Task) -> bool {
+pub(crate) fn selected(sel: &Selection, t: &Task) -> bool {
     match sel {
         Selection::Service { name, slot } => {
             &t.spec.service == name && slot.as_ref().is_none_or(|s| *s == slot_key(t))
@@ -146,7 +146,7 @@ fn selected(sel: &Selection, t: &Task) -> bool {
     }
 }
 
-fn list_params(sel: &Selection) -> ListParams {
+pub(crate) fn list_params(sel: &Selection) -> ListParams {
     match sel {
         Selection::Service { name, .. } => {
             ListParams::default().labels(&format!("{}={name}", view::SERVICE_LABEL))
@@ -428,7 +428,7 @@ fn run_started(t: &Task) -> Option<SystemTime> {
         .map(|s| SystemTime::from(s.0))
 }
 
-fn is_running(t: &Task) -> bool {
+pub(crate) fn is_running(t: &Task) -> bool {
     t.status
         .as_ref()
         .and_then(|s| s.phase)

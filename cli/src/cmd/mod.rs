@@ -7,6 +7,7 @@ pub mod crds;
 pub mod delete;
 pub mod describe;
 pub mod events;
+pub mod exec;
 pub mod get;
 pub mod host;
 pub mod join_token;

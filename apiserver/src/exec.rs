@@ -1,0 +1,136 @@
+//! The `exec` subresource of tasks: `POST .../namespaces/NS/tasks/NAME/exec`
+//! with `{"command": ["ls", "-l"]}` runs a command in the task's running
+//! container, like `docker exec` without a TTY or stdin. The answer streams
+//! JSON lines as the output comes — `{"stdout": "…"}`, `{"stderr": "…"}`
+//! (text, invalid UTF-8 replaced) — and ends with `{"exitCode": N}`; a
+//! stream that ends without one lost its host midway. Only the admin token
+//! may run commands (the read-only one gets 403, as for any POST).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use serde_json::json;
+use shoal_crds::Task;
+
+use crate::App;
+use crate::error::ApiError;
+use crate::logs::LogError;
+use crate::resources::Target;
+
+/// What a command run in a task's container gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// Standard output.
+    Stdout(Vec<u8>),
+    /// Standard error.
+    Stderr(Vec<u8>),
+    /// It ended with this exit code.
+    Exit(i64),
+}
+
+/// Where commands run.
+pub trait TaskExec: Send + Sync + std::fmt::Debug + 'static {
+    /// Runs `command` in the task's running container. Errors as for logs.
+    fn exec<'a>(
+        &'a self,
+        task: &'a Task,
+        command: Vec<String>,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, ExecEvent>, LogError>>;
+}
+
+/// One JSON line of the answer.
+pub fn frame(e: &ExecEvent) -> Bytes {
+    let v = match e {
+        ExecEvent::Stdout(b) => json!({ "stdout": String::from_utf8_lossy(b) }),
+        ExecEvent::Stderr(b) => json!({ "stderr": String::from_utf8_lossy(b) }),
+        ExecEvent::Exit(code) => json!({ "exitCode": code }),
+    };
+    let mut line = v.to_string().into_bytes();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// The command of the request body: a non-empty list of strings.
+fn command_of(body: &[u8]) -> Result<Vec<String>, ApiError> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    let command: Vec<String> = v
+        .get("command")
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "command: required, a list of strings (the program and its arguments)",
+            )
+        })?;
+    if command.first().is_none_or(String::is_empty) {
+        return Err(ApiError::bad_request(
+            "command: the program to run must be given",
+        ));
+    }
+    Ok(command)
+}
+
+pub(crate) async fn serve(
+    app: &Arc<App>,
+    t: &Target<'_>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let command = command_of(body)?;
+    let Some(provider) = app.cfg.exec.clone() else {
+        return Err(crate::logs::not_served("commands"));
+    };
+    let task = crate::logs::placed_task(app, t, "it has no container to run in").await?;
+    let events = provider
+        .exec(&task, command)
+        .await
+        .map_err(crate::logs::api_error)?;
+    let body = events.map(|e| Ok::<_, Infallible>(frame(&e)));
+    let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn frames_are_json_lines() {
+        assert_eq!(
+            frame(&ExecEvent::Stdout(b"hi\n".to_vec())),
+            "{\"stdout\":\"hi\\n\"}\n"
+        );
+        assert_eq!(
+            frame(&ExecEvent::Stderr(vec![0xff, b'x'])),
+            "{\"stderr\":\"\u{fffd}x\"}\n"
+        );
+        assert_eq!(frame(&ExecEvent::Exit(3)), "{\"exitCode\":3}\n");
+    }
+
+    #[test]
+    fn the_command_is_a_non_empty_list() {
+        assert_eq!(
+            command_of(br#"{"command":["ls","-l"]}"#).unwrap(),
+            ["ls", "-l"]
+        );
+        for bad in [
+            &br#"{}"#[..],
+            br#"{"command":"ls"}"#,
+            br#"{"command":[]}"#,
+            b"nope",
+        ] {
+            let e = command_of(bad).unwrap_err();
+            assert_eq!(e.code, 400, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}
