@@ -16,7 +16,8 @@ use shoal_dispatcher::peers::PeerLogs;
 use shoal_dispatcher::{DataChunk, DispatchError, Dispatcher, LogOptions};
 use shoal_proto::control_v1::raft_peer_client::RaftPeerClient;
 use shoal_proto::control_v1::{
-    PeerLogLine, PeerLogLines, PeerLogsRequest, PeerStats, PeerStatsRequest,
+    PeerExecOutput, PeerExecRequest, PeerLogLine, PeerLogLines, PeerLogsRequest, PeerStats,
+    PeerStatsRequest,
 };
 use shoal_proto::convert::{timestamp_from_jiff, timestamp_to_jiff};
 use shoal_store::raft::RaftStore;
@@ -78,6 +79,36 @@ impl LeaderRoute {
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         Ok((channel, url.clone()))
+    }
+
+    /// A command run by the leader in the task's container.
+    async fn exec(
+        &self,
+        task: &Task,
+        command: Vec<String>,
+    ) -> Result<BoxStream<'static, ExecEvent>, LogError> {
+        use shoal_proto::control_v1::peer_exec_output::Output;
+        let (channel, url) = self.leader().await?;
+        let request = PeerExecRequest {
+            namespace: task.metadata.namespace.clone().unwrap_or_default(),
+            task: task.metadata.name.clone().unwrap_or_default(),
+            command,
+        };
+        let out = RaftPeerClient::new(channel)
+            .task_exec(request)
+            .await
+            .map_err(|s| peer_error(&url, &s))?
+            .into_inner();
+        Ok(out
+            .take_while(|r| futures::future::ready(r.is_ok()))
+            .filter_map(|r| {
+                futures::future::ready(r.ok().and_then(|o| o.output).map(|o| match o {
+                    Output::Stdout(b) => ExecEvent::Stdout(b),
+                    Output::Stderr(b) => ExecEvent::Stderr(b),
+                    Output::ExitCode(c) => ExecEvent::Exit(c),
+                }))
+            })
+            .boxed())
     }
 
     /// A sample of the task's resource use, taken by the leader.
@@ -217,6 +248,30 @@ impl PeerLogs for LeaderLogs {
                             data: l.data,
                         })
                         .collect(),
+                })
+                .boxed())
+        })
+    }
+
+    fn exec(
+        &self,
+        request: PeerExecRequest,
+    ) -> BoxFuture<'static, Result<shoal_dispatcher::peers::ExecOutputs, tonic::Status>> {
+        use shoal_proto::control_v1::peer_exec_output::Output;
+        let (store, logs) = self.parts();
+        Box::pin(async move {
+            let task = peer_task(store, &request.namespace, &request.task).await?;
+            let events = logs
+                .exec(&task, request.command)
+                .await
+                .map_err(peer_status)?;
+            Ok(events
+                .map(|e| PeerExecOutput {
+                    output: Some(match e {
+                        ExecEvent::Stdout(b) => Output::Stdout(b),
+                        ExecEvent::Stderr(b) => Output::Stderr(b),
+                        ExecEvent::Exit(c) => Output::ExitCode(c),
+                    }),
                 })
                 .boxed())
         })
@@ -418,9 +473,12 @@ impl TaskExec for DispatcherLogs {
         Box::pin(async move {
             let host = task.spec.host_name.clone().unwrap_or_default();
             let Some(dispatcher) = self.current.borrow().clone() else {
-                return Err(LogError::Unavailable(
-                    "commands run through the leader's API: this server does not lead the control plane (`shoal server ls` names the leader)".into(),
-                ));
+                return match &self.via_leader {
+                    Some(route) => route.exec(task, command).await,
+                    None => Err(LogError::Unavailable(
+                        "this server does not lead the control plane: run commands through the leader's API".into(),
+                    )),
+                };
             };
             let mut rx = dispatcher.exec(task, command).await.map_err(|e| match e {
                 DispatchError::NotConnected(h) => LogError::Unavailable(format!(

@@ -290,6 +290,20 @@ fn the_control_plane_survives_its_leader() {
     }
     let logs = ok(&follower.kubeconfig(), &["logs", "steady"]);
     assert_eq!(logs.matches("steady here").count(), 4, "{logs}");
+    // So do commands, with their output and exit code.
+    let o = shoal(
+        &follower.kubeconfig(),
+        &[
+            "exec",
+            "steady.2",
+            "--",
+            "sh",
+            "-c",
+            "echo via leader; exit 4",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "via leader\n");
     // So do stats: every replica measured on its host, through the leader.
     let top = ok(&follower.kubeconfig(), &["top", "steady"]);
     let rows: Vec<&str> = top.lines().filter(|l| l.starts_with("steady-")).collect();

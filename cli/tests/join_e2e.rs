@@ -282,6 +282,15 @@ fn a_host_joins_over_mutual_tls_with_the_token() {
         err.contains("Forbidden: the read-only token cannot PATCH"),
         "{err}"
     );
+    // Nor run commands; but it may measure, and the admin token may run them.
+    let o = shoal(&view_kc, &["exec", "spread", "--", "true"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("read-only token cannot POST"), "{err}");
+    let top = ok(&view_kc, &["top", "spread"]);
+    assert!(top.contains("spread-"), "{top}");
+    let o = shoal(&h.kc, &["exec", "spread", "--", "true"]);
+    assert!(o.status.success(), "{o:?}");
 
     ok(
         &h.kc,

@@ -40,8 +40,8 @@ use raft::eraftpb::Message;
 use shoal_proto::control_v1::raft_peer_client::RaftPeerClient;
 use shoal_proto::control_v1::raft_peer_server::{RaftPeer, RaftPeerServer};
 use shoal_proto::control_v1::{
-    AddVoterRequest, AddVoterResponse, PeerLogLines, PeerLogsRequest, PeerStats, PeerStatsRequest,
-    RaftAck, RaftEnvelope,
+    AddVoterRequest, AddVoterResponse, PeerExecOutput, PeerExecRequest, PeerLogLines,
+    PeerLogsRequest, PeerStats, PeerStatsRequest, RaftAck, RaftEnvelope,
 };
 use shoal_store::StoreError;
 use shoal_store::raft::{Inbox, RaftStore, Transport};
@@ -504,6 +504,13 @@ pub trait PeerLogs: Send + Sync + 'static {
         request: PeerLogsRequest,
     ) -> futures::future::BoxFuture<'static, Result<LogLines, Status>>;
 
+    /// A command run in the task's container: its output, then its exit
+    /// code; or why not (as for `open`).
+    fn exec(
+        &self,
+        request: PeerExecRequest,
+    ) -> futures::future::BoxFuture<'static, Result<ExecOutputs, Status>>;
+
     /// A sample of the task's resource use, or why not (as for `open`).
     fn stats(
         &self,
@@ -513,6 +520,9 @@ pub trait PeerLogs: Send + Sync + 'static {
 
 /// A stream of log line batches.
 pub type LogLines = futures::stream::BoxStream<'static, PeerLogLines>;
+
+/// A command's output, then its end.
+pub type ExecOutputs = futures::stream::BoxStream<'static, PeerExecOutput>;
 
 /// Changes the voters for the `AddVoter` call of a server joining (the
 /// Raft store: [`RaftStore`] implements it).
@@ -647,6 +657,21 @@ impl RaftPeer for PeerService {
         };
         let lines = logs.open(request.into_inner()).await?;
         Ok(Response::new(Box::pin(futures::StreamExt::map(lines, Ok))))
+    }
+
+    type TaskExecStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<PeerExecOutput, Status>> + Send>>;
+
+    async fn task_exec(
+        &self,
+        request: Request<PeerExecRequest>,
+    ) -> Result<Response<Self::TaskExecStream>, Status> {
+        Self::caller(&request)?;
+        let Some(logs) = &self.logs else {
+            return Err(Status::unavailable("this server runs no commands"));
+        };
+        let out = logs.exec(request.into_inner()).await?;
+        Ok(Response::new(Box::pin(futures::StreamExt::map(out, Ok))))
     }
 
     async fn task_stats(
