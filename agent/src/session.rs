@@ -497,32 +497,16 @@ async fn session(
                         publish(assigned, &tasks);
                     }
                     Some(FromPlane::LogsRequest(req)) => {
-                        let span = tracing::info_span!("logs", request = req.request_id);
-                        // Finished requests cancel their own token: forget them.
-                        requests.retain(|_, t: &mut CancellationToken| !t.is_cancelled());
-                        let stop = session_token.child_token();
-                        requests.insert(req.request_id, stop.clone());
-                        tokio::spawn(
-                            serve_logs(client.clone(), logs.clone(), req, tx.clone(), stop).instrument(span),
-                        );
+                        let (span, stop) = (tracing::info_span!("logs", request = req.request_id), track(&mut requests, &session_token, req.request_id));
+                        tokio::spawn(serve_logs(client.clone(), logs.clone(), req, tx.clone(), stop).instrument(span));
                     }
                     Some(FromPlane::StatsRequest(req)) => {
-                        let span = tracing::info_span!("stats", request = req.request_id);
-                        requests.retain(|_, t: &mut CancellationToken| !t.is_cancelled());
-                        let stop = session_token.child_token();
-                        requests.insert(req.request_id, stop.clone());
-                        tokio::spawn(
-                            serve_stats(client.clone(), logs.clone(), req, tx.clone(), stop).instrument(span),
-                        );
+                        let (span, stop) = (tracing::info_span!("stats", request = req.request_id), track(&mut requests, &session_token, req.request_id));
+                        tokio::spawn(serve_stats(client.clone(), logs.clone(), req, tx.clone(), stop).instrument(span));
                     }
                     Some(FromPlane::ExecRequest(req)) => {
-                        let span = tracing::info_span!("exec", request = req.request_id);
-                        requests.retain(|_, t: &mut CancellationToken| !t.is_cancelled());
-                        let stop = session_token.child_token();
-                        requests.insert(req.request_id, stop.clone());
-                        tokio::spawn(
-                            serve_exec(client.clone(), logs.clone(), req, tx.clone(), stop).instrument(span),
-                        );
+                        let (span, stop) = (tracing::info_span!("exec", request = req.request_id), track(&mut requests, &session_token, req.request_id));
+                        tokio::spawn(serve_exec(client.clone(), logs.clone(), req, tx.clone(), stop).instrument(span));
                     }
                     Some(FromPlane::CancelRequest(c)) => {
                         if let Some(t) = requests.remove(&c.request_id) {
@@ -670,34 +654,29 @@ fn publish(assigned: &watch::Sender<Option<Assignments>>, tasks: &BTreeMap<Strin
     assigned.send_replace(Some(Arc::new(set)));
 }
 
-/// Tells the control plane why request `id` cannot be served.
-async fn refuse(control: &mpsc::Sender<AgentMessage>, id: u64, message: String) {
-    let _ = control
-        .send(AgentMessage {
-            message: Some(ToPlane::RequestError(RequestError {
-                request_id: id,
-                message,
-            })),
-        })
-        .await;
+/// A new data request's stop token, kept to cancel it on the control
+/// plane's word (finished requests cancel their own token: forgotten here).
+fn track(
+    requests: &mut HashMap<u64, CancellationToken>,
+    session: &CancellationToken,
+    id: u64,
+) -> CancellationToken {
+    requests.retain(|_, t| !t.is_cancelled());
+    let stop = session.child_token();
+    requests.insert(id, stop.clone());
+    stop
 }
 
-/// Runs an exec request's command and answers on a `SendLogs` stream: an
-/// empty first chunk, the output in chunks as it comes, the exit code on
-/// the last.
-async fn serve_exec(
+/// Answers request `id` on a `SendLogs` stream: an empty first chunk (it
+/// names the request even if nothing follows), then the events in chunks of
+/// up to 64 as they come; an exit code ends it. A concrete channel stream
+/// (not a combinator) keeps the gRPC call's future provably Send.
+async fn send_chunked(
     mut client: DispatcherClient<tonic::transport::Channel>,
-    source: Arc<dyn LogSource>,
-    req: ExecRequest,
-    control: mpsc::Sender<AgentMessage>,
+    id: u64,
+    events: BoxStream<'static, ExecEvent>,
     stop: CancellationToken,
 ) {
-    let _done = stop.clone().drop_guard();
-    let id = req.request_id;
-    let events = match source.exec(&req).await {
-        Ok(e) => e,
-        Err(message) => return refuse(&control, id, message).await,
-    };
     let (chunk_tx, chunk_rx) = mpsc::channel::<LogChunk>(16);
     let pump = async move {
         let chunk = |lines, exit_code| LogChunk {
@@ -733,8 +712,39 @@ async fn serve_exec(
     tokio::spawn(pump.instrument(tracing::Span::current()));
     let stream = tokio_stream::wrappers::ReceiverStream::new(chunk_rx);
     if let Err(e) = client.send_logs(stream).await {
-        tracing::debug!(error = %e, "exec output stream ended");
+        tracing::debug!(error = %e, "answer stream ended");
     }
+}
+
+/// Tells the control plane why request `id` cannot be served.
+async fn refuse(control: &mpsc::Sender<AgentMessage>, id: u64, message: String) {
+    let _ = control
+        .send(AgentMessage {
+            message: Some(ToPlane::RequestError(RequestError {
+                request_id: id,
+                message,
+            })),
+        })
+        .await;
+}
+
+/// Runs an exec request's command and answers on a `SendLogs` stream: an
+/// empty first chunk, the output in chunks as it comes, the exit code on
+/// the last.
+async fn serve_exec(
+    client: DispatcherClient<tonic::transport::Channel>,
+    source: Arc<dyn LogSource>,
+    req: ExecRequest,
+    control: mpsc::Sender<AgentMessage>,
+    stop: CancellationToken,
+) {
+    let _done = stop.clone().drop_guard();
+    let id = req.request_id;
+    let events = match source.exec(&req).await {
+        Ok(e) => e,
+        Err(message) => return refuse(&control, id, message).await,
+    };
+    send_chunked(client, id, events, stop).await;
 }
 
 /// Answers a stats request on a `SendStats` stream: one chunk of samples,
@@ -784,7 +794,7 @@ async fn serve_stats(
 }
 
 async fn serve_logs(
-    mut client: DispatcherClient<tonic::transport::Channel>,
+    client: DispatcherClient<tonic::transport::Channel>,
     source: Arc<dyn LogSource>,
     req: LogsRequest,
     control: mpsc::Sender<AgentMessage>,
@@ -798,42 +808,7 @@ async fn serve_logs(
         Ok(l) => l,
         Err(message) => return refuse(&control, id, message).await,
     };
-    // An empty first chunk names the request even if there are no lines;
-    // then chunks of up to 64 lines, sent as they come. A concrete channel
-    // stream (not a combinator) keeps the gRPC call's future provably Send.
-    let (chunk_tx, chunk_rx) = mpsc::channel::<LogChunk>(16);
-    let pump = async move {
-        let mut chunks = lines.ready_chunks(64);
-        if chunk_tx
-            .send(LogChunk {
-                request_id: id,
-                lines: vec![],
-                exit_code: None,
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
-        loop {
-            tokio::select! {
-                next = chunks.next() => match next {
-                    Some(lines) => {
-                        if chunk_tx.send(LogChunk { request_id: id, lines, exit_code: None }).await.is_err() {
-                            return;
-                        }
-                    }
-                    None => return,
-                },
-                () = stop.cancelled() => return,
-            }
-        }
-    };
-    tokio::spawn(pump.instrument(tracing::Span::current()));
-    let stream = tokio_stream::wrappers::ReceiverStream::new(chunk_rx);
-    if let Err(e) = client.send_logs(stream).await {
-        tracing::debug!(error = %e, "log stream ended");
-    }
+    send_chunked(client, id, lines.map(ExecEvent::Line).boxed(), stop).await;
 }
 
 /// Logs read from the local engine: the container of the task with the

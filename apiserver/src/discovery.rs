@@ -104,28 +104,21 @@ fn resource_list_of(model: &Model, group_version: &str) -> Value {
             }));
         }
         if r.kind == shoal_store::Kind::Task {
-            // Plain text, like pods/log.
-            resources.push(json!({
-                "name": format!("{}/log", r.plural),
-                "singularName": "",
-                "namespaced": r.namespaced,
-                "kind": r.kind_name(),
-                "verbs": ["get"],
-            }));
-            resources.push(json!({
-                "name": format!("{}/stats", r.plural),
-                "singularName": "",
-                "namespaced": r.namespaced,
-                "kind": "TaskStats",
-                "verbs": ["get"],
-            }));
-            resources.push(json!({
-                "name": format!("{}/exec", r.plural),
-                "singularName": "",
-                "namespaced": r.namespaced,
-                "kind": r.kind_name(),
-                "verbs": ["create"],
-            }));
+            // log: plain text, like pods/log; stats: a TaskStats object;
+            // exec: JSON lines of output, then the exit code.
+            for (sub, kind, verb) in [
+                ("log", r.kind_name(), "get"),
+                ("stats", "TaskStats", "get"),
+                ("exec", r.kind_name(), "create"),
+            ] {
+                resources.push(json!({
+                    "name": format!("{}/{sub}", r.plural),
+                    "singularName": "",
+                    "namespaced": r.namespaced,
+                    "kind": kind,
+                    "verbs": [verb],
+                }));
+            }
         }
     }
     json!({

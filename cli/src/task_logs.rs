@@ -165,6 +165,19 @@ impl LeaderRoute {
     }
 }
 
+/// The dispatcher's refusal as the API's error.
+fn dispatch_error(e: DispatchError) -> LogError {
+    match e {
+        DispatchError::NotConnected(h) => LogError::Unavailable(format!(
+            "host {h} cannot be reached: its agent is not connected"
+        )),
+        DispatchError::NotPlaced(n) => {
+            LogError::BadRequest(format!("task {n} is not placed on a host yet"))
+        }
+        other => LogError::Unavailable(other.to_string()),
+    }
+}
+
 /// The leader's answer as the API's error.
 fn peer_error(url: &str, s: &tonic::Status) -> LogError {
     match s.code() {
@@ -348,15 +361,7 @@ impl TaskLogs for DispatcherLogs {
                     )),
                 };
             };
-            let mut rx = dispatcher.logs(task, opts).await.map_err(|e| match e {
-                DispatchError::NotConnected(h) => LogError::Unavailable(format!(
-                    "host {h} cannot be reached: its agent is not connected"
-                )),
-                DispatchError::NotPlaced(n) => {
-                    LogError::BadRequest(format!("task {n} is not placed on a host yet"))
-                }
-                other => LogError::Unavailable(other.to_string()),
-            })?;
+            let mut rx = dispatcher.logs(task, opts).await.map_err(dispatch_error)?;
             // The agent answers first with an empty chunk or its refusal.
             let first = match tokio::time::timeout(FIRST_ANSWER, rx.recv()).await {
                 Err(_) => {
@@ -412,12 +417,7 @@ impl TaskStats for DispatcherLogs {
             let mut rx = dispatcher
                 .stats(&host, vec![uid.clone()], false)
                 .await
-                .map_err(|e| match e {
-                    DispatchError::NotConnected(h) => LogError::Unavailable(format!(
-                        "host {h} cannot be reached: its agent is not connected"
-                    )),
-                    other => LogError::Unavailable(other.to_string()),
-                })?;
+                .map_err(dispatch_error)?;
             match tokio::time::timeout(STATS_ANSWER, rx.recv()).await {
                 Err(_) => Err(LogError::Unavailable(format!(
                     "host {host} did not answer the stats request within {} s",
@@ -480,15 +480,10 @@ impl TaskExec for DispatcherLogs {
                     )),
                 };
             };
-            let mut rx = dispatcher.exec(task, command).await.map_err(|e| match e {
-                DispatchError::NotConnected(h) => LogError::Unavailable(format!(
-                    "host {h} cannot be reached: its agent is not connected"
-                )),
-                DispatchError::NotPlaced(n) => {
-                    LogError::BadRequest(format!("task {n} is not placed on a host yet"))
-                }
-                other => LogError::Unavailable(other.to_string()),
-            })?;
+            let mut rx = dispatcher
+                .exec(task, command)
+                .await
+                .map_err(dispatch_error)?;
             // The agent answers first with an empty chunk or its refusal.
             match tokio::time::timeout(FIRST_ANSWER, rx.recv()).await {
                 Err(_) => {

@@ -70,6 +70,14 @@ impl Drop for Answer {
     }
 }
 
+/// The host a task is placed on.
+fn host_of(task: &Task) -> Result<String, DispatchError> {
+    task.spec
+        .host_name
+        .clone()
+        .ok_or_else(|| DispatchError::NotPlaced(task.metadata.name.clone().unwrap_or_default()))
+}
+
 impl Dispatcher {
     fn open_route(
         &self,
@@ -98,12 +106,7 @@ impl Dispatcher {
     /// Asks the agent of the task's host for its logs. The answer yields
     /// chunks until the agent is done; dropping it cancels the request.
     pub async fn logs(&self, task: &Task, opts: LogOptions) -> Result<Answer, DispatchError> {
-        let name = task.metadata.name.clone().unwrap_or_default();
-        let host = task
-            .spec
-            .host_name
-            .clone()
-            .ok_or(DispatchError::NotPlaced(name))?;
+        let host = host_of(task)?;
         let task_uid = task.metadata.uid.clone().unwrap_or_default();
         self.ask(&host, |request_id| {
             ToAgent::LogsRequest(LogsRequest {
@@ -123,12 +126,7 @@ impl Dispatcher {
     /// with the exit code; dropping it stops the forwarding (the command
     /// itself runs to its end: the engine cannot stop it).
     pub async fn exec(&self, task: &Task, command: Vec<String>) -> Result<Answer, DispatchError> {
-        let name = task.metadata.name.clone().unwrap_or_default();
-        let host = task
-            .spec
-            .host_name
-            .clone()
-            .ok_or(DispatchError::NotPlaced(name))?;
+        let host = host_of(task)?;
         let task_uid = task.metadata.uid.clone().unwrap_or_default();
         self.ask(&host, |request_id| {
             ToAgent::ExecRequest(ExecRequest {
