@@ -823,6 +823,9 @@ pub struct EngineLogs {
     pub engine: Arc<dyn crate::ContainerEngine>,
     /// This agent's cluster id.
     pub cluster_id: String,
+    /// Whether the control plane may run commands in this host's containers
+    /// (`shoal exec`); the host's own choice (`shoal agent --no-exec`).
+    pub exec_allowed: bool,
 }
 
 #[async_trait::async_trait]
@@ -876,6 +879,12 @@ impl LogSource for EngineLogs {
     }
 
     async fn exec(&self, req: &ExecRequest) -> Result<BoxStream<'static, ExecEvent>, String> {
+        if !self.exec_allowed {
+            return Err(
+                "this host runs no commands for the control plane (its agent was started with --no-exec)"
+                    .into(),
+            );
+        }
         if req.command.is_empty() {
             return Err("no command to run".into());
         }
@@ -961,6 +970,34 @@ impl LogSource for EngineLogs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_host_started_with_no_exec_refuses_commands() {
+        let engine = Arc::new(crate::fake::FakeEngine::new());
+        let req = ExecRequest {
+            request_id: 1,
+            task_uid: "uid-1".into(),
+            command: vec!["true".into()],
+        };
+        let refusing = EngineLogs {
+            engine: engine.clone(),
+            cluster_id: "c0ffee".into(),
+            exec_allowed: false,
+        };
+        let Err(e) = refusing.exec(&req).await else {
+            panic!("a --no-exec host ran a command")
+        };
+        assert!(e.contains("--no-exec"), "{e}");
+        let allowing = EngineLogs {
+            exec_allowed: true,
+            ..refusing
+        };
+        // Allowed, it looks for the task's container (the fake has none).
+        let Err(e) = allowing.exec(&req).await else {
+            panic!("a command ran without a container")
+        };
+        assert!(e.contains("no container for task uid-1"), "{e}");
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

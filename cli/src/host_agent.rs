@@ -143,6 +143,8 @@ pub struct AgentSettings {
     /// Where the addresses of the servers the control plane tells are kept
     /// (in the agent's state directory; with `tls`).
     pub dispatchers_file: Option<std::path::PathBuf>,
+    /// Whether the control plane may run commands in this host's containers.
+    pub exec_allowed: bool,
 }
 
 /// The agent's two tasks.
@@ -188,6 +190,7 @@ pub fn start(
     let logs = Arc::new(EngineLogs {
         engine: engine.clone(),
         cluster_id: settings.cluster_id.clone(),
+        exec_allowed: settings.exec_allowed,
     });
     let cluster = settings.cluster_id.clone();
     let session_task = tokio::spawn(

@@ -1,5 +1,5 @@
-//! `--allow-bind` and `--allow-cap`: the agent's local policy, which the
-//! control plane cannot override (DESIGN.md "Security").
+//! `--allow-bind`, `--allow-cap` and `--no-exec`: the agent's local policy,
+//! which the control plane cannot override (DESIGN.md "Security").
 
 use shoal_agent::policy::{AllowedPath, Capability, LocalPolicy};
 
@@ -23,6 +23,10 @@ pub struct PolicyArgs {
     /// ALL. Dropping is always allowed.
     #[arg(long = "allow-cap", value_name = "NAME")]
     allow_cap: Vec<Capability>,
+    /// Refuse to run commands in this host's containers for the control
+    /// plane (`shoal exec` then gets this host's refusal).
+    #[arg(long)]
+    pub no_exec: bool,
 }
 
 impl PolicyArgs {

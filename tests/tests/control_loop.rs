@@ -132,6 +132,7 @@ async fn a_bound_task_runs_on_its_host_and_goes_away_with_its_container() {
         inner: EngineLogs {
             engine: engine.clone(),
             cluster_id: cluster.clone(),
+            exec_allowed: true,
         },
         open: Arc::new(AtomicUsize::new(0)),
     });

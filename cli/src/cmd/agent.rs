@@ -250,6 +250,7 @@ async fn joined(args: Args, urls: Vec<String>) -> anyhow::Result<()> {
         dispatchers_file: tls
             .is_some()
             .then(|| args.state_dir.join(shoal_agent::dispatchers::FILE)),
+        exec_allowed: !args.policy.no_exec,
         config,
         tls,
     };

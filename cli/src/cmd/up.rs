@@ -112,6 +112,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         },
         tls: None,
         dispatchers_file: None,
+        exec_allowed: !args.policy.no_exec,
     };
     let host_agent::AgentTasks {
         reconciler: reconciler_task,
