@@ -417,6 +417,27 @@ spec:
         assert!(millicores(web[2]) < 100, "idle web at {}: {top}", web[2]);
         assert_eq!(web[4], "64Mi", "{top}");
     }
+    // -w measures again and again; piped, the tables follow one another.
+    let top_out = tmp.path().join("top.out");
+    let mut top_watch = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["top", "burner", "-w", "--interval", "100ms"])
+        .env("KUBECONFIG", &kc)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&top_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("top -w to measure three times", 30, || {
+        std::fs::read_to_string(&top_out)
+            .is_ok_and(|s| s.lines().filter(|l| l.starts_with("burner-0-")).count() >= 3)
+    });
+    let _ = top_watch.kill();
+    let _ = top_watch.wait();
+    let watched = std::fs::read_to_string(&top_out).unwrap();
+    assert!(
+        !watched.contains('\x1b'),
+        "no screen control when piped: {watched:?}"
+    );
     let all = json(&kc, &["top", "-o", "json"]);
     let items = all["items"].as_array().unwrap();
     assert_eq!(items.len(), 6, "{all}");

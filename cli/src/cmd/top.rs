@@ -17,11 +17,13 @@ use crate::view;
 /// is measured by its host's engine — CPU over about the last second (1000m
 /// is one core busy) and memory in use against the container's limit (the
 /// host's memory when it has none). It takes about a second: the engine
-/// reads twice. `-o json|yaml` prints the TaskStats objects.
+/// reads twice. `-o json|yaml` prints the TaskStats objects; `-w` measures
+/// again and again (tasks that start or end come and go) until Ctrl-C.
 ///
 /// Examples:
 ///   shoal top                # every service in the namespace
 ///   shoal top web api
+///   shoal top web -w         # like `docker stats`
 ///   shoal top web -o json
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -31,6 +33,13 @@ pub struct Args {
     /// Output format: yaml or json.
     #[arg(short, long, value_enum)]
     output: Option<Format>,
+    /// Measure again every --interval until Ctrl-C (on a terminal, in
+    /// place).
+    #[arg(short, long)]
+    watch: bool,
+    /// Pause between measurements with --watch, e.g. 2s.
+    #[arg(long, default_value = "2s", value_parser = parse_interval, requires = "watch")]
+    interval: std::time::Duration,
     #[command(flatten)]
     conn: ConnArgs,
 }
@@ -42,8 +51,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Hosts measured at once.
 const IN_FLIGHT: usize = 16;
 
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    shoal_crds::quantity::parse_duration(s).map_err(|e| e.to_string())
+}
+
 async fn top(args: Args) -> anyhow::Result<ExitCode> {
     let conn = connect(&args.conn).await?;
+    if !args.watch {
+        return once(&conn, &args).await;
+    }
+    // On a terminal each round replaces the last; piped, rounds follow
+    // one another, a blank line apart.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut first = true;
+    loop {
+        if terminal {
+            print!("\x1b[2J\x1b[H");
+        } else if !first {
+            println!();
+        }
+        first = false;
+        once(&conn, &args).await?;
+        std::io::Write::flush(&mut std::io::stdout())?;
+        tokio::time::sleep(args.interval).await;
+    }
+}
+
+/// One measurement of the selected tasks, printed.
+async fn once(conn: &Conn, args: &Args) -> anyhow::Result<ExitCode> {
     let selector = match args.services.as_slice() {
         [] => view::SERVICE_LABEL.to_string(),
         names => format!("{} in ({})", view::SERVICE_LABEL, names.join(",")),
@@ -65,7 +100,6 @@ async fn top(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let conn = &conn;
     let answers: Vec<(Task, anyhow::Result<serde_json::Value>)> =
         futures::stream::iter(tasks.into_iter().map(|t| async move {
             let sample = sample(conn, &t).await;
