@@ -54,6 +54,20 @@ impl LogSource for CountingLogs {
             })
             .boxed())
     }
+
+    async fn stats(
+        &self,
+        task_uids: &[String],
+    ) -> Result<Vec<shoal_proto::v1::StatsSample>, String> {
+        self.inner.stats(task_uids).await
+    }
+
+    async fn exec(
+        &self,
+        req: &shoal_proto::ExecRequest,
+    ) -> Result<BoxStream<'static, shoal_agent::session::ExecEvent>, String> {
+        self.inner.exec(req).await
+    }
 }
 
 fn task(name: &str, host: &str) -> Task {
@@ -252,6 +266,52 @@ async fn a_bound_task_runs_on_its_host_and_goes_away_with_its_container() {
         async move { n == 0 }
     })
     .await;
+
+    // Streamed stats: a sample of the running container every second, until
+    // the reader drops the answer.
+    let uid = t.metadata.uid.clone().unwrap();
+    let mut answer = d.stats(host, vec![uid.clone()], true).await.unwrap();
+    for round in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(10), answer.recv())
+            .await
+            .unwrap()
+        {
+            Some(DataChunk::Stats(c)) => {
+                let s = c.samples.iter().find(|s| s.task_uid == uid);
+                assert!(
+                    s.is_some_and(|s| s.memory_bytes > 0),
+                    "round {round}: {c:?}"
+                );
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    drop(answer);
+
+    // A command in the container: its output, then its exit code.
+    let mut answer = d
+        .exec(
+            &t,
+            vec!["sh".into(), "-c".into(), "echo ran here; exit 5".into()],
+        )
+        .await
+        .unwrap();
+    let (mut out, mut exit) = (String::new(), None);
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), answer.recv())
+        .await
+        .unwrap()
+    {
+        match chunk {
+            DataChunk::Logs(c) => {
+                for l in c.lines {
+                    out.push_str(&String::from_utf8_lossy(&l.data));
+                }
+                exit = exit.or(c.exit_code);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((out.as_str(), exit), ("ran here\n", Some(5)));
 
     // Delete: the container is stopped and removed, then the Task goes.
     store
