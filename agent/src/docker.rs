@@ -465,13 +465,16 @@ impl ContainerEngine for DockerEngine {
         &self,
         id: &str,
         command: &[String],
+        stdin: Vec<u8>,
     ) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
         let (docker, id, cmd) = (self.docker.clone(), id.to_owned(), command.to_vec());
+        let with_stdin = !stdin.is_empty();
         let started = async move {
             let created = docker
                 .create_exec(
                     &id,
                     CreateExecOptions {
+                        attach_stdin: Some(with_stdin),
                         attach_stdout: Some(true),
                         attach_stderr: Some(true),
                         cmd: Some(cmd),
@@ -485,7 +488,24 @@ impl ContainerEngine for DockerEngine {
                 .await
                 .map_err(map_err)?
             {
-                StartExecResults::Attached { output, .. } => Ok((docker, created.id, output)),
+                StartExecResults::Attached { output, mut input } => {
+                    if with_stdin {
+                        // Written beside the reading of the output, so a
+                        // command that talks before it reads cannot stall.
+                        tokio::spawn(tracing::Instrument::instrument(
+                            async move {
+                                use tokio::io::AsyncWriteExt;
+                                let written = input.write_all(&stdin).await;
+                                let closed = input.shutdown().await;
+                                if let Err(e) = written.and(closed) {
+                                    tracing::debug!(error = %e, "writing the command's input");
+                                }
+                            },
+                            tracing::debug_span!("exec-stdin"),
+                        ));
+                    }
+                    Ok((docker, created.id, output))
+                }
                 StartExecResults::Detached => {
                     Err(EngineError::Other("the command started detached".into()))
                 }

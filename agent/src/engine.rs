@@ -207,12 +207,14 @@ pub trait ContainerEngine: Send + Sync + Debug {
     ) -> BoxStream<'static, Result<LogEntry, EngineError>>;
     /// One resource sample.
     async fn stats(&self, id: &str) -> Result<ContainerStats, EngineError>;
-    /// Runs `command` in the running container `id` (no TTY, no stdin), as
-    /// `docker exec` does: its output as it comes, then its exit code.
+    /// Runs `command` in the running container `id` (no TTY), as `docker
+    /// exec` does, with `stdin` written to its standard input (then closed;
+    /// empty: none): its output as it comes, then its exit code.
     fn exec(
         &self,
         id: &str,
         command: &[String],
+        stdin: Vec<u8>,
     ) -> BoxStream<'static, Result<ExecOutput, EngineError>>;
     /// Whether the engine has the image.
     async fn image_present(&self, image: &str) -> Result<bool, EngineError>;

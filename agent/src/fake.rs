@@ -386,6 +386,7 @@ impl ContainerEngine for FakeEngine {
         &self,
         _id: &str,
         _command: &[String],
+        _stdin: Vec<u8>,
     ) -> BoxStream<'static, Result<crate::engine::ExecOutput, EngineError>> {
         let mut st = self.lock();
         let err = Self::count(&mut st, "exec")

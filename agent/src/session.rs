@@ -910,24 +910,27 @@ impl LogSource for EngineLogs {
                 req.task_uid, info.state
             ));
         }
-        let events = self.engine.exec(&c.id, &req.command).map(|r| match r {
-            Ok(crate::engine::ExecOutput::Output(e)) => ExecEvent::Line(LogLine {
-                time: None,
-                stream: match e.origin {
-                    crate::engine::LogOrigin::Stdout => LogStream::Stdout as i32,
-                    crate::engine::LogOrigin::Stderr => LogStream::Stderr as i32,
-                    crate::engine::LogOrigin::Console => LogStream::Unspecified as i32,
-                },
-                data: e.data,
-            }),
-            Ok(crate::engine::ExecOutput::Exit(code)) => ExecEvent::Exit(code),
-            // The engine failed mid-way: say so, as a command would.
-            Err(e) => ExecEvent::Line(LogLine {
-                time: None,
-                stream: LogStream::Stderr as i32,
-                data: format!("shoal: {e}\n").into_bytes(),
-            }),
-        });
+        let events = self
+            .engine
+            .exec(&c.id, &req.command, req.stdin.clone())
+            .map(|r| match r {
+                Ok(crate::engine::ExecOutput::Output(e)) => ExecEvent::Line(LogLine {
+                    time: None,
+                    stream: match e.origin {
+                        crate::engine::LogOrigin::Stdout => LogStream::Stdout as i32,
+                        crate::engine::LogOrigin::Stderr => LogStream::Stderr as i32,
+                        crate::engine::LogOrigin::Console => LogStream::Unspecified as i32,
+                    },
+                    data: e.data,
+                }),
+                Ok(crate::engine::ExecOutput::Exit(code)) => ExecEvent::Exit(code),
+                // The engine failed mid-way: say so, as a command would.
+                Err(e) => ExecEvent::Line(LogLine {
+                    time: None,
+                    stream: LogStream::Stderr as i32,
+                    data: format!("shoal: {e}\n").into_bytes(),
+                }),
+            });
         Ok(events.boxed())
     }
 
@@ -978,6 +981,7 @@ mod tests {
             request_id: 1,
             task_uid: "uid-1".into(),
             command: vec!["true".into()],
+            stdin: Vec::new(),
         };
         let refusing = EngineLogs {
             engine: engine.clone(),

@@ -1,6 +1,7 @@
 //! The `exec` subresource of tasks: `POST .../namespaces/NS/tasks/NAME/exec`
 //! with `{"command": ["ls", "-l"]}` runs a command in the task's running
-//! container, like `docker exec` without a TTY or stdin. The answer streams
+//! container, like `docker exec` without a TTY; `"stdin"` (base64) is
+//! written to its standard input, which is then closed. The answer streams
 //! JSON lines as the output comes — `{"stdout": "…"}`, `{"stderr": "…"}`
 //! (text, invalid UTF-8 replaced) — and ends with `{"exitCode": N}`; a
 //! stream that ends without one lost its host midway. Only the admin token
@@ -36,11 +37,13 @@ pub enum ExecEvent {
 
 /// Where commands run.
 pub trait TaskExec: Send + Sync + std::fmt::Debug + 'static {
-    /// Runs `command` in the task's running container. Errors as for logs.
+    /// Runs `command` in the task's running container, `stdin` its
+    /// standard input (empty: none). Errors as for logs.
     fn exec<'a>(
         &'a self,
         task: &'a Task,
         command: Vec<String>,
+        stdin: Vec<u8>,
     ) -> BoxFuture<'a, Result<BoxStream<'static, ExecEvent>, LogError>>;
 }
 
@@ -56,8 +59,9 @@ pub fn frame(e: &ExecEvent) -> Bytes {
     Bytes::from(line)
 }
 
-/// The command of the request body: a non-empty list of strings.
-fn command_of(body: &[u8]) -> Result<Vec<String>, ApiError> {
+/// The command of the request body (a non-empty list of strings) and its
+/// standard input (`stdin`, base64; absent: none).
+fn command_of(body: &[u8]) -> Result<(Vec<String>, Vec<u8>), ApiError> {
     let v: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
     let command: Vec<String> = v
@@ -73,7 +77,17 @@ fn command_of(body: &[u8]) -> Result<Vec<String>, ApiError> {
             "command: the program to run must be given",
         ));
     }
-    Ok(command)
+    let stdin = match v.get("stdin") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(b64)) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| ApiError::bad_request(format!("stdin: not base64: {e}")))?
+        }
+        Some(_) => return Err(ApiError::bad_request("stdin: a base64 string")),
+    };
+    Ok((command, stdin))
 }
 
 pub(crate) async fn serve(
@@ -81,13 +95,13 @@ pub(crate) async fn serve(
     t: &Target<'_>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let command = command_of(body)?;
+    let (command, stdin) = command_of(body)?;
     let Some(provider) = app.cfg.exec.clone() else {
         return Err(crate::logs::not_served("commands"));
     };
     let task = crate::logs::placed_task(app, t, "it has no container to run in").await?;
     let events = provider
-        .exec(&task, command)
+        .exec(&task, command, stdin)
         .await
         .map_err(crate::logs::api_error)?;
     let body = events.map(|e| Ok::<_, Infallible>(frame(&e)));
@@ -119,15 +133,18 @@ mod tests {
 
     #[test]
     fn the_command_is_a_non_empty_list() {
-        assert_eq!(
-            command_of(br#"{"command":["ls","-l"]}"#).unwrap(),
-            ["ls", "-l"]
-        );
+        let (command, stdin) = command_of(br#"{"command":["ls","-l"]}"#).unwrap();
+        assert_eq!(command, ["ls", "-l"]);
+        assert!(stdin.is_empty());
+        let (_, stdin) = command_of(br#"{"command":["cat"],"stdin":"aGk="}"#).unwrap();
+        assert_eq!(stdin, b"hi");
         for bad in [
             &br#"{}"#[..],
             br#"{"command":"ls"}"#,
             br#"{"command":[]}"#,
             b"nope",
+            br#"{"command":["cat"],"stdin":"%%"}"#,
+            br#"{"command":["cat"],"stdin":3}"#,
         ] {
             let e = command_of(bad).unwrap_err();
             assert_eq!(e.code, 400, "{}", String::from_utf8_lossy(bad));

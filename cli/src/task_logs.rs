@@ -86,6 +86,7 @@ impl LeaderRoute {
         &self,
         task: &Task,
         command: Vec<String>,
+        stdin: Vec<u8>,
     ) -> Result<BoxStream<'static, ExecEvent>, LogError> {
         use shoal_proto::control_v1::peer_exec_output::Output;
         let (channel, url) = self.leader().await?;
@@ -93,6 +94,7 @@ impl LeaderRoute {
             namespace: task.metadata.namespace.clone().unwrap_or_default(),
             task: task.metadata.name.clone().unwrap_or_default(),
             command,
+            stdin,
         };
         let out = RaftPeerClient::new(channel)
             .task_exec(request)
@@ -275,7 +277,7 @@ impl PeerLogs for LeaderLogs {
         Box::pin(async move {
             let task = peer_task(store, &request.namespace, &request.task).await?;
             let events = logs
-                .exec(&task, request.command)
+                .exec(&task, request.command, request.stdin)
                 .await
                 .map_err(peer_status)?;
             Ok(events
@@ -469,19 +471,20 @@ impl TaskExec for DispatcherLogs {
         &'a self,
         task: &'a Task,
         command: Vec<String>,
+        stdin: Vec<u8>,
     ) -> BoxFuture<'a, Result<BoxStream<'static, ExecEvent>, LogError>> {
         Box::pin(async move {
             let host = task.spec.host_name.clone().unwrap_or_default();
             let Some(dispatcher) = self.current.borrow().clone() else {
                 return match &self.via_leader {
-                    Some(route) => route.exec(task, command).await,
+                    Some(route) => route.exec(task, command, stdin).await,
                     None => Err(LogError::Unavailable(
                         "this server does not lead the control plane: run commands through the leader's API".into(),
                     )),
                 };
             };
             let mut rx = dispatcher
-                .exec(task, command)
+                .exec(task, command, stdin)
                 .await
                 .map_err(dispatch_error)?;
             // The agent answers first with an empty chunk or its refusal.

@@ -497,6 +497,27 @@ spec:
         container.starts_with(hostname.trim()),
         "web (slot 0) answered as {hostname:?}, its container is {container}"
     );
+    // -i: this command's standard input is the command's.
+    let o = shoal_stdin(
+        &kc,
+        &[
+            "exec",
+            "-i",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "cat > /tmp/in; wc -c < /tmp/in; cat /tmp/in",
+        ],
+        "hello\nworld\n",
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["12", "hello", "world"],
+        "{out}"
+    );
     let o = shoal(&kc, &["exec", "crashing", "--", "true"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("no running task"), "{:?}", text(&o));

@@ -291,17 +291,14 @@ fn the_control_plane_survives_its_leader() {
     let logs = ok(&follower.kubeconfig(), &["logs", "steady"]);
     assert_eq!(logs.matches("steady here").count(), 4, "{logs}");
     // So do commands, with their output and exit code.
-    let o = shoal(
-        &follower.kubeconfig(),
-        &[
-            "exec",
-            "steady.2",
-            "--",
-            "sh",
-            "-c",
-            "echo via leader; exit 4",
-        ],
-    );
+    let input = tmp.path().join("exec-input");
+    std::fs::write(&input, "via leader\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["exec", "-i", "steady.2", "--", "sh", "-c", "cat; exit 4"])
+        .env("KUBECONFIG", follower.kubeconfig())
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(4), "{o:?}");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "via leader\n");
     // So do stats: every replica measured on its host, through the leader.

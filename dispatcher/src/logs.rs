@@ -122,10 +122,15 @@ impl Dispatcher {
     }
 
     /// Asks the agent of the task's host to run `command` in its running
-    /// container. The answer yields log chunks of the output, the last one
+    /// container, with `stdin` as its standard input (empty: none). The answer yields log chunks of the output, the last one
     /// with the exit code; dropping it stops the forwarding (the command
     /// itself runs to its end: the engine cannot stop it).
-    pub async fn exec(&self, task: &Task, command: Vec<String>) -> Result<Answer, DispatchError> {
+    pub async fn exec(
+        &self,
+        task: &Task,
+        command: Vec<String>,
+        stdin: Vec<u8>,
+    ) -> Result<Answer, DispatchError> {
         let host = host_of(task)?;
         let task_uid = task.metadata.uid.clone().unwrap_or_default();
         self.ask(&host, |request_id| {
@@ -133,6 +138,7 @@ impl Dispatcher {
                 request_id,
                 task_uid,
                 command,
+                stdin,
             })
         })
         .await

@@ -292,7 +292,8 @@ async fn a_bound_task_runs_on_its_host_and_goes_away_with_its_container() {
     let mut answer = d
         .exec(
             &t,
-            vec!["sh".into(), "-c".into(), "echo ran here; exit 5".into()],
+            vec!["sh".into(), "-c".into(), "cat; exit 5".into()],
+            b"ran here\n".to_vec(),
         )
         .await
         .unwrap();

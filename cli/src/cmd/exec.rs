@@ -12,22 +12,27 @@ use crate::view;
 
 /// Run a command in the container of a running task
 ///
-/// Like `docker exec` without -it, wherever the task runs: the command runs
+/// Like `docker exec` without -t, wherever the task runs: the command runs
 /// in the container of a running task of the service — the lowest slot,
 /// unless a slot (`web.2`) or a task is named — its output is printed as it
 /// comes (its standard error on standard error), and `shoal exec` exits with
-/// its exit code. No terminal and no standard input. Ctrl-C stops the
-/// printing, not the command (the engine cannot stop it).
+/// its exit code. With -i, this command's standard input (up to 2 MiB) is
+/// the command's; no terminal. Ctrl-C stops the printing, not the command
+/// (the engine cannot stop it).
 ///
 /// Examples:
 ///   shoal exec web -- cat /etc/hostname
 ///   shoal exec web.2 -- sh -c 'ps; df -h'
+///   shoal exec -i web -- sh -c 'cat > /tmp/app.conf' < app.conf
 ///   shoal exec web-2-x7k2p -- env
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// A service, a slot of one (`web.2`), or a task name.
     target: String,
+    /// Pass this command's standard input (up to 2 MiB) to the command.
+    #[arg(short, long)]
+    interactive: bool,
     /// The program and its arguments, after `--` (not through a shell).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -38,6 +43,10 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     block_on(exec(args))
 }
+
+/// The most standard input passed along (its base64 stays within the API's
+/// 3 MiB request limit).
+const MAX_STDIN: u64 = 2 << 20;
 
 /// What the command's exit code becomes for this process (as a shell
 /// reports it: modulo 256; unknown is 255).
@@ -62,7 +71,24 @@ async fn exec(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("{} has no running task to run the command in", args.target);
     };
     let name = task.metadata.name.clone().unwrap_or_default();
-    let body = serde_json::to_vec(&serde_json::json!({ "command": args.command }))?;
+    let mut request = serde_json::json!({ "command": args.command });
+    if args.interactive {
+        let mut input = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::io::stdin(), MAX_STDIN + 1),
+            &mut input,
+        )?;
+        if input.len() as u64 > MAX_STDIN {
+            anyhow::bail!(
+                "--interactive: standard input is larger than 2 MiB; copy larger data another way (a volume, an image)"
+            );
+        }
+        use base64::Engine as _;
+        request["stdin"] = base64::engine::general_purpose::STANDARD
+            .encode(&input)
+            .into();
+    }
+    let body = serde_json::to_vec(&request)?;
     let req = http::Request::post(format!(
         "/apis/shoal.dev/v1alpha1/namespaces/{}/tasks/{name}/exec",
         conn.namespace
