@@ -37,6 +37,14 @@ fn every_subcommand_has_a_help_with_a_short_first_line() {
         (vec!["host"], "Manage the hosts of the cluster"),
         (vec!["host", "ls"], "List hosts"),
         (vec!["completion"], "Print a shell completion script"),
+        (
+            vec!["exec"],
+            "Run a command in the container of a running task",
+        ),
+        (
+            vec!["top"],
+            "Show the CPU and memory use of services' running tasks",
+        ),
     ] {
         let mut args = cmd.clone();
         args.push("--help");
@@ -52,6 +60,19 @@ fn every_subcommand_has_a_help_with_a_short_first_line() {
             assert!(top.contains(cmd[0]), "{top}");
         }
     }
+}
+
+#[test]
+fn top_has_no_wide_view_and_exec_needs_a_command() {
+    let o = shoal(&["top", "-o", "wide"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).1.contains("-o wide: top has no wider view"),
+        "{o:?}"
+    );
+    let o = shoal(&["exec", "web"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(text(&o).1.contains("<COMMAND>"), "{o:?}");
 }
 
 #[test]

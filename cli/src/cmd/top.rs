@@ -56,6 +56,9 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
 }
 
 async fn top(args: Args) -> anyhow::Result<ExitCode> {
+    if args.output == Some(Format::Wide) {
+        anyhow::bail!("-o wide: top has no wider view; use -o yaml or -o json");
+    }
     let conn = connect(&args.conn).await?;
     if !args.watch {
         return once(&conn, &args).await;
