@@ -7,8 +7,11 @@
 //! - The cluster as this server's store holds it, read at each scrape:
 //!   `shoal_services`, per service `shoal_service_replicas_desired`,
 //!   `shoal_service_replicas_ready` and `shoal_service_restarts` (restarts of
-//!   its current tasks), `shoal_tasks{phase}` and
-//!   `shoal_hosts{ready, availability}`.
+//!   its current tasks), `shoal_tasks{phase}`,
+//!   `shoal_hosts{ready, availability}`, and per host its running tasks
+//!   (`shoal_host_tasks_running`) and what tasks may reserve on it
+//!   (`shoal_host_allocatable_cpu_millicores`,
+//!   `shoal_host_allocatable_memory_bytes`).
 //! - What the server adds through a [`MetricsSource`]: its Raft node, its
 //!   dispatcher.
 
@@ -25,7 +28,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use shoal_crds::{Host, Service, Task};
+use shoal_crds::{Host, Service, Task, TaskPhase};
 use shoal_store::{ClusterStore, Kind, ListOptions};
 
 use crate::App;
@@ -230,6 +233,36 @@ async fn cluster(registry: &mut Registry, store: &dyn ClusterStore) -> Result<()
                 ],
                 1,
             )
+        })),
+    );
+    let host_label = |h: &Host| vec![label("host", h.metadata.name.clone().unwrap_or_default())];
+    registry.register(
+        "shoal_host_tasks_running",
+        "Tasks running on the host",
+        gauges(hosts.iter().map(|h| {
+            let running = tasks
+                .iter()
+                .filter(|t| t.spec.host_name == h.metadata.name)
+                .filter(|t| t.status.as_ref().and_then(|s| s.phase) == Some(TaskPhase::Running))
+                .count();
+            (host_label(h), i64::try_from(running).unwrap_or(i64::MAX))
+        })),
+    );
+    let allocatable = |h: &Host| h.status.as_ref().and_then(|s| s.allocatable.clone());
+    registry.register(
+        "shoal_host_allocatable_cpu_millicores",
+        "CPU tasks may reserve on the host",
+        gauges(hosts.iter().filter_map(|h| {
+            let cpu = allocatable(h)?.cpu?.parse().ok()?;
+            Some((host_label(h), i64::try_from(cpu).unwrap_or(i64::MAX)))
+        })),
+    );
+    registry.register(
+        "shoal_host_allocatable_memory_bytes",
+        "Memory tasks may reserve on the host",
+        gauges(hosts.iter().filter_map(|h| {
+            let bytes = allocatable(h)?.memory?.parse().ok()?;
+            Some((host_label(h), i64::try_from(bytes).unwrap_or(i64::MAX)))
         })),
     );
     Ok(())

@@ -38,7 +38,7 @@ fn task(name: &str, phase: &str, restarts: i64) -> serde_json::Value {
     json!({
         "apiVersion": "shoal.dev/v1alpha1", "kind": "Task",
         "metadata": {"name": name, "namespace": "default"},
-        "spec": {"service": "web", "slot": 0, "templateHash": "abc",
+        "spec": {"service": "web", "slot": 0, "templateHash": "abc", "hostName": "node-1",
                  "template": {"image": "shoal-test/busybox:1"}},
         "status": {"phase": phase, "restartCount": restarts},
     })
@@ -65,7 +65,8 @@ async fn metrics_show_requests_the_cluster_and_the_servers_own() {
             "metadata": {"name": "node-1"},
             "spec": {"availability": "Drain"},
             "status": {"conditions": [{"type": "Ready", "status": "True",
-                "lastTransitionTime": "2026-11-25T00:00:00Z", "reason": "Heartbeat", "message": ""}]},
+                "lastTransitionTime": "2026-11-25T00:00:00Z", "reason": "Heartbeat", "message": ""}],
+                "allocatable": {"cpu": "1500m", "memory": "2Gi"}},
         }))
         .await
         .unwrap();
@@ -100,6 +101,9 @@ async fn metrics_show_requests_the_cluster_and_the_servers_own() {
         r#"shoal_tasks{phase="Running"} 2"#,
         r#"shoal_tasks{phase="Pending"} 1"#,
         r#"shoal_hosts{ready="True",availability="Drain"} 1"#,
+        r#"shoal_host_tasks_running{host="node-1"} 2"#,
+        r#"shoal_host_allocatable_cpu_millicores{host="node-1"} 1500"#,
+        r#"shoal_host_allocatable_memory_bytes{host="node-1"} 2147483648"#,
         r#"shoal_api_requests_total{method="GET",code="200"} 1"#,
         r#"shoal_api_requests_total{method="GET",code="404"} 1"#,
         "shoal_raft_term 7",

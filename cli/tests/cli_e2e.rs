@@ -465,6 +465,7 @@ spec:
         "shoal_agents_connected 1",
         r#"shoal_service_replicas_ready{namespace="default",service="burner"} 1"#,
         r#"shoal_service_replicas_ready{namespace="default",service="web"} 5"#,
+        &format!(r#"shoal_host_tasks_running{{host="{HOST}"}} 6"#),
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
