@@ -191,20 +191,25 @@ async fn cluster(registry: &mut Registry, store: &dyn ClusterStore) -> Result<()
             )
         })),
     );
+    // Restarts per (namespace, service), in one pass over the tasks.
+    let mut restarts: std::collections::HashMap<(Option<&str>, &str), i64> =
+        std::collections::HashMap::new();
+    for t in &tasks {
+        let n = t.status.as_ref().and_then(|st| st.restart_count);
+        *restarts
+            .entry((t.metadata.namespace.as_deref(), t.spec.service.as_str()))
+            .or_default() += i64::from(n.unwrap_or(0));
+    }
     registry.register(
         "shoal_service_restarts",
         "Restarts in place of the service's current tasks' containers",
         gauges(services.iter().map(|s| {
-            let restarts: i64 = tasks
-                .iter()
-                .filter(|t| {
-                    t.metadata.namespace == s.metadata.namespace
-                        && t.spec.service == s.metadata.name.clone().unwrap_or_default()
-                })
-                .filter_map(|t| t.status.as_ref().and_then(|st| st.restart_count))
-                .map(i64::from)
-                .sum();
-            (key(&s.metadata.namespace, &s.metadata.name), restarts)
+            let name = s.metadata.name.as_deref().unwrap_or_default();
+            let n = restarts
+                .get(&(s.metadata.namespace.as_deref(), name))
+                .copied()
+                .unwrap_or(0);
+            (key(&s.metadata.namespace, &s.metadata.name), n)
         })),
     );
     registry.register(

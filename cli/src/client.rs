@@ -48,6 +48,17 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
+    /// The API path of a task's subresource (`log`, `stats`, `exec`).
+    pub fn task_path(&self, task: &shoal_crds::Task, sub: &str) -> String {
+        let ns = task
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(&self.namespace);
+        let name = task.metadata.name.as_deref().unwrap_or_default();
+        format!("/apis/shoal.dev/v1alpha1/namespaces/{ns}/tasks/{name}/{sub}")
+    }
+
     /// The typed API of a namespaced resource in the chosen namespace.
     pub fn namespaced<K>(&self) -> kube::Api<K>
     where

@@ -167,6 +167,30 @@ impl LeaderRoute {
     }
 }
 
+/// The agent's first answer to `what` on `rx`: a chunk, or (as the API's
+/// error) its refusal, its silence for `wait`, or its going away.
+async fn first_answer(
+    rx: &mut shoal_dispatcher::Answer,
+    host: &str,
+    what: &str,
+    wait: Duration,
+) -> Result<DataChunk, LogError> {
+    match tokio::time::timeout(wait, rx.recv()).await {
+        Err(_) => Err(LogError::Unavailable(format!(
+            "host {host} did not answer {what} within {} s",
+            wait.as_secs()
+        ))),
+        Ok(None) => Err(LogError::Unavailable(format!(
+            "host {host} went away before answering {what}"
+        ))),
+        Ok(Some(DataChunk::Error(m))) if m.contains("disconnected") => {
+            Err(LogError::Unavailable(m))
+        }
+        Ok(Some(DataChunk::Error(m))) => Err(LogError::BadRequest(m)),
+        Ok(Some(chunk)) => Ok(chunk),
+    }
+}
+
 /// The dispatcher's refusal as the API's error.
 fn dispatch_error(e: DispatchError) -> LogError {
     match e {
@@ -365,27 +389,8 @@ impl TaskLogs for DispatcherLogs {
             };
             let mut rx = dispatcher.logs(task, opts).await.map_err(dispatch_error)?;
             // The agent answers first with an empty chunk or its refusal.
-            let first = match tokio::time::timeout(FIRST_ANSWER, rx.recv()).await {
-                Err(_) => {
-                    return Err(LogError::Unavailable(format!(
-                        "host {host} did not answer the log request within {} s",
-                        FIRST_ANSWER.as_secs()
-                    )));
-                }
-                Ok(None) => {
-                    return Err(LogError::Unavailable(format!(
-                        "host {host} went away before answering"
-                    )));
-                }
-                Ok(Some(DataChunk::Error(m))) => {
-                    return Err(if m.contains("disconnected") {
-                        LogError::Unavailable(m)
-                    } else {
-                        LogError::BadRequest(m)
-                    });
-                }
-                Ok(Some(chunk)) => lines_of(chunk),
-            };
+            let first =
+                lines_of(first_answer(&mut rx, &host, "the log request", FIRST_ANSWER).await?);
             // The answer lives in the stream: dropping the stream (the
             // reader went away) cancels the request on the agent.
             let rest = futures::stream::unfold(rx, |mut rx| async move {
@@ -420,20 +425,8 @@ impl TaskStats for DispatcherLogs {
                 .stats(&host, vec![uid.clone()], false)
                 .await
                 .map_err(dispatch_error)?;
-            match tokio::time::timeout(STATS_ANSWER, rx.recv()).await {
-                Err(_) => Err(LogError::Unavailable(format!(
-                    "host {host} did not answer the stats request within {} s",
-                    STATS_ANSWER.as_secs()
-                ))),
-                Ok(None) => Err(LogError::Unavailable(format!(
-                    "host {host} went away before answering"
-                ))),
-                Ok(Some(DataChunk::Error(m))) => Err(if m.contains("disconnected") {
-                    LogError::Unavailable(m)
-                } else {
-                    LogError::BadRequest(m)
-                }),
-                Ok(Some(DataChunk::Stats(chunk))) => chunk
+            match first_answer(&mut rx, &host, "the stats request", STATS_ANSWER).await? {
+                DataChunk::Stats(chunk) => chunk
                     .samples
                     .into_iter()
                     .find(|s| s.task_uid == uid)
@@ -443,8 +436,8 @@ impl TaskStats for DispatcherLogs {
                             "task {name} has no running container on host {host}"
                         ))
                     }),
-                Ok(Some(DataChunk::Logs(_))) => Err(LogError::Unavailable(format!(
-                    "host {host} answered the stats request with logs"
+                _ => Err(LogError::Unavailable(format!(
+                    "host {host} answered the stats request with something else"
                 ))),
             }
         })
@@ -488,21 +481,7 @@ impl TaskExec for DispatcherLogs {
                 .await
                 .map_err(dispatch_error)?;
             // The agent answers first with an empty chunk or its refusal.
-            match tokio::time::timeout(FIRST_ANSWER, rx.recv()).await {
-                Err(_) => {
-                    return Err(LogError::Unavailable(format!(
-                        "host {host} did not start the command within {} s",
-                        FIRST_ANSWER.as_secs()
-                    )));
-                }
-                Ok(None) => {
-                    return Err(LogError::Unavailable(format!(
-                        "host {host} went away before starting the command"
-                    )));
-                }
-                Ok(Some(DataChunk::Error(m))) => return Err(LogError::BadRequest(m)),
-                Ok(Some(_)) => {}
-            }
+            first_answer(&mut rx, &host, "the command", FIRST_ANSWER).await?;
             // The answer lives in the stream: dropping it (the caller went
             // away) stops the forwarding.
             let events = futures::stream::unfold(rx, |mut rx| async move {

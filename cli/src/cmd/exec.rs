@@ -89,12 +89,9 @@ async fn exec(args: Args) -> anyhow::Result<ExitCode> {
             .into();
     }
     let body = serde_json::to_vec(&request)?;
-    let req = http::Request::post(format!(
-        "/apis/shoal.dev/v1alpha1/namespaces/{}/tasks/{name}/exec",
-        conn.namespace
-    ))
-    .header(http::header::CONTENT_TYPE, "application/json")
-    .body(body)?;
+    let req = http::Request::post(conn.task_path(task, "exec"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)?;
     let reader = conn.client.request_stream(req).await.map_err(|e| match e {
         kube::Error::Api(s) if s.code == 502 || s.code == 400 => {
             anyhow::anyhow!("task {name}: {}", s.message)

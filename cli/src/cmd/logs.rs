@@ -196,16 +196,7 @@ async fn open(
     task: &Task,
     req: &Request,
 ) -> Result<impl futures::AsyncBufRead + use<>, OpenError> {
-    let ns = task
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| conn.namespace.clone());
-    let name = task.metadata.name.clone().unwrap_or_default();
-    let url = format!(
-        "/apis/shoal.dev/v1alpha1/namespaces/{ns}/tasks/{name}/log?{}",
-        log_query(req)
-    );
+    let url = format!("{}?{}", conn.task_path(task, "log"), log_query(req));
     let http_req = http::Request::get(url)
         .body(Vec::new())
         .map_err(|e| OpenError::Api(e.into()))?;

@@ -148,16 +148,7 @@ async fn once(conn: &Conn, args: &Args) -> anyhow::Result<ExitCode> {
 
 /// The task's `stats` subresource.
 async fn sample(conn: &Conn, task: &Task) -> anyhow::Result<serde_json::Value> {
-    let ns = task
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| conn.namespace.clone());
-    let name = task.metadata.name.clone().unwrap_or_default();
-    let req = http::Request::get(format!(
-        "/apis/shoal.dev/v1alpha1/namespaces/{ns}/tasks/{name}/stats"
-    ))
-    .body(Vec::new())?;
+    let req = http::Request::get(conn.task_path(task, "stats")).body(Vec::new())?;
     conn.client.request(req).await.map_err(|e| match e {
         kube::Error::Api(s) if s.code == 502 || s.code == 400 => anyhow::anyhow!(s.message),
         other => conn.explain(other),
