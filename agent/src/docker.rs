@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::exec::{CreateExecOptions, ResizeExecOptions};
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, EventMessageTypeEnum, HealthStatusEnum,
     NetworkCreateRequest,
@@ -40,6 +40,7 @@ pub struct DockerEngine {
     docker: Docker,
     address: String,
     network_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    attach: crate::docker_exec::AttachEndpoint,
 }
 
 impl DockerEngine {
@@ -59,10 +60,18 @@ impl DockerEngine {
             ),
         };
         let docker = docker.negotiate_version().await.map_err(map_err)?;
+        let attach = crate::docker_exec::AttachEndpoint::of(
+            address
+                .strip_prefix("unix://")
+                .filter(|_| address.starts_with("unix://")),
+            std::env::var("DOCKER_HOST").ok().as_deref(),
+            std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty()),
+        );
         Ok(DockerEngine {
             docker,
             address,
             network_lock: Default::default(),
+            attach,
         })
     }
 
@@ -78,6 +87,68 @@ impl DockerEngine {
 }
 
 /// Maps bollard's errors to the seam's kinds.
+/// Writes a command's input until it ends (then closes its standard
+/// input, as an explicit close does) and passes on terminal resizes.
+async fn feed(
+    mut input: BoxStream<'static, crate::engine::ExecInput>,
+    mut writer: tokio::io::WriteHalf<Box<dyn crate::docker_exec::AttachIo>>,
+    docker: &Docker,
+    exec_id: &str,
+) {
+    use crate::engine::ExecInput;
+    use tokio::io::AsyncWriteExt;
+    let mut open = true;
+    while let Some(i) = input.next().await {
+        match i {
+            ExecInput::Stdin(data) if open => {
+                let written = writer.write_all(&data).await;
+                if let Err(e) = written.and(writer.flush().await) {
+                    tracing::debug!(error = %e, "writing the command's input");
+                    open = false;
+                }
+            }
+            ExecInput::Stdin(_) => {}
+            ExecInput::Close if open => {
+                open = false;
+                if let Err(e) = writer.shutdown().await {
+                    tracing::debug!(error = %e, "closing the command's input");
+                }
+            }
+            ExecInput::Close => {}
+            ExecInput::Resize(size) => resize(docker, exec_id, size).await,
+        }
+    }
+    if open && let Err(e) = writer.shutdown().await {
+        tracing::debug!(error = %e, "closing the command's input");
+    }
+}
+
+/// Resizes an exec's terminal; a failure (the command ended) only logged.
+async fn resize(docker: &Docker, exec_id: &str, size: crate::engine::TermSize) {
+    let opts = ResizeExecOptions {
+        height: size.rows,
+        width: size.cols,
+    };
+    if let Err(e) = docker.resize_exec(exec_id, opts).await {
+        tracing::debug!(error = %e, "resizing the command's terminal");
+    }
+}
+
+/// The exit code of an exec whose output has ended (the engine may take a
+/// moment to record it).
+async fn exit_code(docker: &Docker, exec_id: &str) -> Result<i64, EngineError> {
+    for _ in 0..50 {
+        let info = docker.inspect_exec(exec_id).await.map_err(map_err)?;
+        if info.running != Some(true) {
+            return Ok(info.exit_code.unwrap_or(-1));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(EngineError::Other(
+        "the command's output ended but it still runs".into(),
+    ))
+}
+
 fn map_err(e: BollardError) -> EngineError {
     match e {
         BollardError::DockerResponseServerError {
@@ -464,77 +535,58 @@ impl ContainerEngine for DockerEngine {
     fn exec(
         &self,
         id: &str,
-        command: &[String],
-        stdin: Vec<u8>,
+        spec: crate::engine::ExecSpec,
     ) -> BoxStream<'static, Result<ExecOutput, EngineError>> {
-        let (docker, id, cmd) = (self.docker.clone(), id.to_owned(), command.to_vec());
-        let with_stdin = !stdin.is_empty();
+        let (docker, id, endpoint) = (self.docker.clone(), id.to_owned(), self.attach.clone());
+        let tty = spec.tty;
         let started = async move {
             let created = docker
                 .create_exec(
                     &id,
                     CreateExecOptions {
-                        attach_stdin: Some(with_stdin),
+                        attach_stdin: Some(spec.input.is_some()),
                         attach_stdout: Some(true),
                         attach_stderr: Some(true),
-                        cmd: Some(cmd),
+                        tty: Some(spec.tty),
+                        cmd: Some(spec.command),
                         ..Default::default()
                     },
                 )
                 .await
                 .map_err(map_err)?;
-            match docker
-                .start_exec(&created.id, None)
-                .await
-                .map_err(map_err)?
-            {
-                StartExecResults::Attached { output, mut input } => {
-                    if with_stdin {
-                        // Written beside the reading of the output, so a
-                        // command that talks before it reads cannot stall.
-                        tokio::spawn(tracing::Instrument::instrument(
-                            async move {
-                                use tokio::io::AsyncWriteExt;
-                                let written = input.write_all(&stdin).await;
-                                let closed = input.shutdown().await;
-                                if let Err(e) = written.and(closed) {
-                                    tracing::debug!(error = %e, "writing the command's input");
-                                }
-                            },
-                            tracing::debug_span!("exec-stdin"),
-                        ));
-                    }
-                    Ok((docker, created.id, output))
-                }
-                StartExecResults::Detached => {
-                    Err(EngineError::Other("the command started detached".into()))
-                }
+            let io = crate::docker_exec::start(&endpoint, &created.id, spec.tty).await?;
+            if let Some(size) = spec.size {
+                resize(&docker, &created.id, size).await;
             }
+            let (reader, writer) = tokio::io::split(io);
+            // Fed beside the reading of the output, so a command that talks
+            // before it reads cannot stall; stopped when the output ends.
+            let feeding = tokio_util::sync::CancellationToken::new();
+            if let Some(input) = spec.input {
+                let (docker, exec_id, stop) = (docker.clone(), created.id.clone(), feeding.clone());
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        tokio::select! {
+                            () = feed(input, writer, &docker, &exec_id) => {}
+                            () = stop.cancelled() => {}
+                        }
+                    },
+                    tracing::debug_span!("exec-stdin"),
+                ));
+            }
+            Ok((docker, created.id, reader, feeding.drop_guard()))
         };
         futures::stream::once(started)
-            .flat_map(|started| match started {
+            .flat_map(move |started| match started {
                 Err(e) => futures::stream::once(futures::future::ready(Err(e))).boxed(),
-                Ok((docker, exec_id, output)) => {
-                    let lines = output.map(|item| {
-                        let (origin, data) = match item.map_err(map_err)? {
-                            LogOutput::StdOut { message } => (LogOrigin::Stdout, message),
-                            LogOutput::StdErr { message } => (LogOrigin::Stderr, message),
-                            LogOutput::Console { message } | LogOutput::StdIn { message } => {
-                                (LogOrigin::Console, message)
-                            }
-                        };
-                        Ok(ExecOutput::Output(LogEntry {
-                            time: None,
-                            origin,
-                            data: data.to_vec(),
-                        }))
-                    });
+                Ok((docker, exec_id, reader, feeding)) => {
+                    let output = crate::docker_exec::output(reader, tty);
                     // Once the output ends the command has: its exit code.
                     let exit = futures::stream::once(async move {
-                        let info = docker.inspect_exec(&exec_id).await.map_err(map_err)?;
-                        Ok(ExecOutput::Exit(info.exit_code.unwrap_or(-1)))
+                        drop(feeding);
+                        exit_code(&docker, &exec_id).await.map(ExecOutput::Exit)
                     });
-                    lines.chain(exit).boxed()
+                    output.chain(exit).boxed()
                 }
             })
             .boxed()

@@ -207,15 +207,13 @@ pub trait ContainerEngine: Send + Sync + Debug {
     ) -> BoxStream<'static, Result<LogEntry, EngineError>>;
     /// One resource sample.
     async fn stats(&self, id: &str) -> Result<ContainerStats, EngineError>;
-    /// Runs `command` in the running container `id` (no TTY), as `docker
-    /// exec` does, with `stdin` written to its standard input (then closed;
-    /// empty: none): its output as it comes, then its exit code.
-    fn exec(
-        &self,
-        id: &str,
-        command: &[String],
-        stdin: Vec<u8>,
-    ) -> BoxStream<'static, Result<ExecOutput, EngineError>>;
+    /// Runs a command in the running container `id`, as `docker exec`
+    /// does: its output as it comes, then its exit code. With `spec.input`
+    /// its standard input is attached and fed from it (its end closes the
+    /// standard input); with `spec.tty` it gets a terminal (output
+    /// [`LogOrigin::Console`], not split).
+    fn exec(&self, id: &str, spec: ExecSpec)
+    -> BoxStream<'static, Result<ExecOutput, EngineError>>;
     /// Whether the engine has the image.
     async fn image_present(&self, image: &str) -> Result<bool, EngineError>;
     /// Pull the image, giving up after `timeout` ([`EngineError::ImageNotFound`]).
@@ -260,6 +258,49 @@ pub struct LogEntry {
     pub origin: LogOrigin,
     /// The bytes, with the trailing newline if there was one.
     pub data: Vec<u8>,
+}
+
+/// A command to run in a container.
+pub struct ExecSpec {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Give it a terminal.
+    pub tty: bool,
+    /// The terminal's size at the start.
+    pub size: Option<TermSize>,
+    /// Its input; `None`: no standard input.
+    pub input: Option<BoxStream<'static, ExecInput>>,
+}
+
+impl std::fmt::Debug for ExecSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSpec")
+            .field("command", &self.command)
+            .field("tty", &self.tty)
+            .field("size", &self.size)
+            .field("input", &self.input.is_some())
+            .finish()
+    }
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TermSize {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+}
+
+/// Input to a running command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecInput {
+    /// Bytes for its standard input.
+    Stdin(Vec<u8>),
+    /// The end of its standard input.
+    Close,
+    /// Its terminal's new size.
+    Resize(TermSize),
 }
 
 /// What a command run in a container gives.

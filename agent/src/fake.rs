@@ -385,8 +385,7 @@ impl ContainerEngine for FakeEngine {
     fn exec(
         &self,
         _id: &str,
-        _command: &[String],
-        _stdin: Vec<u8>,
+        _spec: crate::engine::ExecSpec,
     ) -> BoxStream<'static, Result<crate::engine::ExecOutput, EngineError>> {
         let mut st = self.lock();
         let err = Self::count(&mut st, "exec")

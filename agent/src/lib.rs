@@ -15,6 +15,7 @@
 pub mod assignments;
 pub mod dispatchers;
 pub mod docker;
+pub mod docker_exec;
 pub mod engine;
 pub mod error;
 pub mod executor;

@@ -29,8 +29,8 @@ use shoal_proto::v1::agent_message::Message as ToPlane;
 use shoal_proto::v1::control_message::Message as FromPlane;
 use shoal_proto::v1::{HostCapacity, LogLine, LogStream, StatsSample, TaskStatusUpdate};
 use shoal_proto::{
-    AgentMessage, DispatcherClient, ExecRequest, Heartbeat, Hello, LogChunk, LogsRequest,
-    RequestError, StatsChunk, StatsRequest, TaskStatusBatch,
+    AgentMessage, DispatcherClient, ExecInput, ExecRequest, Heartbeat, Hello, LogChunk,
+    LogsRequest, RequestError, StatsChunk, StatsRequest, TaskStatusBatch,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -132,9 +132,14 @@ pub trait LogSource: Send + Sync + 'static {
         Err("stats are not served by this agent".into())
     }
 
-    /// Runs the request's command in the running container of its task.
-    async fn exec(&self, req: &ExecRequest) -> Result<BoxStream<'static, ExecEvent>, String> {
-        let _ = req;
+    /// Runs the request's command in the running container of its task;
+    /// `input` is its input when the request is interactive.
+    async fn exec(
+        &self,
+        req: &ExecRequest,
+        input: Option<BoxStream<'static, crate::engine::ExecInput>>,
+    ) -> Result<BoxStream<'static, ExecEvent>, String> {
+        let _ = (req, input);
         Err("commands are not run by this agent".into())
     }
 }
@@ -667,16 +672,16 @@ fn track(
     stop
 }
 
-/// Answers request `id` on a `SendLogs` stream: an empty first chunk (it
+/// The answer to request `id` as log chunks: an empty first chunk (it
 /// names the request even if nothing follows), then the events in chunks of
-/// up to 64 as they come; an exit code ends it. A concrete channel stream
-/// (not a combinator) keeps the gRPC call's future provably Send.
-async fn send_chunked(
-    mut client: DispatcherClient<tonic::transport::Channel>,
+/// up to 64 as they come; an exit code ends it. The chunks come from a task
+/// (a concrete channel stream, not a combinator, keeps a gRPC call's future
+/// provably Send).
+fn chunks(
     id: u64,
     events: BoxStream<'static, ExecEvent>,
     stop: CancellationToken,
-) {
+) -> tokio_stream::wrappers::ReceiverStream<LogChunk> {
     let (chunk_tx, chunk_rx) = mpsc::channel::<LogChunk>(16);
     let pump = async move {
         let chunk = |lines, exit_code| LogChunk {
@@ -710,8 +715,17 @@ async fn send_chunked(
         }
     };
     tokio::spawn(pump.instrument(tracing::Span::current()));
-    let stream = tokio_stream::wrappers::ReceiverStream::new(chunk_rx);
-    if let Err(e) = client.send_logs(stream).await {
+    tokio_stream::wrappers::ReceiverStream::new(chunk_rx)
+}
+
+/// Answers request `id` on a `SendLogs` stream (see [`chunks`]).
+async fn send_chunked(
+    mut client: DispatcherClient<tonic::transport::Channel>,
+    id: u64,
+    events: BoxStream<'static, ExecEvent>,
+    stop: CancellationToken,
+) {
+    if let Err(e) = client.send_logs(chunks(id, events, stop)).await {
         tracing::debug!(error = %e, "answer stream ended");
     }
 }
@@ -728,11 +742,12 @@ async fn refuse(control: &mpsc::Sender<AgentMessage>, id: u64, message: String) 
         .await;
 }
 
-/// Runs an exec request's command and answers on a `SendLogs` stream: an
-/// empty first chunk, the output in chunks as it comes, the exit code on
-/// the last.
+/// Runs an exec request's command and answers: an empty first chunk, the
+/// output in chunks as it comes, the exit code on the last; on a `SendLogs`
+/// stream, or, for an interactive command, on an `ExecSession` whose
+/// answer is the command's input.
 async fn serve_exec(
-    client: DispatcherClient<tonic::transport::Channel>,
+    mut client: DispatcherClient<tonic::transport::Channel>,
     source: Arc<dyn LogSource>,
     req: ExecRequest,
     control: mpsc::Sender<AgentMessage>,
@@ -740,11 +755,68 @@ async fn serve_exec(
 ) {
     let _done = stop.clone().drop_guard();
     let id = req.request_id;
-    let events = match source.exec(&req).await {
+    if !req.interactive {
+        let events = match source.exec(&req, None).await {
+            Ok(e) => e,
+            Err(message) => return refuse(&control, id, message).await,
+        };
+        return send_chunked(client, id, events, stop).await;
+    }
+    // The input arrives once the session is open, after the command has
+    // started: through a channel (whose wait slows the session's reader,
+    // and so the sender, when the command reads slowly).
+    let (input_tx, input_rx) = mpsc::channel::<crate::engine::ExecInput>(16);
+    let input = tokio_stream::wrappers::ReceiverStream::new(input_rx).boxed();
+    let events = match source.exec(&req, Some(input)).await {
         Ok(e) => e,
         Err(message) => return refuse(&control, id, message).await,
     };
-    send_chunked(client, id, events, stop).await;
+    let mut inbound = match client.exec_session(chunks(id, events, stop.clone())).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            tracing::debug!(error = %e, "exec session refused");
+            return;
+        }
+    };
+    loop {
+        let next = tokio::select! {
+            next = inbound.message() => next,
+            () = stop.cancelled() => return,
+        };
+        let input = match next {
+            Ok(Some(i)) => i,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "exec session ended");
+                return;
+            }
+        };
+        if let Some(i) = exec_input(input)
+            && input_tx.send(i).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The engine's form of an input message (`None`: empty or unknown).
+fn exec_input(i: ExecInput) -> Option<crate::engine::ExecInput> {
+    use crate::engine::ExecInput as E;
+    use shoal_proto::v1::exec_input::Input;
+    match i.input? {
+        Input::Stdin(b) => Some(E::Stdin(b)),
+        Input::CloseStdin(_) => Some(E::Close),
+        Input::Resize(s) => Some(E::Resize(term_size(s))),
+    }
+}
+
+/// A terminal size from the wire, clamped to what the engine takes.
+fn term_size(s: shoal_proto::TerminalSize) -> crate::engine::TermSize {
+    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+    crate::engine::TermSize {
+        cols: clamp(s.cols),
+        rows: clamp(s.rows),
+    }
 }
 
 /// Answers a stats request on a `SendStats` stream: one chunk of samples,
@@ -878,7 +950,11 @@ impl LogSource for EngineLogs {
         Ok(lines.boxed())
     }
 
-    async fn exec(&self, req: &ExecRequest) -> Result<BoxStream<'static, ExecEvent>, String> {
+    async fn exec(
+        &self,
+        req: &ExecRequest,
+        input: Option<BoxStream<'static, crate::engine::ExecInput>>,
+    ) -> Result<BoxStream<'static, ExecEvent>, String> {
         if !self.exec_allowed {
             return Err(
                 "this host runs no commands for the control plane (its agent was started with --no-exec)"
@@ -910,27 +986,37 @@ impl LogSource for EngineLogs {
                 req.task_uid, info.state
             ));
         }
-        let events = self
-            .engine
-            .exec(&c.id, &req.command, req.stdin.clone())
-            .map(|r| match r {
-                Ok(crate::engine::ExecOutput::Output(e)) => ExecEvent::Line(LogLine {
-                    time: None,
-                    stream: match e.origin {
-                        crate::engine::LogOrigin::Stdout => LogStream::Stdout as i32,
-                        crate::engine::LogOrigin::Stderr => LogStream::Stderr as i32,
-                        crate::engine::LogOrigin::Console => LogStream::Unspecified as i32,
-                    },
-                    data: e.data,
-                }),
-                Ok(crate::engine::ExecOutput::Exit(code)) => ExecEvent::Exit(code),
-                // The engine failed mid-way: say so, as a command would.
-                Err(e) => ExecEvent::Line(LogLine {
-                    time: None,
-                    stream: LogStream::Stderr as i32,
-                    data: format!("shoal: {e}\n").into_bytes(),
-                }),
-            });
+        // Not interactive: the request's bytes, if any, are all its input.
+        let input = input.or_else(|| {
+            (!req.stdin.is_empty()).then(|| {
+                use crate::engine::ExecInput as E;
+                futures::stream::iter([E::Stdin(req.stdin.clone()), E::Close]).boxed()
+            })
+        });
+        let spec = crate::engine::ExecSpec {
+            command: req.command.clone(),
+            tty: req.tty,
+            size: req.size.map(term_size),
+            input,
+        };
+        let events = self.engine.exec(&c.id, spec).map(|r| match r {
+            Ok(crate::engine::ExecOutput::Output(e)) => ExecEvent::Line(LogLine {
+                time: None,
+                stream: match e.origin {
+                    crate::engine::LogOrigin::Stdout => LogStream::Stdout as i32,
+                    crate::engine::LogOrigin::Stderr => LogStream::Stderr as i32,
+                    crate::engine::LogOrigin::Console => LogStream::Unspecified as i32,
+                },
+                data: e.data,
+            }),
+            Ok(crate::engine::ExecOutput::Exit(code)) => ExecEvent::Exit(code),
+            // The engine failed mid-way: say so, as a command would.
+            Err(e) => ExecEvent::Line(LogLine {
+                time: None,
+                stream: LogStream::Stderr as i32,
+                data: format!("shoal: {e}\n").into_bytes(),
+            }),
+        });
         Ok(events.boxed())
     }
 
@@ -981,14 +1067,14 @@ mod tests {
             request_id: 1,
             task_uid: "uid-1".into(),
             command: vec!["true".into()],
-            stdin: Vec::new(),
+            ..Default::default()
         };
         let refusing = EngineLogs {
             engine: engine.clone(),
             cluster_id: "c0ffee".into(),
             exec_allowed: false,
         };
-        let Err(e) = refusing.exec(&req).await else {
+        let Err(e) = refusing.exec(&req, None).await else {
             panic!("a --no-exec host ran a command")
         };
         assert!(e.contains("--no-exec"), "{e}");
@@ -997,7 +1083,7 @@ mod tests {
             ..refusing
         };
         // Allowed, it looks for the task's container (the fake has none).
-        let Err(e) = allowing.exec(&req).await else {
+        let Err(e) = allowing.exec(&req, None).await else {
             panic!("a command ran without a container")
         };
         assert!(e.contains("no container for task uid-1"), "{e}");

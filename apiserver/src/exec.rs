@@ -6,6 +6,9 @@
 //! (text, invalid UTF-8 replaced) — and ends with `{"exitCode": N}`; a
 //! stream that ends without one lost its host midway. Only the admin token
 //! may run commands (the read-only one gets 403, as for any POST).
+//!
+//! Interactive commands and terminals go over a WebSocket instead: `GET`
+//! on the same path (see `exec_ws`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -35,15 +38,55 @@ pub enum ExecEvent {
     Exit(i64),
 }
 
+/// A command to run in a task's container.
+pub struct ExecCall {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Give it a terminal (its output is then all `Stdout`).
+    pub tty: bool,
+    /// Its input: standard input, its end, terminal sizes; `None`: no
+    /// standard input.
+    pub input: Option<BoxStream<'static, ExecInput>>,
+}
+
+impl std::fmt::Debug for ExecCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecCall")
+            .field("command", &self.command)
+            .field("tty", &self.tty)
+            .field("input", &self.input.is_some())
+            .finish()
+    }
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TermSize {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+}
+
+/// Input to a running command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecInput {
+    /// Bytes for its standard input.
+    Stdin(Vec<u8>),
+    /// The end of its standard input.
+    Close,
+    /// Its terminal's new size.
+    Resize(TermSize),
+}
+
 /// Where commands run.
 pub trait TaskExec: Send + Sync + std::fmt::Debug + 'static {
-    /// Runs `command` in the task's running container, `stdin` its
-    /// standard input (empty: none). Errors as for logs.
+    /// Runs the command in the task's running container. Errors as for
+    /// logs.
     fn exec<'a>(
         &'a self,
         task: &'a Task,
-        command: Vec<String>,
-        stdin: Vec<u8>,
+        call: ExecCall,
     ) -> BoxFuture<'a, Result<BoxStream<'static, ExecEvent>, LogError>>;
 }
 
@@ -59,24 +102,30 @@ pub fn frame(e: &ExecEvent) -> Bytes {
     Bytes::from(line)
 }
 
-/// The command of the request body (a non-empty list of strings) and its
-/// standard input (`stdin`, base64; absent: none).
-fn command_of(body: &[u8]) -> Result<(Vec<String>, Vec<u8>), ApiError> {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
-    let command: Vec<String> = v
-        .get("command")
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "command: required, a list of strings (the program and its arguments)",
-            )
-        })?;
+/// The command (a non-empty list of strings), or why it is not one.
+pub(crate) fn check_command(command: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
+    let command = command.ok_or_else(|| {
+        ApiError::bad_request(
+            "command: required, a list of strings (the program and its arguments)",
+        )
+    })?;
     if command.first().is_none_or(String::is_empty) {
         return Err(ApiError::bad_request(
             "command: the program to run must be given",
         ));
     }
+    Ok(command)
+}
+
+/// The command of the request body (a non-empty list of strings) and its
+/// standard input (`stdin`, base64; absent: none).
+fn command_of(body: &[u8]) -> Result<(Vec<String>, Vec<u8>), ApiError> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    let command = check_command(
+        v.get("command")
+            .and_then(|c| serde_json::from_value(c.clone()).ok()),
+    )?;
     let stdin = match v.get("stdin") {
         None | Some(serde_json::Value::Null) => Vec::new(),
         Some(serde_json::Value::String(b64)) => {
@@ -100,8 +149,16 @@ pub(crate) async fn serve(
         return Err(crate::logs::not_served("commands"));
     };
     let task = crate::logs::placed_task(app, t, "it has no container to run in").await?;
+    // All of its standard input is here: given, then closed.
+    let input = (!stdin.is_empty())
+        .then(|| futures::stream::iter([ExecInput::Stdin(stdin), ExecInput::Close]).boxed());
+    let call = ExecCall {
+        command,
+        tty: false,
+        input,
+    };
     let events = provider
-        .exec(&task, command, stdin)
+        .exec(&task, call)
         .await
         .map_err(crate::logs::api_error)?;
     let body = events.map(|e| Ok::<_, Infallible>(frame(&e)));

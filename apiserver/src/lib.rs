@@ -22,6 +22,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod exec;
+mod exec_ws;
 pub mod fields;
 pub mod kubeconfig;
 pub mod logs;
@@ -137,6 +138,7 @@ async fn resource(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    upgrade: Option<axum::Extension<hyper::upgrade::OnUpgrade>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -146,23 +148,13 @@ async fn resource(
         }
         Err(e) => return ApiError::bad_request(e.body_text()).into_response(),
     };
-    let (api_version, rest) = match uri.path().strip_prefix("/api/v1/") {
-        Some(rest) => ("v1", rest),
-        None => (
-            shoal_crds::API_VERSION,
-            uri.path()
-                .strip_prefix("/apis/shoal.dev/v1alpha1/")
-                .unwrap_or_default(),
-        ),
-    };
     let res = resources::handle(
         app.clone(),
         method.clone(),
-        api_version,
-        rest,
-        uri.query(),
+        &uri,
         &headers,
         body,
+        upgrade.map(|axum::Extension(u)| u),
     )
     .await;
     match res {

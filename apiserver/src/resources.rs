@@ -37,6 +37,14 @@ impl Query {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+    /// Every value of a repeated key, in order.
+    pub(crate) fn all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
     pub(crate) fn flag(&self, key: &str) -> bool {
         matches!(self.get(key), Some("1" | "true" | "True"))
     }
@@ -159,16 +167,27 @@ pub(crate) fn ok(body: &Value) -> Response {
     json_response(StatusCode::OK, body, &[])
 }
 
-/// Dispatches one request on a resource path.
+/// Dispatches one request on a resource path (`/api/v1/…` or
+/// `/apis/shoal.dev/v1alpha1/…`); `upgrade` takes over the connection of
+/// one asking for a WebSocket.
 pub(crate) async fn handle(
     app: Arc<App>,
     method: Method,
-    api_version: &str,
-    rest: &str,
-    query: Option<&str>,
+    uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: Bytes,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response, ApiError> {
+    let (api_version, rest) = match uri.path().strip_prefix("/api/v1/") {
+        Some(rest) => ("v1", rest),
+        None => (
+            shoal_crds::API_VERSION,
+            uri.path()
+                .strip_prefix("/apis/shoal.dev/v1alpha1/")
+                .unwrap_or_default(),
+        ),
+    };
+    let query = uri.query();
     let Some(t) = parse_target(&app, api_version, rest) else {
         let prefix = if api_version == "v1" { "api" } else { "apis" };
         return Err(ApiError::no_route(&format!(
@@ -204,6 +223,9 @@ pub(crate) async fn handle(
         (Some(_), Some(Sub::Log), &Method::GET) => crate::logs::serve(&app, &t, &q).await,
         (Some(_), Some(Sub::Stats), &Method::GET) => crate::stats::serve(&app, &t).await,
         (Some(_), Some(Sub::Exec), &Method::POST) => crate::exec::serve(&app, &t, &body).await,
+        (Some(_), Some(Sub::Exec), &Method::GET) => {
+            crate::exec_ws::serve(&app, &t, &q, headers, upgrade).await
+        }
         (Some(_), Some(Sub::Scale), &Method::GET) => {
             let cur = current(&app, &t).await?;
             Ok(ok(&to_scale(&t, &cur)))

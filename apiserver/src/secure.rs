@@ -98,10 +98,12 @@ pub(crate) async fn require_token(
         return next.run(req).await;
     }
     if tokens.view.as_deref().is_some_and(is) {
+        // Running a command is never a read, whatever the method (a
+        // WebSocket starts with GET).
         let reads = matches!(
             *req.method(),
             axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-        );
+        ) && !is_exec(path);
         if reads {
             return next.run(req).await;
         }
@@ -119,6 +121,12 @@ pub(crate) async fn require_token(
         "Unauthorized",
         "Unauthorized: a bearer token of this cluster is required (the kubeconfig `shoal up` writes has it)",
     )
+}
+
+/// Whether `path` is a task's `exec` subresource.
+fn is_exec(path: &str) -> bool {
+    let segs: Vec<&str> = path.trim_end_matches('/').rsplit('/').take(3).collect();
+    matches!(segs.as_slice(), ["exec", _, "tasks"])
 }
 
 /// A Kubernetes Status answer, as kubectl expects for 401 and 403.
@@ -221,6 +229,22 @@ impl axum::serve::Listener for TlsListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_is_told_apart_from_a_task_named_exec() {
+        assert!(is_exec(
+            "/apis/shoal.dev/v1alpha1/namespaces/default/tasks/web.0.ab/exec"
+        ));
+        assert!(is_exec(
+            "/apis/shoal.dev/v1alpha1/namespaces/default/tasks/web.0.ab/exec/"
+        ));
+        assert!(!is_exec(
+            "/apis/shoal.dev/v1alpha1/namespaces/default/tasks/exec"
+        ));
+        assert!(!is_exec(
+            "/apis/shoal.dev/v1alpha1/namespaces/default/tasks/web.0.ab/log"
+        ));
+    }
 
     #[test]
     fn tokens_compare_whole() {

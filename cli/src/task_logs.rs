@@ -8,21 +8,22 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use shoal_apiserver::exec::{ExecEvent, TaskExec};
+use shoal_apiserver::exec::{ExecCall, ExecEvent, ExecInput, TaskExec, TermSize};
 use shoal_apiserver::logs::{LogError, LogLine, LogRequest, TaskLogs};
 use shoal_apiserver::stats::{StatsSample, TaskStats};
 use shoal_crds::Task;
 use shoal_dispatcher::peers::PeerLogs;
-use shoal_dispatcher::{DataChunk, DispatchError, Dispatcher, LogOptions};
+use shoal_dispatcher::{DataChunk, DispatchError, Dispatcher, ExecOptions, LogOptions};
 use shoal_proto::control_v1::raft_peer_client::RaftPeerClient;
 use shoal_proto::control_v1::{
-    PeerExecOutput, PeerExecRequest, PeerLogLine, PeerLogLines, PeerLogsRequest, PeerStats,
-    PeerStatsRequest,
+    PeerExecInput, PeerExecOutput, PeerExecRequest, PeerLogLine, PeerLogLines, PeerLogsRequest,
+    PeerStats, PeerStatsRequest,
 };
 use shoal_proto::convert::{timestamp_from_jiff, timestamp_to_jiff};
 use shoal_store::raft::RaftStore;
 use shoal_store::{ClusterStore, typed};
 use tonic::transport::{ClientTlsConfig, Endpoint};
+use tracing::Instrument;
 
 /// How long the task's agent may take to start answering.
 const FIRST_ANSWER: Duration = Duration::from_secs(10);
@@ -85,19 +86,44 @@ impl LeaderRoute {
     async fn exec(
         &self,
         task: &Task,
-        command: Vec<String>,
-        stdin: Vec<u8>,
+        call: ExecCall,
     ) -> Result<BoxStream<'static, ExecEvent>, LogError> {
+        use shoal_proto::control_v1::peer_exec_input::Input;
         use shoal_proto::control_v1::peer_exec_output::Output;
         let (channel, url) = self.leader().await?;
-        let request = PeerExecRequest {
-            namespace: task.metadata.namespace.clone().unwrap_or_default(),
-            task: task.metadata.name.clone().unwrap_or_default(),
-            command,
-            stdin,
+        let start = PeerExecInput {
+            input: Some(Input::Start(PeerExecRequest {
+                namespace: task.metadata.namespace.clone().unwrap_or_default(),
+                task: task.metadata.name.clone().unwrap_or_default(),
+                command: call.command,
+                tty: call.tty,
+                interactive: call.input.is_some(),
+                size: None,
+            })),
         };
-        let out = RaftPeerClient::new(channel)
-            .task_exec(request)
+        // The request, then the input as it comes, through a channel (a
+        // boxed stream makes the call's future not provably Send).
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let _ = tx.try_send(start);
+        if let Some(mut input) = call.input {
+            let forward = async move {
+                loop {
+                    let next = tokio::select! {
+                        next = input.next() => next,
+                        () = tx.closed() => return,
+                    };
+                    let Some(i) = next else { return };
+                    if tx.send(peer_input(i)).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::spawn(forward.instrument(tracing::debug_span!("exec-input")));
+        }
+        let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut client = RaftPeerClient::new(channel);
+        let out = client
+            .task_exec(tonic::Request::new(outbound))
             .await
             .map_err(|s| peer_error(&url, &s))?
             .into_inner();
@@ -295,15 +321,21 @@ impl PeerLogs for LeaderLogs {
     fn exec(
         &self,
         request: PeerExecRequest,
+        input: Option<BoxStream<'static, PeerExecInput>>,
     ) -> BoxFuture<'static, Result<shoal_dispatcher::peers::ExecOutputs, tonic::Status>> {
         use shoal_proto::control_v1::peer_exec_output::Output;
         let (store, logs) = self.parts();
         Box::pin(async move {
             let task = peer_task(store, &request.namespace, &request.task).await?;
-            let events = logs
-                .exec(&task, request.command, request.stdin)
-                .await
-                .map_err(peer_status)?;
+            let call = ExecCall {
+                command: request.command,
+                tty: request.tty,
+                input: input.map(|i| {
+                    i.filter_map(|m| futures::future::ready(input_of_peer(m)))
+                        .boxed()
+                }),
+            };
+            let events = logs.exec(&task, call).await.map_err(peer_status)?;
             Ok(events
                 .map(|e| PeerExecOutput {
                     output: Some(match e {
@@ -333,6 +365,52 @@ impl PeerLogs for LeaderLogs {
                 memory_limit_bytes: s.memory_limit_bytes,
             })
         })
+    }
+}
+
+/// An input message for the agent protocol.
+fn agent_input(i: ExecInput) -> shoal_proto::ExecInput {
+    use shoal_proto::v1::exec_input::Input;
+    shoal_proto::ExecInput {
+        input: Some(match i {
+            ExecInput::Stdin(b) => Input::Stdin(b),
+            ExecInput::Close => Input::CloseStdin(true),
+            ExecInput::Resize(s) => Input::Resize(shoal_proto::TerminalSize {
+                cols: s.cols.into(),
+                rows: s.rows.into(),
+            }),
+        }),
+    }
+}
+
+/// An input message for the leader.
+fn peer_input(i: ExecInput) -> PeerExecInput {
+    use shoal_proto::control_v1::peer_exec_input::Input;
+    PeerExecInput {
+        input: Some(match i {
+            ExecInput::Stdin(b) => Input::Stdin(b),
+            ExecInput::Close => Input::CloseStdin(true),
+            ExecInput::Resize(s) => Input::Resize(shoal_proto::control_v1::TerminalSize {
+                cols: s.cols.into(),
+                rows: s.rows.into(),
+            }),
+        }),
+    }
+}
+
+/// An input message from a server that does not lead (its first, the
+/// request, is not input).
+fn input_of_peer(m: PeerExecInput) -> Option<ExecInput> {
+    use shoal_proto::control_v1::peer_exec_input::Input;
+    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+    match m.input? {
+        Input::Stdin(b) => Some(ExecInput::Stdin(b)),
+        Input::CloseStdin(_) => Some(ExecInput::Close),
+        Input::Resize(s) => Some(ExecInput::Resize(TermSize {
+            cols: clamp(s.cols),
+            rows: clamp(s.rows),
+        })),
+        Input::Start(_) => None,
     }
 }
 
@@ -463,23 +541,25 @@ impl TaskExec for DispatcherLogs {
     fn exec<'a>(
         &'a self,
         task: &'a Task,
-        command: Vec<String>,
-        stdin: Vec<u8>,
+        call: ExecCall,
     ) -> BoxFuture<'a, Result<BoxStream<'static, ExecEvent>, LogError>> {
         Box::pin(async move {
             let host = task.spec.host_name.clone().unwrap_or_default();
             let Some(dispatcher) = self.current.borrow().clone() else {
                 return match &self.via_leader {
-                    Some(route) => route.exec(task, command, stdin).await,
+                    Some(route) => route.exec(task, call).await,
                     None => Err(LogError::Unavailable(
                         "this server does not lead the control plane: run commands through the leader's API".into(),
                     )),
                 };
             };
-            let mut rx = dispatcher
-                .exec(task, command, stdin)
-                .await
-                .map_err(dispatch_error)?;
+            let opts = ExecOptions {
+                command: call.command,
+                tty: call.tty,
+                input: call.input.map(|i| i.map(agent_input).boxed()),
+                ..ExecOptions::default()
+            };
+            let mut rx = dispatcher.exec(task, opts).await.map_err(dispatch_error)?;
             // The agent answers first with an empty chunk or its refusal.
             first_answer(&mut rx, &host, "the command", FIRST_ANSWER).await?;
             // The answer lives in the stream: dropping it (the caller went

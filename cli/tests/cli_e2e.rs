@@ -48,6 +48,72 @@ fn shoal_stdin(kc: &Path, args: &[&str], input: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// `shoal exec -it web -- sh` from a terminal (`script` gives it one, 33
+/// rows by 101 columns): the shell sees that size and a terminal of its
+/// own, Ctrl-C interrupts what it runs (not `shoal`), and `exit 7` ends
+/// both with 7.
+fn terminal_session(kc: &Path) {
+    use std::io::Read;
+    let line = format!(
+        "stty rows 33 cols 101; exec {} exec -it web -- sh",
+        env!("CARGO_BIN_EXE_shoal")
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("KUBECONFIG", kc)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs a command in a terminal");
+    let mut input = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !seen.contains(what) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Err(_) => panic!("no {what:?} in the terminal's output:\n{seen}"),
+            }
+        }
+    };
+    // The shell computes the marker, so the typed line's echo is not it.
+    input
+        .write_all(b"stty size; tty; echo s$((1+1))leeping; sleep 100\r")
+        .unwrap();
+    wait_for("s2leeping");
+    input.write_all(b"\x03").unwrap();
+    wait_for("^C");
+    input.write_all(b"echo $((6*7)); exit 7\r").unwrap();
+    wait_for("42");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the session did not end:\n{seen}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(input);
+    assert_eq!(status.code(), Some(7), "{seen}");
+    assert!(seen.contains("33 101"), "the terminal's size: {seen}");
+    assert!(seen.contains("/dev/pts/"), "{seen}");
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -519,6 +585,18 @@ spec:
         ["12", "hello", "world"],
         "{out}"
     );
+    // -i streams: more than fits in any request body reaches the command.
+    let big = "x".repeat(3 << 20);
+    let o = shoal_stdin(&kc, &["exec", "-i", "web", "--", "wc", "-c"], &big);
+    assert_eq!(text(&o).0.trim(), "3145728", "{:?}", text(&o));
+    // -t: the command has a terminal (its output unsplit).
+    let out = ok(&kc, &["exec", "-t", "web", "--", "tty"]);
+    assert!(out.starts_with("/dev/pts/"), "{out:?}");
+    // -it wants a terminal to put in raw mode.
+    let o = shoal_stdin(&kc, &["exec", "-it", "web", "--", "sh"], "");
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("not a terminal"), "{:?}", text(&o));
+    terminal_session(&kc);
     let o = shoal(&kc, &["exec", "crashing", "--", "true"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("no running task"), "{:?}", text(&o));

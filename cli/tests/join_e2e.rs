@@ -287,6 +287,11 @@ fn a_host_joins_over_mutual_tls_with_the_token() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("read-only token cannot POST"), "{err}");
+    // Not over a WebSocket either, although that starts with a GET.
+    let o = shoal(&view_kc, &["exec", "-i", "spread", "--", "true"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("read-only token cannot GET"), "{err}");
     let top = ok(&view_kc, &["top", "spread"]);
     assert!(top.contains("spread-"), "{top}");
     let o = shoal(&h.kc, &["exec", "spread", "--", "true"]);

@@ -46,7 +46,7 @@ use tracing::Instrument;
 pub use config::DispatcherConfig;
 pub use hosts::is_ready;
 pub use liveness::{Entry, Link, LostReason, lost_hosts};
-pub use logs::{Answer, DataChunk, LogOptions};
+pub use logs::{Answer, DataChunk, ExecOptions, LogOptions};
 pub use peers::{NetTransport, PeerError, serve_peers};
 pub use status::container_gone;
 

@@ -3,10 +3,12 @@
 //! `SendLogs`/`SendStats` stream whose chunks carry the request id, and the
 //! dispatcher forwards them.
 
+use futures::stream::BoxStream;
 use shoal_crds::Task;
 use shoal_proto::v1::control_message::Message as ToAgent;
 use shoal_proto::{
-    CancelRequest, ControlMessage, ExecRequest, LogChunk, LogsRequest, StatsChunk, StatsRequest,
+    CancelRequest, ControlMessage, ExecInput, ExecRequest, LogChunk, LogsRequest, StatsChunk,
+    StatsRequest, TerminalSize,
 };
 use tokio::sync::mpsc;
 
@@ -36,10 +38,48 @@ pub struct LogOptions {
     pub timestamps: bool,
 }
 
-#[derive(Debug)]
 pub(crate) struct Route {
     pub(crate) tx: mpsc::Sender<DataChunk>,
     pub(crate) host: String,
+    /// An interactive command's input, until its agent opens the session
+    /// that carries it.
+    pub(crate) input: Option<BoxStream<'static, ExecInput>>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("host", &self.host)
+            .field("input", &self.input.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A command to run in a task's container.
+#[derive(Default)]
+pub struct ExecOptions {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Not interactive: all of its standard input (empty: none).
+    pub stdin: Vec<u8>,
+    /// Give it a terminal.
+    pub tty: bool,
+    /// The terminal's size at the start.
+    pub size: Option<TerminalSize>,
+    /// Interactive: its input as it comes (standard input, its end,
+    /// terminal sizes); its agent answers on an `ExecSession`.
+    pub input: Option<BoxStream<'static, ExecInput>>,
+}
+
+impl std::fmt::Debug for ExecOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecOptions")
+            .field("command", &self.command)
+            .field("tty", &self.tty)
+            .field("size", &self.size)
+            .field("input", &self.input.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Answer chunks that may wait for a slow reader before the request is
@@ -82,6 +122,7 @@ impl Dispatcher {
     fn open_route(
         &self,
         host: &str,
+        input: Option<BoxStream<'static, ExecInput>>,
     ) -> Result<(u64, mpsc::Receiver<DataChunk>, crate::ControlTx), DispatchError> {
         let (tx, rx) = mpsc::channel(ROUTE_BUFFER);
         let mut sh = self.shared();
@@ -98,6 +139,7 @@ impl Dispatcher {
             Route {
                 tx,
                 host: host.to_string(),
+                input,
             },
         );
         Ok((id, rx, control))
@@ -121,24 +163,24 @@ impl Dispatcher {
         .await
     }
 
-    /// Asks the agent of the task's host to run `command` in its running
-    /// container, with `stdin` as its standard input (empty: none). The answer yields log chunks of the output, the last one
-    /// with the exit code; dropping it stops the forwarding (the command
-    /// itself runs to its end: the engine cannot stop it).
-    pub async fn exec(
-        &self,
-        task: &Task,
-        command: Vec<String>,
-        stdin: Vec<u8>,
-    ) -> Result<Answer, DispatchError> {
+    /// Asks the agent of the task's host to run a command in its running
+    /// container. The answer yields log chunks of the output, the last one
+    /// with the exit code; dropping it stops the forwarding and, for an
+    /// interactive command, ends its input (the command itself runs to its
+    /// end: the engine cannot stop it).
+    pub async fn exec(&self, task: &Task, opts: ExecOptions) -> Result<Answer, DispatchError> {
         let host = host_of(task)?;
         let task_uid = task.metadata.uid.clone().unwrap_or_default();
-        self.ask(&host, |request_id| {
+        let interactive = opts.input.is_some();
+        self.ask_with(&host, opts.input, |request_id| {
             ToAgent::ExecRequest(ExecRequest {
                 request_id,
                 task_uid,
-                command,
-                stdin,
+                command: opts.command,
+                stdin: opts.stdin,
+                tty: opts.tty,
+                interactive,
+                size: opts.size,
             })
         })
         .await
@@ -151,7 +193,17 @@ impl Dispatcher {
         host: &str,
         make: impl FnOnce(u64) -> ToAgent,
     ) -> Result<Answer, DispatchError> {
-        let (id, rx, control) = self.open_route(host)?;
+        self.ask_with(host, None, make).await
+    }
+
+    /// [`Self::ask`], with an interactive command's input.
+    async fn ask_with(
+        &self,
+        host: &str,
+        input: Option<BoxStream<'static, ExecInput>>,
+        make: impl FnOnce(u64) -> ToAgent,
+    ) -> Result<Answer, DispatchError> {
+        let (id, rx, control) = self.open_route(host, input)?;
         if control
             .send(Ok(ControlMessage {
                 message: Some(make(id)),
@@ -186,15 +238,48 @@ impl Dispatcher {
         .await
     }
 
-    /// Forwards a chunk; false if nobody wants it any more (the request is
-    /// then cancelled on the agent).
-    pub(crate) fn route(&self, id: u64, chunk: DataChunk) -> bool {
-        let tx = self.shared().routes.get(&id).map(|r| r.tx.clone());
+    /// Forwards a chunk from `caller` (the host proven by its certificate;
+    /// `None` on the loopback listener); false if nobody wants it any more
+    /// (the request is then cancelled on the agent) or if the request went
+    /// to another host (whose answers are not the caller's to give).
+    pub(crate) fn route(&self, caller: Option<&str>, id: u64, chunk: DataChunk) -> bool {
+        let tx = {
+            let sh = self.shared();
+            match sh.routes.get(&id) {
+                Some(r) if caller.is_some_and(|c| c != r.host) => return false,
+                r => r.map(|r| r.tx.clone()),
+            }
+        };
         let ok = tx.is_some_and(|tx| tx.try_send(chunk).is_ok());
         if !ok {
             self.cancel(id);
         }
         ok
+    }
+
+    /// The requester's channel and the input of interactive command `id`,
+    /// for the session its agent (`caller`, as for [`Self::route`]) opens.
+    pub(crate) fn exec_session(
+        &self,
+        caller: Option<&str>,
+        id: u64,
+    ) -> Result<(mpsc::Sender<DataChunk>, BoxStream<'static, ExecInput>), tonic::Status> {
+        let mut sh = self.shared();
+        let r = sh
+            .routes
+            .get_mut(&id)
+            .ok_or_else(|| tonic::Status::not_found(format!("no request {id}")))?;
+        if caller.is_some_and(|c| c != r.host) {
+            return Err(tonic::Status::permission_denied(format!(
+                "request {id} went to another host"
+            )));
+        }
+        let input = r.input.take().ok_or_else(|| {
+            tonic::Status::failed_precondition(format!(
+                "request {id} is not an interactive command, or has its session already"
+            ))
+        })?;
+        Ok((r.tx.clone(), input))
     }
 
     /// The agent finished answering.
@@ -208,7 +293,7 @@ impl Dispatcher {
         }
     }
 
-    fn cancel(&self, id: u64) {
+    pub(crate) fn cancel(&self, id: u64) {
         let mut sh = self.shared();
         if let Some(r) = sh.routes.remove(&id)
             && let Some(s) = sh.hosts.get(&r.host).and_then(|h| h.session.as_ref())

@@ -40,8 +40,8 @@ use raft::eraftpb::Message;
 use shoal_proto::control_v1::raft_peer_client::RaftPeerClient;
 use shoal_proto::control_v1::raft_peer_server::{RaftPeer, RaftPeerServer};
 use shoal_proto::control_v1::{
-    AddVoterRequest, AddVoterResponse, PeerExecOutput, PeerExecRequest, PeerLogLines,
-    PeerLogsRequest, PeerStats, PeerStatsRequest, RaftAck, RaftEnvelope,
+    AddVoterRequest, AddVoterResponse, PeerExecInput, PeerExecOutput, PeerExecRequest,
+    PeerLogLines, PeerLogsRequest, PeerStats, PeerStatsRequest, RaftAck, RaftEnvelope,
 };
 use shoal_store::StoreError;
 use shoal_store::raft::{Inbox, RaftStore, Transport};
@@ -504,11 +504,13 @@ pub trait PeerLogs: Send + Sync + 'static {
         request: PeerLogsRequest,
     ) -> futures::future::BoxFuture<'static, Result<LogLines, Status>>;
 
-    /// A command run in the task's container: its output, then its exit
-    /// code; or why not (as for `open`).
+    /// A command run in the task's container, with `input` (interactive
+    /// requests only) as its input: its output, then its exit code; or why
+    /// not (as for `open`).
     fn exec(
         &self,
         request: PeerExecRequest,
+        input: Option<futures::stream::BoxStream<'static, PeerExecInput>>,
     ) -> futures::future::BoxFuture<'static, Result<ExecOutputs, Status>>;
 
     /// A sample of the task's resource use, or why not (as for `open`).
@@ -664,13 +666,29 @@ impl RaftPeer for PeerService {
 
     async fn task_exec(
         &self,
-        request: Request<PeerExecRequest>,
+        request: Request<Streaming<PeerExecInput>>,
     ) -> Result<Response<Self::TaskExecStream>, Status> {
+        use futures::StreamExt as _;
+        use shoal_proto::control_v1::peer_exec_input::Input;
         Self::caller(&request)?;
         let Some(logs) = &self.logs else {
             return Err(Status::unavailable("this server runs no commands"));
         };
-        let out = logs.exec(request.into_inner()).await?;
+        let mut inbound = request.into_inner();
+        let Some(Input::Start(start)) = inbound.message().await?.and_then(|m| m.input) else {
+            return Err(Status::invalid_argument(
+                "the first message of a TaskExec call names the command",
+            ));
+        };
+        // What follows is the command's input, until the asking server ends
+        // its side or its stream breaks.
+        let input = start.interactive.then(|| {
+            inbound
+                .take_while(|r| futures::future::ready(r.is_ok()))
+                .filter_map(|r| futures::future::ready(r.ok()))
+                .boxed()
+        });
+        let out = logs.exec(start, input).await?;
         Ok(Response::new(Box::pin(futures::StreamExt::map(out, Ok))))
     }
 

@@ -7,8 +7,8 @@ use shoal_crds::Task;
 use shoal_proto::v1::agent_message::Message as FromAgent;
 use shoal_proto::v1::control_message::Message as ToAgent;
 use shoal_proto::{
-    AgentMessage, ControlMessage, ControlPlaneServers, DataAck, Hello, JoinRequest, JoinResponse,
-    LogChunk, RenewRequest, StatsChunk, Welcome,
+    AgentMessage, ControlMessage, ControlPlaneServers, DataAck, ExecInput, Hello, JoinRequest,
+    JoinResponse, LogChunk, RenewRequest, StatsChunk, Welcome,
 };
 use shoal_store::{Kind, ListOptions, StoreError, WatchEvent, typed};
 use tokio::sync::{mpsc, watch};
@@ -248,8 +248,8 @@ impl shoal_proto::Dispatcher for Service {
         &self,
         request: Request<Streaming<LogChunk>>,
     ) -> Result<Response<DataAck>, Status> {
-        self.caller(&request)?;
-        let ack = forward(&self.d, request.into_inner(), |c| {
+        let caller = self.caller(&request)?.map(|(host, _)| host);
+        let ack = forward(&self.d, caller.as_deref(), request.into_inner(), |c| {
             (c.request_id, DataChunk::Logs(c))
         })
         .await?;
@@ -260,12 +260,57 @@ impl shoal_proto::Dispatcher for Service {
         &self,
         request: Request<Streaming<StatsChunk>>,
     ) -> Result<Response<DataAck>, Status> {
-        self.caller(&request)?;
-        let ack = forward(&self.d, request.into_inner(), |c| {
+        let caller = self.caller(&request)?.map(|(host, _)| host);
+        let ack = forward(&self.d, caller.as_deref(), request.into_inner(), |c| {
             (c.request_id, DataChunk::Stats(c))
         })
         .await?;
         Ok(Response::new(ack))
+    }
+
+    type ExecSessionStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<ExecInput, Status>> + Send>>;
+
+    async fn exec_session(
+        &self,
+        request: Request<Streaming<LogChunk>>,
+    ) -> Result<Response<Self::ExecSessionStream>, Status> {
+        let caller = self.caller(&request)?.map(|(host, _)| host);
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an exec session names its request first"))?;
+        let id = first.request_id;
+        let (tx, input) = self.d.exec_session(caller.as_deref(), id)?;
+        // The output goes to the requester at its pace (so a slow reader
+        // slows the command); the input ends with the output.
+        let done = tokio_util::sync::CancellationToken::new();
+        let (d, ended) = (self.d.clone(), done.clone());
+        let pump = async move {
+            let _ended = ended.drop_guard();
+            let mut next = Some(first);
+            while let Some(chunk) = next.take() {
+                if tx.send(DataChunk::Logs(chunk)).await.is_err() {
+                    // Nobody reads any more: stop the command's session.
+                    d.cancel(id);
+                    return;
+                }
+                next = match inbound.message().await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "exec output ended");
+                        None
+                    }
+                };
+            }
+            d.finish_route(id);
+        };
+        tokio::spawn(pump.instrument(tracing::debug_span!("exec-session", request = id)));
+        let input = input
+            .take_until(async move { done.cancelled().await })
+            .map(Ok);
+        Ok(Response::new(Box::pin(input)))
     }
 }
 
@@ -273,6 +318,7 @@ impl shoal_proto::Dispatcher for Service {
 /// request id; stops early when nobody wants them any more.
 async fn forward<T>(
     d: &Dispatcher,
+    caller: Option<&str>,
     mut inbound: Streaming<T>,
     chunk: impl Fn(T) -> (u64, DataChunk),
 ) -> Result<DataAck, Status> {
@@ -284,7 +330,7 @@ async fn forward<T>(
                 n += 1;
                 let (request_id, data) = chunk(msg);
                 id = Some(request_id);
-                if !d.route(request_id, data) {
+                if !d.route(caller, request_id, data) {
                     break Ok(());
                 }
             }

@@ -390,6 +390,15 @@ impl shoal_proto::Dispatcher for Follower {
     ) -> Result<tonic::Response<shoal_proto::DataAck>, tonic::Status> {
         Err(tonic::Status::unavailable("not the leader"))
     }
+
+    type ExecSessionStream = tokio_stream::Empty<Result<shoal_proto::ExecInput, tonic::Status>>;
+
+    async fn exec_session(
+        &self,
+        _: tonic::Request<tonic::Streaming<shoal_proto::LogChunk>>,
+    ) -> Result<tonic::Response<Self::ExecSessionStream>, tonic::Status> {
+        Err(tonic::Status::unavailable("not the leader"))
+    }
 }
 
 /// A follower of the plane `p` (same CA and server certificate): its
@@ -719,6 +728,15 @@ impl shoal_proto::Dispatcher for Mute {
         &self,
         _: tonic::Request<tonic::Streaming<shoal_proto::StatsChunk>>,
     ) -> Result<tonic::Response<shoal_proto::DataAck>, tonic::Status> {
+        Err(tonic::Status::unimplemented("mute"))
+    }
+
+    type ExecSessionStream = tokio_stream::Empty<Result<shoal_proto::ExecInput, tonic::Status>>;
+
+    async fn exec_session(
+        &self,
+        _: tonic::Request<tonic::Streaming<shoal_proto::LogChunk>>,
+    ) -> Result<tonic::Response<Self::ExecSessionStream>, tonic::Status> {
         Err(tonic::Status::unimplemented("mute"))
     }
 }

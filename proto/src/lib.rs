@@ -110,8 +110,8 @@ pub use v1::dispatcher_client::DispatcherClient;
 pub use v1::dispatcher_server::{Dispatcher, DispatcherServer};
 pub use v1::{
     AgentMessage, Assignment, AssignmentDelta, AssignmentSet, CancelRequest, ContainerEvent,
-    ControlMessage, ControlPlaneServers, DataAck, EnvVarList, ExecRequest, Heartbeat, HeartbeatAck,
-    Hello, JoinRequest, JoinResponse, LogChunk, LogsRequest, MountList, PortMappingList,
-    RenewRequest, RequestError, StatsChunk, StatsRequest, StringList, StringMap, TaskStatusBatch,
-    Welcome,
+    ControlMessage, ControlPlaneServers, DataAck, EnvVarList, ExecInput, ExecRequest, Heartbeat,
+    HeartbeatAck, Hello, JoinRequest, JoinResponse, LogChunk, LogsRequest, MountList,
+    PortMappingList, RenewRequest, RequestError, StatsChunk, StatsRequest, StringList, StringMap,
+    TaskStatusBatch, TerminalSize, Welcome,
 };

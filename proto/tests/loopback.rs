@@ -93,6 +93,15 @@ impl Dispatcher for FakeDispatcher {
     ) -> Result<Response<DataAck>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    type ExecSessionStream = tokio_stream::Empty<Result<shoal_proto::ExecInput, Status>>;
+
+    async fn exec_session(
+        &self,
+        _request: Request<Streaming<LogChunk>>,
+    ) -> Result<Response<Self::ExecSessionStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 #[tokio::test]

@@ -17,7 +17,10 @@ use shoal_agent::docker::DockerEngine;
 use shoal_agent::session::{EngineLogs, HostInfo, LogSource, SessionConfig};
 use shoal_agent::{AgentConfig, ContainerEngine, Reconciler};
 use shoal_crds::{ContainerTemplate, Host, TASK_FINALIZER, Task, TaskPhase, TaskSpec};
-use shoal_dispatcher::{DataChunk, Dispatcher, DispatcherConfig, LogOptions, is_ready};
+use shoal_dispatcher::{
+    DataChunk, Dispatcher, DispatcherConfig, ExecOptions, LogOptions, is_ready,
+};
+use shoal_proto::{ExecInput, TerminalSize};
 use shoal_store::{ClusterStore, DeletePreconditions, MemStore, typed};
 use shoal_tests::{TEST_IMAGE, eventually, main_docker_host, unique_name};
 use tokio::sync::{mpsc, watch};
@@ -65,8 +68,9 @@ impl LogSource for CountingLogs {
     async fn exec(
         &self,
         req: &shoal_proto::ExecRequest,
+        input: Option<BoxStream<'static, shoal_agent::engine::ExecInput>>,
     ) -> Result<BoxStream<'static, shoal_agent::session::ExecEvent>, String> {
-        self.inner.exec(req).await
+        self.inner.exec(req, input).await
     }
 }
 
@@ -289,30 +293,64 @@ async fn a_bound_task_runs_on_its_host_and_goes_away_with_its_container() {
     drop(answer);
 
     // A command in the container: its output, then its exit code.
-    let mut answer = d
+    let answer = d
         .exec(
             &t,
-            vec!["sh".into(), "-c".into(), "cat; exit 5".into()],
-            b"ran here\n".to_vec(),
+            ExecOptions {
+                command: vec!["sh".into(), "-c".into(), "cat; exit 5".into()],
+                stdin: b"ran here\n".to_vec(),
+                ..ExecOptions::default()
+            },
         )
         .await
         .unwrap();
-    let (mut out, mut exit) = (String::new(), None);
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), answer.recv())
+    assert_eq!(exec_output(answer).await, ("ran here\n".into(), Some(5)));
+
+    // Interactive, with a terminal: the input streams in (after the
+    // command has started), the terminal takes its new size, and the
+    // output comes unsplit, prompt-like text without a newline included.
+    let (input_tx, input_rx) = mpsc::channel(4);
+    let answer = d
+        .exec(
+            &t,
+            ExecOptions {
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "printf 'name? '; read x; echo hi $x; stty size; tty; exit 6".into(),
+                ],
+                tty: true,
+                size: Some(TerminalSize { cols: 80, rows: 24 }),
+                input: Some(tokio_stream::wrappers::ReceiverStream::new(input_rx).boxed()),
+                ..ExecOptions::default()
+            },
+        )
         .await
-        .unwrap()
-    {
-        match chunk {
-            DataChunk::Logs(c) => {
-                for l in c.lines {
-                    out.push_str(&String::from_utf8_lossy(&l.data));
-                }
-                exit = exit.or(c.exit_code);
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-    assert_eq!((out.as_str(), exit), ("ran here\n", Some(5)));
+        .unwrap();
+    let typing = async move {
+        use shoal_proto::v1::exec_input::Input;
+        let send = |i| input_tx.send(ExecInput { input: Some(i) });
+        send(Input::Resize(TerminalSize {
+            cols: 101,
+            rows: 33,
+        }))
+        .await
+        .unwrap();
+        send(Input::Stdin(b"there\n".to_vec())).await.unwrap();
+        // Held open until the command ends (its end does not wait for it).
+        input_tx
+    };
+    let (input_tx, (out, exit)) = tokio::join!(typing, exec_output(answer));
+    drop(input_tx);
+    assert_eq!(exit, Some(6), "{out}");
+    let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+    assert!(lines.contains(&"name? there"), "prompt and echo: {out:?}");
+    assert!(lines.contains(&"hi there"), "{out:?}");
+    assert!(lines.contains(&"33 101"), "terminal size: {out:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("/dev/pts/")),
+        "a terminal: {out:?}"
+    );
 
     // Delete: the container is stopped and removed, then the Task goes.
     store
@@ -337,4 +375,24 @@ async fn a_bound_task_runs_on_its_host_and_goes_away_with_its_container() {
         engine.list(&labels).await.unwrap().is_empty(),
         "the container outlived its Task"
     );
+}
+
+/// The output and exit code of a command's answer.
+async fn exec_output(mut answer: shoal_dispatcher::Answer) -> (String, Option<i64>) {
+    let (mut out, mut exit) = (String::new(), None);
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), answer.recv())
+        .await
+        .unwrap()
+    {
+        match chunk {
+            DataChunk::Logs(c) => {
+                for l in c.lines {
+                    out.push_str(&String::from_utf8_lossy(&l.data));
+                }
+                exit = exit.or(c.exit_code);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    (out, exit)
 }
