@@ -304,3 +304,75 @@ impl Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use futures::StreamExt;
+
+    fn dispatcher_with_route(
+        input: Option<BoxStream<'static, ExecInput>>,
+    ) -> (Dispatcher, mpsc::Receiver<DataChunk>) {
+        let d = Dispatcher::new(
+            std::sync::Arc::new(shoal_store::MemStore::new()),
+            crate::DispatcherConfig::default(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let (tx, rx) = mpsc::channel(4);
+        d.shared().routes.insert(
+            7,
+            Route {
+                tx,
+                host: "node-a".into(),
+                input,
+            },
+        );
+        (d, rx)
+    }
+
+    /// Why a session is refused (it must be).
+    fn refused(d: &Dispatcher, caller: &str, id: u64) -> tonic::Code {
+        match d.exec_session(Some(caller), id) {
+            Ok(_) => panic!("{caller} got the session of request {id}"),
+            Err(e) => e.code(),
+        }
+    }
+
+    fn chunk() -> DataChunk {
+        DataChunk::Logs(LogChunk {
+            request_id: 7,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn only_the_asked_host_answers_a_request() {
+        let (d, mut rx) = dispatcher_with_route(None);
+        assert!(
+            !d.route(Some("node-b"), 7, chunk()),
+            "another host's answer"
+        );
+        assert!(rx.try_recv().is_err(), "nothing reached the requester");
+        assert!(d.route(Some("node-a"), 7, chunk()));
+        assert!(matches!(rx.try_recv(), Ok(DataChunk::Logs(_))));
+        // The loopback listener proves no host: any answer is taken.
+        assert!(d.route(None, 7, chunk()));
+        assert!(matches!(rx.try_recv(), Ok(DataChunk::Logs(_))));
+        // Not an interactive command: no session for it.
+        assert_eq!(refused(&d, "node-a", 7), tonic::Code::FailedPrecondition);
+    }
+
+    #[tokio::test]
+    async fn an_exec_session_goes_to_its_host_once() {
+        let input = futures::stream::iter([ExecInput::default()]).boxed();
+        let (d, _rx) = dispatcher_with_route(Some(input));
+        assert_eq!(refused(&d, "node-b", 7), tonic::Code::PermissionDenied);
+        assert_eq!(refused(&d, "node-a", 8), tonic::Code::NotFound);
+        let Ok((_tx, input)) = d.exec_session(Some("node-a"), 7) else {
+            panic!("its host was refused")
+        };
+        assert_eq!(input.collect::<Vec<_>>().await.len(), 1);
+        assert_eq!(refused(&d, "node-a", 7), tonic::Code::FailedPrecondition);
+    }
+}
