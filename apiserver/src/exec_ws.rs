@@ -35,12 +35,18 @@ use crate::resources::{Query, Target};
 /// The subprotocols served, best first.
 const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const ERROR: u8 = 3;
-const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
+/// Standard input (client to server).
+pub const STDIN: u8 = 0;
+/// Standard output (with a terminal, all output).
+pub const STDOUT: u8 = 1;
+/// Standard error.
+pub const STDERR: u8 = 2;
+/// The outcome: a `Status`, once, at the end.
+pub const STATUS: u8 = 3;
+/// A terminal size (`{"Width": W, "Height": H}`).
+pub const RESIZE: u8 = 4;
+/// v5: closes the channel named by the next byte.
+pub const CLOSE: u8 = 255;
 
 /// Input messages that may wait for a slow command before the reader
 /// waits too (and so the client, through the connection's flow control).
@@ -217,7 +223,7 @@ impl Session {
                 }
             };
             let _ = sink
-                .send(framed(ERROR, status.to_string().as_bytes()))
+                .send(framed(STATUS, status.to_string().as_bytes()))
                 .await;
             let _ = sink
                 .send(Message::Close(Some(CloseFrame {
@@ -244,7 +250,7 @@ impl Session {
 }
 
 /// A message on `channel`.
-fn framed(channel: u8, data: &[u8]) -> Message {
+pub fn framed(channel: u8, data: &[u8]) -> Message {
     let mut m = Vec::with_capacity(data.len() + 1);
     m.push(channel);
     m.extend_from_slice(data);

@@ -22,7 +22,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod exec;
-mod exec_ws;
+pub mod exec_ws;
 pub mod fields;
 pub mod kubeconfig;
 pub mod logs;

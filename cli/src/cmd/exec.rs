@@ -9,6 +9,8 @@ use std::io::IsTerminal;
 use futures::{AsyncBufReadExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
+use shoal_apiserver::exec_ws::{CLOSE, RESIZE, STATUS, STDERR, STDIN, STDOUT, framed};
+
 use crate::client::{ConnArgs, block_on, connect};
 use crate::cmd::logs::{is_running, list_params, resolve, selected};
 use crate::view;
@@ -127,22 +129,6 @@ fn exec_query(command: &[String], stdin: bool, tty: bool) -> String {
     q.append_pair("stderr", if tty { "false" } else { "true" });
     q.append_pair("tty", if tty { "true" } else { "false" });
     q.finish()
-}
-
-/// The channels of Kubernetes' WebSocket exec protocol.
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const STATUS: u8 = 3;
-const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
-
-/// A message on `channel`.
-fn framed(channel: u8, data: &[u8]) -> Message {
-    let mut m = Vec::with_capacity(data.len() + 1);
-    m.push(channel);
-    m.extend_from_slice(data);
-    Message::Binary(m.into())
 }
 
 /// A resize message for this terminal, if it is one with a size.
