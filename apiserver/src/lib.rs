@@ -18,6 +18,7 @@
 //! group (`/api/v1` lists Events only; no Pods, Namespaces…), OpenAPI for
 //! Events, and authentication — hence loopback only.
 
+mod apply;
 pub mod discovery;
 pub mod error;
 pub mod events;

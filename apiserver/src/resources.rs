@@ -201,6 +201,15 @@ pub(crate) async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     let as_table = table::wants_table(accept).then(|| Include::parse(q.get("includeObject")));
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let manager = crate::apply::manager_of(q.get("fieldManager"), user_agent);
+    crate::apply::check_manager(&manager).map_err(ApiError::bad_request)?;
+    let w = Write {
+        q: &q,
+        manager: &manager,
+    };
     match (&t.name, t.sub, &method) {
         (None, _, &Method::GET) => {
             if q.flag("watch") {
@@ -210,12 +219,15 @@ pub(crate) async fn handle(
             }
         }
         (None, _, &Method::POST) if t.namespace.is_some() || !t.res.namespaced => {
-            create(&app, &t, &q, &body).await
+            create(&app, &t, &w, &body).await
         }
         (Some(_), None, &Method::GET) => get(&app, &t, as_table).await,
-        (Some(_), None, &Method::PUT) => update(&app, &t, &q, &body).await,
+        (Some(_), None, &Method::PUT) => update(&app, &t, &w, &body).await,
+        (Some(_), None, &Method::PATCH) if is_apply(content_type) => {
+            server_side_apply(&app, &t, &w, &body).await
+        }
         (Some(_), None | Some(Sub::Status), &Method::PATCH) => {
-            patch(&app, &t, &q, content_type, &body).await
+            patch(&app, &t, &w, content_type, &body).await
         }
         (Some(_), None, &Method::DELETE) => delete(&app, &t, &q, &body).await,
         (Some(_), Some(Sub::Status), &Method::GET) => get(&app, &t, None).await,
@@ -232,12 +244,12 @@ pub(crate) async fn handle(
         }
         (Some(_), Some(Sub::Scale), &Method::PUT) => {
             let scale = parse_body(&body)?;
-            write_scale(&app, &t, &q, scale).await
+            write_scale(&app, &t, &w, scale).await
         }
         (Some(_), Some(Sub::Scale), &Method::PATCH) => {
             let cur = current(&app, &t).await?;
             let scale = apply_patch(to_scale(&t, &cur), content_type, &body)?;
-            write_scale(&app, &t, &q, scale).await
+            write_scale(&app, &t, &w, scale).await
         }
         _ => Err(ApiError::method_not_allowed(format!(
             "{method} is not supported on {}",
@@ -434,7 +446,13 @@ fn generated_name(prefix: &str) -> String {
     s
 }
 
-async fn create(app: &App, t: &Target<'_>, q: &Query, body: &Bytes) -> Result<Response, ApiError> {
+async fn create(
+    app: &App,
+    t: &Target<'_>,
+    w: &Write<'_>,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let q = w.q;
     let mode = field_validation(q)?;
     let mut obj = parse_body(body)?;
     conform(t, &mut obj)?;
@@ -459,6 +477,7 @@ async fn create(app: &App, t: &Target<'_>, q: &Query, body: &Bytes) -> Result<Re
         // The status subresource owns status: a create starts without one.
         m.remove("status");
     }
+    w.record(t, None, &mut obj);
     let checked = check(t, obj, mode)?;
     if q.dry_run() {
         return Ok(json_response(
@@ -481,7 +500,13 @@ async fn create(app: &App, t: &Target<'_>, q: &Query, body: &Bytes) -> Result<Re
     ))
 }
 
-async fn update(app: &App, t: &Target<'_>, q: &Query, body: &Bytes) -> Result<Response, ApiError> {
+async fn update(
+    app: &App,
+    t: &Target<'_>,
+    w: &Write<'_>,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let q = w.q;
     let mode = field_validation(q)?;
     let mut obj = parse_body(body)?;
     conform(t, &mut obj)?;
@@ -496,6 +521,7 @@ async fn update(app: &App, t: &Target<'_>, q: &Query, body: &Bytes) -> Result<Re
             }
         }
     }
+    w.record(t, Some(&cur), &mut obj);
     let checked = check(t, obj, mode)?;
     if q.dry_run() {
         return Ok(json_response(
@@ -588,11 +614,149 @@ fn apply_patch(mut doc: Value, content_type: &str, body: &Bytes) -> Result<Value
             "strategic merge patch is not supported for shoal.dev resources (as for any custom resource): use a JSON merge patch (application/merge-patch+json) or a JSON patch (application/json-patch+json)",
         )),
         m if m.starts_with("application/apply-patch") => Err(ApiError::unsupported_media(
-            "server-side apply is not supported yet by Shoal's API server: use client-side apply (kubectl apply without --server-side), a JSON merge patch or a JSON patch",
+            "server-side apply is served for whole objects only, not their status or scale: apply the object",
         )),
         other => Err(ApiError::unsupported_media(format!(
             "the media type {other:?} is not supported for PATCH: use application/merge-patch+json or application/json-patch+json"
         ))),
+    }
+}
+
+/// Who writes, and the write's parameters.
+pub(crate) struct Write<'a> {
+    pub(crate) q: &'a Query,
+    /// The field manager: `fieldManager`, else the client's name.
+    pub(crate) manager: &'a str,
+}
+
+impl Write<'_> {
+    /// Records in `after` the fields this write changes from `before`
+    /// (see [`crate::apply`]); not for Events, whose writers do not apply.
+    fn record(&self, t: &Target<'_>, before: Option<&Value>, after: &mut Value) {
+        if t.res.kind != shoal_store::Kind::Event {
+            crate::apply::record_update(before, after, self.manager, &t.res.api_version);
+        }
+    }
+}
+
+/// Whether a PATCH is a server-side apply.
+fn is_apply(content_type: &str) -> bool {
+    content_type
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("application/apply-patch")
+}
+
+/// An apply body: YAML or JSON (which is YAML).
+fn parse_apply_body(body: &Bytes) -> Result<Value, ApiError> {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return Ok(v);
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("the apply configuration is not UTF-8 text"))?;
+    serde_saphyr::from_str::<Value>(text).map_err(|e| {
+        ApiError::bad_request(format!("the apply configuration is not YAML or JSON: {e}"))
+    })
+}
+
+/// `PATCH` with `application/apply-patch+yaml`: server-side apply of the
+/// configuration in the body by `fieldManager` (required), creating the
+/// object if it does not exist (see [`crate::apply`]).
+async fn server_side_apply(
+    app: &App,
+    t: &Target<'_>,
+    w: &Write<'_>,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let q = w.q;
+    let mode = field_validation(q)?;
+    if q.get("fieldManager").is_none_or(str::is_empty) {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "fieldManager: Required value: is required for apply patch",
+        ));
+    }
+    let force = q.flag("force");
+    let mut config = parse_apply_body(body)?;
+    conform(t, &mut config)?;
+    if config.get("apiVersion").and_then(Value::as_str) != Some(t.res.api_version.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "apiVersion: the configuration must be {} for this path",
+            t.res.api_version
+        )));
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let cur = match current(app, t).await {
+            Ok(c) => Some(c),
+            Err(e) if e.code == 404 => None,
+            Err(e) => return Err(e),
+        };
+        let mut obj =
+            crate::apply::apply(cur.as_ref(), &config, w.manager, &t.res.api_version, force)
+                .map_err(|c| ApiError {
+                    code: 409,
+                    reason: "Conflict",
+                    message: c.message(),
+                    details: Some(json!({
+                        "name": t.name,
+                        "group": shoal_crds::GROUP,
+                        "kind": t.res.plural,
+                        "causes": c.0.iter().map(|(m, f)| json!({
+                            "reason": "FieldManagerConflict",
+                            "message": format!("conflict with {m:?}"),
+                            "field": f,
+                        })).collect::<Vec<_>>(),
+                    })),
+                })?;
+        let Some(cur) = cur else {
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+            let checked = check(t, obj, mode)?;
+            if q.dry_run() {
+                return Ok(json_response(
+                    StatusCode::CREATED,
+                    &checked.object,
+                    &checked.warnings,
+                ));
+            }
+            match app.store.create(checked.object).await {
+                Ok(stored) => {
+                    return Ok(json_response(
+                        StatusCode::CREATED,
+                        &stored,
+                        &checked.warnings,
+                    ));
+                }
+                // Created meanwhile: apply to it.
+                Err(StoreError::AlreadyExists(_)) if attempt < PATCH_ATTEMPTS => continue,
+                Err(e) => return Err(ApiError::from_store(&t.subject(), e)),
+            }
+        };
+        match cur.get("status") {
+            Some(st) => obj["status"] = st.clone(),
+            None => {
+                if let Some(m) = obj.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+        let checked = check(t, obj, mode)?;
+        if q.dry_run() {
+            return Ok(json_response(
+                StatusCode::OK,
+                &checked.object,
+                &checked.warnings,
+            ));
+        }
+        match app.store.update(checked.object).await {
+            Ok(stored) => return Ok(json_response(StatusCode::OK, &stored, &checked.warnings)),
+            Err(StoreError::Conflict { .. }) if attempt < PATCH_ATTEMPTS => continue,
+            Err(e) => return Err(ApiError::from_store(&t.subject(), e)),
+        }
     }
 }
 
@@ -602,10 +766,11 @@ const PATCH_ATTEMPTS: usize = 8;
 async fn patch(
     app: &App,
     t: &Target<'_>,
-    q: &Query,
+    w: &Write<'_>,
     content_type: &str,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
+    let q = w.q;
     let mode = field_validation(q)?;
     let mut attempt = 0;
     loop {
@@ -648,6 +813,7 @@ async fn patch(
                     }
                 }
             }
+            w.record(t, Some(&cur), &mut patched);
             patched
         };
         let mut new = new;
@@ -718,9 +884,10 @@ fn to_scale(t: &Target<'_>, obj: &Value) -> Value {
 async fn write_scale(
     app: &App,
     t: &Target<'_>,
-    q: &Query,
+    w: &Write<'_>,
     scale: Value,
 ) -> Result<Response, ApiError> {
+    let q = w.q;
     let mode = field_validation(q)?;
     let Some(replicas) = scale.pointer("/spec/replicas").and_then(Value::as_i64) else {
         return Err(ApiError::new(
@@ -750,6 +917,7 @@ async fn write_scale(
     loop {
         attempt += 1;
         let mut obj = current(app, t).await?;
+        let before = obj.clone();
         let cur_rv = meta_str(&obj, "resourceVersion")
             .unwrap_or_default()
             .to_owned();
@@ -761,6 +929,7 @@ async fn write_scale(
             slot = &mut slot[*p];
         }
         *slot = json!(replicas);
+        w.record(t, Some(&before), &mut obj);
         set_meta(
             &mut obj,
             "resourceVersion",

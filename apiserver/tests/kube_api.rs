@@ -261,6 +261,8 @@ async fn errors_are_kubernetes_status_bodies() {
         .unwrap_err(),
     );
     assert_eq!(s.code, 415);
+    // Server-side apply: kube-rs' Patch::Apply. The creator owns what it
+    // wrote: changing it is a conflict until forced, then the applier owns it.
     let s = api_err(
         api.patch(
             "web",
@@ -270,12 +272,68 @@ async fn errors_are_kubernetes_status_bodies() {
         .await
         .unwrap_err(),
     );
-    assert_eq!(s.code, 415);
+    assert_eq!(s.code, 409, "{}", s.message);
+    let applied = api
+        .patch(
+            "web",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(common::service("web", 2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.spec.replicas, Some(2));
+    let managed = applied.metadata.managed_fields.unwrap_or_default();
     assert!(
-        s.message.contains("server-side apply is not supported yet"),
+        managed.iter().any(
+            |m| m.manager.as_deref() == Some("test") && m.operation.as_deref() == Some("Apply")
+        ),
+        "{managed:?}"
+    );
+    // Another manager applying a different value: 409, the field named.
+    let s = api_err(
+        api.patch(
+            "web",
+            &PatchParams::apply("other"),
+            &Patch::Apply(common::service("web", 4)),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(s.code, 409);
+    assert!(
+        s.message.contains("conflict with \"test\": .spec.replicas"),
         "{}",
         s.message
     );
+    let forced = api
+        .patch(
+            "web",
+            &PatchParams::apply("other").force(),
+            &Patch::Apply(common::service("web", 4)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.spec.replicas, Some(4));
+    // Applying a service that does not exist creates it.
+    let created = api
+        .patch(
+            "fresh",
+            &PatchParams::apply("test"),
+            &Patch::Apply(common::service("fresh", 1)),
+        )
+        .await
+        .unwrap();
+    assert!(created.metadata.uid.is_some());
+    // The manager is required for an apply.
+    let req = http::Request::patch("/apis/shoal.dev/v1alpha1/namespaces/default/services/web")
+        .header("content-type", "application/apply-patch+yaml")
+        .body(serde_json::to_vec(&common::service("web", 4)).unwrap())
+        .unwrap();
+    let Err(kube::Error::Api(s)) = common::client(&server.url()).request_text(req).await else {
+        panic!("an apply without a manager")
+    };
+    assert_eq!(s.code, 422);
+    assert!(s.message.contains("fieldManager"), "{}", s.message);
 
     // A bad label selector is a 400.
     let s = api_err(

@@ -175,21 +175,64 @@ async fn invalid_manifests_are_rejected_with_the_field_path() {
         .await;
     assert!(out.contains("created"), "{out}");
 
-    // Server-side apply is refused with a clear message, not a wrong result.
-    let o = k
-        .run(&[
-            "apply",
-            "--server-side",
-            "-f",
-            manifests.path().join("unknown.yaml").to_str().unwrap(),
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_owns_fields_and_names_conflicts() {
+    let (server, _store) = common::start().await;
+    let k = common::Kubectl::new(&server.url());
+    let manifests = tempfile::tempdir().unwrap();
+    let file = manifests.path().join("ssa.yaml");
+    let file = file.to_str().unwrap();
+    let with_label = WEB.replace("labels: { app: web }", "labels: { app: web, tier: front }");
+    write(manifests.path(), "ssa.yaml", &with_label);
+    let out = k.ok(&["apply", "--server-side", "-f", file]).await;
+    assert!(out.contains("serverside-applied"), "{out}");
+    let managers = k
+        .ok(&[
+            "get",
+            "ssvc",
+            "web",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}/{.metadata.managedFields[*].operation}",
         ])
         .await;
-    assert!(!o.ok);
+    assert_eq!(managers, "kubectl/Apply");
+    // A label left out of the configuration is removed.
+    write(manifests.path(), "ssa.yaml", WEB);
+    k.ok(&["apply", "--server-side", "-f", file]).await;
+    let labels = k
+        .ok(&["get", "ssvc", "web", "-o", "jsonpath={.metadata.labels}"])
+        .await;
+    assert_eq!(labels, r#"{"app":"web"}"#);
+    // Another manager's change is a conflict naming the field...
+    k.ok(&["scale", "ssvc", "web", "--replicas=5"]).await;
+    let o = k.run(&["apply", "--server-side", "-f", file]).await;
+    assert!(!o.ok, "{}", o.stdout);
     assert!(
-        o.stderr.contains("server-side apply is not supported yet"),
+        o.stderr.contains("conflict") && o.stderr.contains(".spec.replicas"),
         "{}",
         o.stderr
     );
+    let n = k
+        .ok(&["get", "ssvc", "web", "-o", "jsonpath={.spec.replicas}"])
+        .await;
+    assert_eq!(n, "5", "nothing written on a conflict");
+    // ...until forced.
+    k.ok(&["apply", "--server-side", "--force-conflicts", "-f", file])
+        .await;
+    let n = k
+        .ok(&["get", "ssvc", "web", "-o", "jsonpath={.spec.replicas}"])
+        .await;
+    assert_eq!(n, "3");
+    // Bad configurations are refused as with any write.
+    let bad = WEB.replace("replicas: 3", "replicas: -2");
+    write(manifests.path(), "ssa.yaml", &bad);
+    let o = k.run(&["apply", "--server-side", "-f", file]).await;
+    assert!(!o.ok);
+    assert!(o.stderr.contains("spec.replicas"), "{}", o.stderr);
     server.shutdown().await.unwrap();
 }
 

@@ -174,6 +174,12 @@ pub async fn connect(args: &ConnArgs) -> anyhow::Result<Conn> {
     // command facing a control plane without a majority would hang for
     // minutes. Ours ride out a leader election (0.5-1 s) and then say why.
     config.default_retry = false;
+    // Its writes are the field manager `shoal` (server-side apply's
+    // ownership, shown by `kubectl get --show-managed-fields`).
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("shoal/", env!("CARGO_PKG_VERSION"))),
+    ));
     let retry = kube::client::retry::RetryPolicy::new(
         Duration::from_millis(100),
         Duration::from_secs(1),

@@ -327,24 +327,41 @@ async fn a_bound_task_runs_on_its_host_and_goes_away_with_its_container() {
         )
         .await
         .unwrap();
-    let typing = async move {
-        use shoal_proto::v1::exec_input::Input;
-        let send = |i| input_tx.send(ExecInput { input: Some(i) });
-        send(Input::Resize(TerminalSize {
-            cols: 101,
-            rows: 33,
-        }))
+    // The prompt (no newline) arrives before any input is given; then the
+    // answer and the new size.
+    let (mut out, mut exit, mut typed) = (String::new(), None, false);
+    let mut answer = answer;
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), answer.recv())
         .await
-        .unwrap();
-        send(Input::Stdin(b"there\n".to_vec())).await.unwrap();
-        // Held open until the command ends (its end does not wait for it).
-        input_tx
-    };
-    let (input_tx, (out, exit)) = tokio::join!(typing, exec_output(answer));
+        .unwrap()
+    {
+        let DataChunk::Logs(c) = chunk else {
+            panic!("{chunk:?}")
+        };
+        for l in c.lines {
+            out.push_str(&String::from_utf8_lossy(&l.data));
+        }
+        exit = exit.or(c.exit_code);
+        if !typed && out.contains("name? ") {
+            use shoal_proto::v1::exec_input::Input;
+            typed = true;
+            let send = |i| input_tx.send(ExecInput { input: Some(i) });
+            send(Input::Resize(TerminalSize {
+                cols: 101,
+                rows: 33,
+            }))
+            .await
+            .unwrap();
+            send(Input::Stdin(b"there\n".to_vec())).await.unwrap();
+        }
+    }
     drop(input_tx);
     assert_eq!(exit, Some(6), "{out}");
     let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
-    assert!(lines.contains(&"name? there"), "prompt and echo: {out:?}");
+    assert!(
+        lines.contains(&"name? there"),
+        "prompt, then the echo: {out:?}"
+    );
     assert!(lines.contains(&"hi there"), "{out:?}");
     assert!(lines.contains(&"33 101"), "terminal size: {out:?}");
     assert!(
