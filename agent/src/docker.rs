@@ -88,12 +88,17 @@ impl DockerEngine {
 
 /// Maps bollard's errors to the seam's kinds.
 /// Writes a command's input until it ends (then closes its standard
-/// input, as an explicit close does) and passes on terminal resizes.
+/// input, as an explicit close does) and passes on terminal resizes. When
+/// the input of a command with a terminal ends while it still runs (its
+/// user went away), the command gets SIGHUP, as from a terminal hung up:
+/// the engine keeps the terminal open, so a shell would otherwise wait for
+/// input in the container forever.
 async fn feed(
     mut input: BoxStream<'static, crate::engine::ExecInput>,
     mut writer: tokio::io::WriteHalf<Box<dyn crate::docker_exec::AttachIo>>,
     docker: &Docker,
     exec_id: &str,
+    tty: bool,
 ) {
     use crate::engine::ExecInput;
     use tokio::io::AsyncWriteExt;
@@ -120,6 +125,55 @@ async fn feed(
     }
     if open && let Err(e) = writer.shutdown().await {
         tracing::debug!(error = %e, "closing the command's input");
+    }
+    if tty {
+        hang_up(docker, exec_id).await;
+    }
+}
+
+/// Sends SIGHUP to exec `exec_id`'s process if it still runs. The engine
+/// names its process id on the host; a pidfd taken while the engine still
+/// reports it running (checked after) makes sure it is that process. An
+/// agent that does not see the engine's processes (another PID namespace)
+/// cannot, and says so in its debug log.
+async fn hang_up(docker: &Docker, exec_id: &str) {
+    use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+    let running_pid = |info: bollard::models::ExecInspectResponse| {
+        (info.running == Some(true))
+            .then_some(info.pid)
+            .flatten()
+            .and_then(|p| i32::try_from(p).ok())
+    };
+    let Some(pid) = docker
+        .inspect_exec(exec_id)
+        .await
+        .ok()
+        .and_then(running_pid)
+    else {
+        return;
+    };
+    let Some(process) = Pid::from_raw(pid) else {
+        return;
+    };
+    let fd = match pidfd_open(process, PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(pid, error = %e, "the command's process is out of reach: it keeps running");
+            return;
+        }
+    };
+    if docker
+        .inspect_exec(exec_id)
+        .await
+        .ok()
+        .and_then(running_pid)
+        != Some(pid)
+    {
+        return;
+    }
+    match pidfd_send_signal(&fd, Signal::HUP) {
+        Ok(()) => tracing::info!(pid, "the command's user went away: hung up"),
+        Err(e) => tracing::debug!(pid, error = %e, "hanging up the command"),
     }
 }
 
@@ -560,29 +614,48 @@ impl ContainerEngine for DockerEngine {
             }
             let (reader, writer) = tokio::io::split(io);
             // Fed beside the reading of the output, so a command that talks
-            // before it reads cannot stall; stopped when the output ends.
+            // before it reads cannot stall; stopped when the output ends,
+            // or is dropped unfinished (nobody wants it any more: a
+            // command with a terminal is then hung up).
             let feeding = tokio_util::sync::CancellationToken::new();
-            if let Some(input) = spec.input {
-                let (docker, exec_id, stop) = (docker.clone(), created.id.clone(), feeding.clone());
-                tokio::spawn(tracing::Instrument::instrument(
-                    async move {
-                        tokio::select! {
-                            () = feed(input, writer, &docker, &exec_id) => {}
-                            () = stop.cancelled() => {}
+            let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (docker2, exec_id, stop, done) = (
+                docker.clone(),
+                created.id.clone(),
+                feeding.clone(),
+                finished.clone(),
+            );
+            let input = spec.input;
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let fed = async {
+                        match input {
+                            Some(input) => feed(input, writer, &docker2, &exec_id, tty).await,
+                            None => std::future::pending().await,
                         }
-                    },
-                    tracing::debug_span!("exec-stdin"),
-                ));
-            }
-            Ok((docker, created.id, reader, feeding.drop_guard()))
+                    };
+                    tokio::select! {
+                        () = fed => {}
+                        () = stop.cancelled() => {
+                            let abandoned = !done.load(std::sync::atomic::Ordering::SeqCst);
+                            if tty && abandoned {
+                                hang_up(&docker2, &exec_id).await;
+                            }
+                        }
+                    }
+                },
+                tracing::debug_span!("exec-input"),
+            ));
+            Ok((docker, created.id, reader, (feeding.drop_guard(), finished)))
         };
         futures::stream::once(started)
             .flat_map(move |started| match started {
                 Err(e) => futures::stream::once(futures::future::ready(Err(e))).boxed(),
-                Ok((docker, exec_id, reader, feeding)) => {
+                Ok((docker, exec_id, reader, (feeding, finished))) => {
                     let output = crate::docker_exec::output(reader, tty);
                     // Once the output ends the command has: its exit code.
                     let exit = futures::stream::once(async move {
+                        finished.store(true, std::sync::atomic::Ordering::SeqCst);
                         drop(feeding);
                         exit_code(&docker, &exec_id).await.map(ExecOutput::Exit)
                     });

@@ -513,14 +513,7 @@ async fn update(
     // The main resource never changes status: validate the object with the
     // stored status, which the store keeps.
     let cur = current(app, t).await?;
-    match cur.get("status") {
-        Some(st) => obj["status"] = st.clone(),
-        None => {
-            if let Some(m) = obj.as_object_mut() {
-                m.remove("status");
-            }
-        }
-    }
+    keep_status(&mut obj, &cur);
     w.record(t, Some(&cur), &mut obj);
     let checked = check(t, obj, mode)?;
     if q.dry_run() {
@@ -639,6 +632,19 @@ impl Write<'_> {
     }
 }
 
+/// Gives `obj` the stored object's status (or none): only the status
+/// subresource changes it.
+fn keep_status(obj: &mut Value, cur: &Value) {
+    match cur.get("status") {
+        Some(st) => obj["status"] = st.clone(),
+        None => {
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+        }
+    }
+}
+
 /// Whether a PATCH is a server-side apply.
 fn is_apply(content_type: &str) -> bool {
     content_type
@@ -736,14 +742,7 @@ async fn server_side_apply(
                 Err(e) => return Err(ApiError::from_store(&t.subject(), e)),
             }
         };
-        match cur.get("status") {
-            Some(st) => obj["status"] = st.clone(),
-            None => {
-                if let Some(m) = obj.as_object_mut() {
-                    m.remove("status");
-                }
-            }
-        }
+        keep_status(&mut obj, &cur);
         let checked = check(t, obj, mode)?;
         if q.dry_run() {
             return Ok(json_response(
@@ -805,14 +804,7 @@ async fn patch(
         let new = if t.sub == Some(Sub::Status) {
             with_status(cur.clone(), &patched)
         } else {
-            match cur.get("status") {
-                Some(st) => patched["status"] = st.clone(),
-                None => {
-                    if let Some(m) = patched.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
+            keep_status(&mut patched, &cur);
             w.record(t, Some(&cur), &mut patched);
             patched
         };

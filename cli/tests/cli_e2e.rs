@@ -114,6 +114,45 @@ fn terminal_session(kc: &Path) {
     assert!(seen.contains("/dev/pts/"), "{seen}");
 }
 
+/// A terminal session whose user goes away (the terminal closes, and
+/// SIGHUP ends `shoal`) leaves nothing running in the container: the
+/// command is hung up as a terminal's would be.
+fn abandoned_terminal(kc: &Path) {
+    use std::io::Read;
+    let line = format!(
+        "exec {} exec -it web -- sh -c 'echo rea''dy; exec sleep 4321'",
+        env!("CARGO_BIN_EXE_shoal")
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("KUBECONFIG", kc)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let running = |kc: &Path| ok(kc, &["exec", "web", "--", "ps"]).contains("sleep 4321");
+    assert!(running(kc), "the command runs while its user is there");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while running(kc) {
+        assert!(
+            Instant::now() < deadline,
+            "the command still runs after its user went away"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -597,6 +636,7 @@ spec:
     assert!(!o.status.success());
     assert!(text(&o).1.contains("not a terminal"), "{:?}", text(&o));
     terminal_session(&kc);
+    abandoned_terminal(&kc);
     let o = shoal(&kc, &["exec", "crashing", "--", "true"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("no running task"), "{:?}", text(&o));
