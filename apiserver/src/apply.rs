@@ -125,6 +125,48 @@ fn set_at(v: &mut Value, p: &[String], value: Value) {
     }
 }
 
+/// The `fieldsV1` form of every owned field of `obj` (as
+/// `to_fields_v1(&fields_of(obj))`, in one pass: a create records them all).
+fn owned_fields_v1(obj: &Value) -> Value {
+    fn walk(v: &Value) -> Value {
+        match v {
+            Value::Object(m) if !m.is_empty() => Value::Object(
+                m.iter()
+                    .filter(|(_, c)| !c.is_null())
+                    .map(|(k, c)| (format!("f:{k}"), walk(c)))
+                    .collect(),
+            ),
+            _ => Value::Object(Map::new()),
+        }
+    }
+    let mut out = Map::new();
+    let Some(top) = obj.as_object() else {
+        return Value::Object(out);
+    };
+    for (k, v) in top {
+        match k.as_str() {
+            "apiVersion" | "kind" | "status" => {}
+            "metadata" => {
+                let owned: Map<String, Value> = v
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(mk, mv)| !SERVER_META.contains(&mk.as_str()) && !mv.is_null())
+                    .map(|(mk, mv)| (format!("f:{mk}"), walk(mv)))
+                    .collect();
+                if !owned.is_empty() {
+                    out.insert("f:metadata".into(), Value::Object(owned));
+                }
+            }
+            _ if !v.is_null() => {
+                out.insert(format!("f:{k}"), walk(v));
+            }
+            _ => {}
+        }
+    }
+    Value::Object(out)
+}
+
 /// The `fieldsV1` form of a set.
 fn to_fields_v1(fields: &Fields) -> Value {
     let mut root = Map::new();
@@ -357,6 +399,26 @@ pub(crate) fn record_update(
     manager: &str,
     api_version: &str,
 ) {
+    let Some(before) = before else {
+        // A create: the writer owns every field it wrote.
+        let fields_v1 = owned_fields_v1(after);
+        if let Some(meta) = after.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+            if fields_v1.as_object().is_some_and(|m| !m.is_empty()) {
+                let entry = json!({
+                    "manager": manager,
+                    "operation": "Update",
+                    "apiVersion": api_version,
+                    "time": now(),
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": fields_v1,
+                });
+                meta.insert("managedFields".into(), Value::Array(vec![entry]));
+            }
+        }
+        return;
+    };
+    let before = Some(before);
     let new = fields_of(after);
     let old = before.map(fields_of).unwrap_or_default();
     let changed: Fields = new
@@ -468,6 +530,33 @@ mod tests {
         let f2 = fields_of(&with_status);
         assert!(f2.contains(&vec!["metadata".to_string(), "labels".into(), "app".into()]));
         assert_eq!(f2.len(), f.len() + 1);
+    }
+
+    #[test]
+    fn a_creates_record_is_every_field_it_wrote() {
+        let mut obj = svc(json!({"replicas": 3, "mode": null,
+            "template": {"image": "x", "command": ["a"], "env": [], "resources": {}}}));
+        obj["metadata"]["labels"] = json!({"app": "web"});
+        obj["metadata"]["uid"] = json!("u");
+        obj["status"] = json!({"replicas": 1});
+        assert_eq!(owned_fields_v1(&obj), to_fields_v1(&fields_of(&obj)));
+        record_update(None, &mut obj, "shoal", V);
+        assert_eq!(
+            owners(&obj),
+            BTreeMap::from([(
+                "shoal/Update".into(),
+                [
+                    ".metadata.labels.app",
+                    ".spec.replicas",
+                    ".spec.template.command",
+                    ".spec.template.env",
+                    ".spec.template.image",
+                    ".spec.template.resources"
+                ]
+                .map(String::from)
+                .to_vec()
+            )])
+        );
     }
 
     #[test]
