@@ -251,23 +251,52 @@ impl Table {
 
 /// Prints objects as JSON or YAML: one object alone, several as a
 /// Kubernetes `List` (what kubectl prints), so scripts get one stable shape.
+/// Field ownership (`metadata.managedFields`) is left out, as kubectl does.
 pub fn print_objects<T: Serialize>(
     items: &[T],
     single: bool,
     format: Format,
 ) -> anyhow::Result<()> {
-    let value = if single && items.len() == 1 {
-        serde_json::to_value(&items[0])?
+    print_objects_with(items, single, format, false)
+}
+
+/// [`print_objects`], with `metadata.managedFields` if `managed_fields`.
+pub fn print_objects_with<T: Serialize>(
+    items: &[T],
+    single: bool,
+    format: Format,
+    managed_fields: bool,
+) -> anyhow::Result<()> {
+    let mut objects = items
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()?;
+    if !managed_fields {
+        objects.iter_mut().for_each(without_managed_fields);
+    }
+    let value = if single && objects.len() == 1 {
+        objects.remove(0)
     } else {
         serde_json::json!({
             "apiVersion": "v1",
             "kind": "List",
             "metadata": { "resourceVersion": "" },
-            "items": items,
+            "items": objects,
         })
     };
     print!("{}", serialize(&value, format)?);
     Ok(())
+}
+
+/// Drops `metadata.managedFields` (server-side apply's bookkeeping: long,
+/// and rarely what a reader wants).
+pub fn without_managed_fields(obj: &mut serde_json::Value) {
+    if let Some(meta) = obj
+        .get_mut("metadata")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        meta.remove("managedFields");
+    }
 }
 
 /// One value as JSON (pretty, newline-terminated) or YAML.
@@ -285,6 +314,17 @@ pub fn serialize(value: &serde_json::Value, format: Format) -> anyhow::Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_ownership_is_left_out_unless_asked_for() {
+        let mut obj = serde_json::json!({"metadata": {"name": "web",
+            "managedFields": [{"manager": "kubectl"}]}, "spec": {}});
+        without_managed_fields(&mut obj);
+        assert_eq!(
+            obj,
+            serde_json::json!({"metadata": {"name": "web"}, "spec": {}})
+        );
+    }
 
     #[test]
     fn ages_read_like_kubectl() {

@@ -577,6 +577,27 @@ spec:
             "no {line:?} in\n{metrics}"
         );
     }
+    // Field ownership: recorded by the API (the CLI's writes are `shoal`'s),
+    // left out of -o json unless asked for, as kubectl does.
+    let v = json(&kc, &["get", "service", "web", "-o", "json"]);
+    assert!(v["metadata"].get("managedFields").is_none(), "{v}");
+    let v = json(
+        &kc,
+        &[
+            "get",
+            "service",
+            "web",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ],
+    );
+    assert!(
+        v["metadata"]["managedFields"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|e| e["manager"] == "shoal")),
+        "{v}"
+    );
     // exec: a command in a replica's container, its streams and exit code.
     let o = shoal(
         &kc,

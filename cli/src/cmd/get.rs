@@ -7,7 +7,7 @@ use kube::api::{ListParams, WatchEvent, WatchParams};
 use shoal_crds::{Host, Service, Task};
 
 use crate::client::{Conn, ConnArgs, block_on, connect};
-use crate::output::{Format, colour_stdout, print_objects, serialize};
+use crate::output::{Format, colour_stdout, print_objects_with, serialize, without_managed_fields};
 use crate::view;
 
 /// List Services, Tasks or Hosts, or show one
@@ -38,6 +38,10 @@ pub struct Args {
     /// Services and tasks of every namespace.
     #[arg(short = 'A', long)]
     all_namespaces: bool,
+    /// With -o json/yaml: keep `metadata.managedFields` (who owns which
+    /// field, for server-side apply), which is left out by default.
+    #[arg(long)]
+    show_managed_fields: bool,
     #[command(flatten)]
     conn: ConnArgs,
 }
@@ -150,7 +154,9 @@ where
     let colour = colour_stdout();
     let wide = args.output == Some(Format::Wide);
     match args.output {
-        Some(f @ (Format::Json | Format::Yaml)) => print_objects(&items, args.name.is_some(), f)?,
+        Some(f @ (Format::Json | Format::Yaml)) => {
+            print_objects_with(&items, args.name.is_some(), f, args.show_managed_fields)?;
+        }
         _ => {
             let t = table(&items, wide, ());
             if t.is_empty() && !args.watch {
@@ -183,7 +189,10 @@ where
         };
         match args.output {
             Some(f @ (Format::Json | Format::Yaml)) => {
-                let v = serde_json::to_value(&obj)?;
+                let mut v = serde_json::to_value(&obj)?;
+                if !args.show_managed_fields {
+                    without_managed_fields(&mut v);
+                }
                 let s = serialize(&v, f)?;
                 if f == Format::Yaml {
                     print!("---\n{s}");
