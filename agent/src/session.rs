@@ -681,9 +681,16 @@ fn chunks(
     id: u64,
     events: BoxStream<'static, ExecEvent>,
     stop: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<LogChunk> {
+) -> (
+    tokio_stream::wrappers::ReceiverStream<LogChunk>,
+    CancellationToken,
+) {
     let (chunk_tx, chunk_rx) = mpsc::channel::<LogChunk>(16);
+    // Cancelled once every chunk is handed over (or the answer stopped).
+    let answered = CancellationToken::new();
+    let done = answered.clone().drop_guard();
     let pump = async move {
+        let _done = done;
         let chunk = |lines, exit_code| LogChunk {
             request_id: id,
             lines,
@@ -715,7 +722,10 @@ fn chunks(
         }
     };
     tokio::spawn(pump.instrument(tracing::Span::current()));
-    tokio_stream::wrappers::ReceiverStream::new(chunk_rx)
+    (
+        tokio_stream::wrappers::ReceiverStream::new(chunk_rx),
+        answered,
+    )
 }
 
 /// Answers request `id` on a `SendLogs` stream (see [`chunks`]).
@@ -725,7 +735,7 @@ async fn send_chunked(
     events: BoxStream<'static, ExecEvent>,
     stop: CancellationToken,
 ) {
-    if let Err(e) = client.send_logs(chunks(id, events, stop)).await {
+    if let Err(e) = client.send_logs(chunks(id, events, stop).0).await {
         tracing::debug!(error = %e, "answer stream ended");
     }
 }
@@ -771,7 +781,8 @@ async fn serve_exec(
         Ok(e) => e,
         Err(message) => return refuse(&control, id, message).await,
     };
-    let mut inbound = match client.exec_session(chunks(id, events, stop.clone())).await {
+    let (output, answered) = chunks(id, events, stop.clone());
+    let mut inbound = match client.exec_session(output).await {
         Ok(r) => r.into_inner(),
         Err(e) => {
             tracing::debug!(error = %e, "exec session refused");
@@ -785,17 +796,25 @@ async fn serve_exec(
         };
         let input = match next {
             Ok(Some(i)) => i,
-            Ok(None) => return,
+            Ok(None) => break,
             Err(e) => {
                 tracing::debug!(error = %e, "exec session ended");
-                return;
+                break;
             }
         };
         if let Some(i) = exec_input(input)
             && input_tx.send(i).await.is_err()
         {
-            return;
+            break;
         }
+    }
+    // The input has ended (all of it given, as by a POST with its standard
+    // input); the output goes on to the command's end, unless the request
+    // is cancelled.
+    drop(input_tx);
+    tokio::select! {
+        () = answered.cancelled() => {}
+        () = stop.cancelled() => {}
     }
 }
 

@@ -232,18 +232,13 @@ impl Session {
                 })))
                 .await;
         };
+        // A WebSocket has no half-close (the end of standard input is a
+        // message): when the client's side ends, the client is gone, and
+        // so is the command's answer (the agent hangs up a terminal).
         let mut shutdown = self.shutdown;
-        let both = async move {
-            tokio::pin!(reader, writer);
-            tokio::select! {
-                () = &mut writer => {}
-                // Without input, the output still runs to its end (or
-                // until the client is gone and a write fails).
-                () = &mut reader => writer.await,
-            }
-        };
         tokio::select! {
-            () = both => {}
+            () = writer => {}
+            () = reader => {}
             _ = shutdown.wait_for(|v| *v) => {}
         }
     }

@@ -645,6 +645,38 @@ spec:
         ["12", "hello", "world"],
         "{out}"
     );
+    // The API's POST form with all of the standard input in the body: the
+    // input ends at once, the output still comes to the command's end.
+    let body = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        body.path(),
+        r#"{"command": ["sh", "-c", "sleep 0.3; cat; echo done; exit 2"], "stdin": "aGVsbG8K"}"#,
+    )
+    .unwrap();
+    let o = Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "create",
+            "--raw",
+            &format!("/apis/shoal.dev/v1alpha1/namespaces/default/tasks/{web0}/exec"),
+            "-f",
+            body.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let (answer, err) = text(&o);
+    let frames: Vec<serde_json::Value> = answer
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let out: String = frames.iter().filter_map(|f| f["stdout"].as_str()).collect();
+    assert_eq!(out, "hello\ndone\n", "{answer}{err}");
+    assert_eq!(
+        frames.last().map(|f| f["exitCode"].clone()),
+        Some(serde_json::json!(2)),
+        "{answer}{err}"
+    );
     // -i streams: more than fits in any request body reaches the command.
     let big = "x".repeat(3 << 20);
     let o = shoal_stdin(&kc, &["exec", "-i", "web", "--", "wc", "-c"], &big);

@@ -307,7 +307,15 @@ impl shoal_proto::Dispatcher for Service {
             d.finish_route(id);
         };
         tokio::spawn(pump.instrument(tracing::debug_span!("exec-session", request = id)));
+        // The input's end closes the command's standard input, and the
+        // answer stays open until the output is all here (ending it first
+        // would cut the agent's side of the call).
+        let close = ExecInput {
+            input: Some(shoal_proto::v1::exec_input::Input::CloseStdin(true)),
+        };
         let input = input
+            .chain(futures::stream::once(futures::future::ready(close)))
+            .chain(futures::stream::pending())
             .take_until(async move { done.cancelled().await })
             .map(Ok);
         Ok(Response::new(Box::pin(input)))
