@@ -115,6 +115,11 @@ async fn feed(
             ExecInput::Stdin(_) => {}
             ExecInput::Close if open => {
                 open = false;
+                // A terminal's input ends only when its user is gone (the
+                // end of typing is a key, Ctrl-D): hang up, then close.
+                if tty {
+                    hang_up(docker, exec_id).await;
+                }
                 if let Err(e) = writer.shutdown().await {
                     tracing::debug!(error = %e, "closing the command's input");
                 }
@@ -123,11 +128,13 @@ async fn feed(
             ExecInput::Resize(size) => resize(docker, exec_id, size).await,
         }
     }
-    if open && let Err(e) = writer.shutdown().await {
-        tracing::debug!(error = %e, "closing the command's input");
-    }
+    // Hung up first: closing a terminal's input may end the engine's
+    // attach connection, and with it this task, before the signal is sent.
     if tty {
         hang_up(docker, exec_id).await;
+    }
+    if open && let Err(e) = writer.shutdown().await {
+        tracing::debug!(error = %e, "closing the command's input");
     }
 }
 

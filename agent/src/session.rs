@@ -414,6 +414,8 @@ async fn session(
         .map_err(SessionError::Connect)?
         .tcp_nodelay(true)
         .connect_timeout(connect_timeout)
+        .initial_stream_window_size(shoal_proto::STREAM_WINDOW)
+        .initial_connection_window_size(shoal_proto::CONNECTION_WINDOW)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10));
     let endpoint = match &cfg.tls {

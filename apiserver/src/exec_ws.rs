@@ -48,6 +48,10 @@ pub const RESIZE: u8 = 4;
 /// v5: closes the channel named by the next byte.
 pub const CLOSE: u8 = 255;
 
+/// How long a client has to close after the outcome was sent (it may
+/// still be sending input the command never read).
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Input messages that may wait for a slow command before the reader
 /// waits too (and so the client, through the connection's flow control).
 const INPUT_BUFFER: usize = 16;
@@ -181,7 +185,7 @@ impl Session {
         let (v5, stdin, input) = (self.v5, self.stdin, self.input);
         // The client's messages become the command's input; its end (or
         // the client's going away) ends that input.
-        let reader = async move {
+        let reader = async {
             while let Some(msg) = stream.next().await {
                 let data = match msg {
                     Ok(Message::Binary(b)) => b,
@@ -197,7 +201,7 @@ impl Session {
             }
         };
         // The command's output goes to the client; its end, the outcome.
-        let writer = async move {
+        let writer = async {
             let status = loop {
                 let Some(e) = events.next().await else {
                     break failure(
@@ -236,10 +240,23 @@ impl Session {
         // message): when the client's side ends, the client is gone, and
         // so is the command's answer (the agent hangs up a terminal).
         let mut shutdown = self.shutdown;
-        tokio::select! {
-            () = writer => {}
-            () = reader => {}
-            _ = shutdown.wait_for(|v| *v) => {}
+        let answered = tokio::select! {
+            () = writer => true,
+            () = reader => false,
+            _ = shutdown.wait_for(|v| *v) => false,
+        };
+        if answered {
+            // The client may still be sending input the command never
+            // read: read it (dropped) until the client closes too, or it
+            // would get a reset instead of the outcome.
+            let drain = async {
+                while let Some(Ok(m)) = stream.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
         }
     }
 }

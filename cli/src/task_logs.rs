@@ -553,10 +553,15 @@ impl TaskExec for DispatcherLogs {
                     )),
                 };
             };
+            // Always on an exec session, for its flow control: a command
+            // without input gets its standard input closed at once.
+            let input = call
+                .input
+                .unwrap_or_else(|| futures::stream::empty().boxed());
             let opts = ExecOptions {
                 command: call.command,
                 tty: call.tty,
-                input: call.input.map(|i| i.map(agent_input).boxed()),
+                input: Some(input.map(agent_input).boxed()),
                 ..ExecOptions::default()
             };
             let mut rx = dispatcher.exec(task, opts).await.map_err(dispatch_error)?;

@@ -681,6 +681,40 @@ spec:
     let big = "x".repeat(3 << 20);
     let o = shoal_stdin(&kc, &["exec", "-i", "web", "--", "wc", "-c"], &big);
     assert_eq!(text(&o).0.trim(), "3145728", "{:?}", text(&o));
+    // A reader that waits (6 s without reading 27 MB of output): the call
+    // waits on its own, and the host's heartbeats, on the same connection,
+    // do not (HTTP/2's default 64 KiB windows got the host declared lost).
+    let tasks_before = ok(&kc, &["ps", "web"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args([
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "head -c 20000000 /dev/zero | base64",
+        ])
+        .env("KUBECONFIG", &kc)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(out.len(), 27_017_546);
+    let ids = |ps: &str| -> Vec<String> {
+        ps.lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        ids(&ok(&kc, &["ps", "web"])),
+        ids(&tasks_before),
+        "the host stayed, and its tasks with it"
+    );
     // -t: the command has a terminal (its output unsplit).
     let out = ok(&kc, &["exec", "-t", "web", "--", "tty"]);
     assert!(out.starts_with("/dev/pts/"), "{out:?}");

@@ -186,6 +186,8 @@ impl Dispatcher {
         tonic::transport::Server::builder()
             .tls_config(pki.server_tls())?
             .tcp_nodelay(true)
+            .initial_stream_window_size(shoal_proto::STREAM_WINDOW)
+            .initial_connection_window_size(shoal_proto::CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(service)
@@ -229,6 +231,8 @@ impl Dispatcher {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let res = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .initial_stream_window_size(shoal_proto::STREAM_WINDOW)
+            .initial_connection_window_size(shoal_proto::CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(self.service())

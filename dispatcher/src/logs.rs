@@ -86,6 +86,10 @@ impl std::fmt::Debug for ExecOptions {
 /// cancelled.
 const ROUTE_BUFFER: usize = 256;
 
+/// Answer chunks of a command on an exec session that may wait for a slow
+/// reader: then the command waits (each chunk may hold up to 2 MiB).
+const EXEC_BUFFER: usize = 8;
+
 /// The answer to a log or stats request. Dropping it cancels the request
 /// on the agent at once (a followed log of a quiet container would
 /// otherwise stay open there until the container stops).
@@ -124,7 +128,11 @@ impl Dispatcher {
         host: &str,
         input: Option<BoxStream<'static, ExecInput>>,
     ) -> Result<(u64, mpsc::Receiver<DataChunk>, crate::ControlTx), DispatchError> {
-        let (tx, rx) = mpsc::channel(ROUTE_BUFFER);
+        let (tx, rx) = mpsc::channel(if input.is_some() {
+            EXEC_BUFFER
+        } else {
+            ROUTE_BUFFER
+        });
         let mut sh = self.shared();
         let control = sh
             .hosts

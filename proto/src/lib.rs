@@ -106,6 +106,19 @@ pub mod control_v1 {
 }
 
 pub use convert::{ConvertError, ConvertErrorReason};
+
+/// HTTP/2 flow-control window of each call between an agent and the control
+/// plane (both ends set it). A call whose reader waits (an exec whose
+/// output nobody reads yet, an input the command does not read) holds at
+/// most this much of its connection's window.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+
+/// HTTP/2 flow-control window of the whole connection between an agent and
+/// the control plane: 64 calls may wait at once before the session's
+/// heartbeats and assignments, which share the connection, would wait too
+/// (HTTP/2's default windows are 64 KiB each: one waiting exec would starve
+/// the heartbeats and get its host declared lost).
+pub const CONNECTION_WINDOW: u32 = 64 << 20;
 pub use v1::dispatcher_client::DispatcherClient;
 pub use v1::dispatcher_server::{Dispatcher, DispatcherServer};
 pub use v1::{

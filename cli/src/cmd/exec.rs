@@ -278,14 +278,23 @@ async fn attached(
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },
-            chunk = next_input => match chunk.flatten() {
-                Some(data) => sink.send(framed(STDIN, &data)).await?,
-                None => {
-                    // The end of input: the command's ends too.
-                    input = None;
-                    if can_close {
-                        sink.send(Message::Binary(vec![CLOSE, STDIN].into())).await?;
+            chunk = next_input => {
+                // The end of input ends the command's. A send that fails
+                // (the command ended without reading all of it) stops the
+                // input; the outcome may still come.
+                let sent = match chunk.flatten() {
+                    Some(data) => sink.send(framed(STDIN, &data)).await,
+                    None => {
+                        input = None;
+                        if can_close {
+                            sink.send(Message::Binary(vec![CLOSE, STDIN].into())).await
+                        } else {
+                            Ok(())
+                        }
                     }
+                };
+                if sent.is_err() {
+                    input = None;
                 }
             },
             Some(()) = next_resize => {
