@@ -1,6 +1,7 @@
 //! The Kubernetes backend against a real Kubernetes-dialect API server:
 //! Shoal's embedded one (over a memory store), spoken to over HTTP by
 //! kube-rs exactly as a cluster's would be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::time::Duration;
