@@ -799,3 +799,107 @@ pub async fn stop_signal() -> anyhow::Result<&'static str> {
         r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; Ok("interrupt") }
     }
 }
+
+/// Where `shoal operator` (kubernetes mode) keeps its own state and
+/// listens: desired state lives in the cluster, so only the cluster id and
+/// the cluster CA are on disk.
+#[derive(Debug, Clone)]
+pub struct OperatorSettings {
+    /// `cluster-id`, `pki/`, `join-token`, `join-address`.
+    pub data_dir: PathBuf,
+    /// Address an agent on the same machine dials, without TLS (loopback).
+    pub dispatcher_listen: SocketAddr,
+    /// Address agents of other hosts dial, with mutual TLS, after joining
+    /// with the token in `DATA_DIR/join-token`. `None`: loopback only.
+    pub join_listen: Option<SocketAddr>,
+}
+
+/// The control plane over a Kubernetes cluster's API: the orchestrator,
+/// the scheduler and the dispatcher on a [`ClusterStore`] of CRDs — one
+/// shutdown tree.
+pub struct Operator {
+    /// The cluster id (persisted in the data directory).
+    pub cluster_id: String,
+    /// `http://127.0.0.1:PORT` agents on this machine dial.
+    pub dispatcher_url: String,
+    /// `https://ADDRESS:PORT` agents of other hosts dial, with the join
+    /// token (also in `DATA_DIR/join-token`, readable by the owner only).
+    pub join: Option<(String, String)>,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+impl Operator {
+    /// Starts the components on `store`.
+    pub async fn start(
+        store: Arc<dyn ClusterStore>,
+        settings: &OperatorSettings,
+    ) -> anyhow::Result<Operator> {
+        if !settings.dispatcher_listen.ip().is_loopback() {
+            anyhow::bail!(
+                "--dispatcher-listen {}: the plain dispatcher listens on loopback only; agents of other hosts join over mutual TLS on --join-listen",
+                settings.dispatcher_listen
+            );
+        }
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "creating the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
+        let cluster_id = cluster_id(&settings.data_dir)?;
+        let pki = match settings.join_listen {
+            Some(_) => {
+                let dir = settings.data_dir.join("pki");
+                let id = cluster_id.clone();
+                let pki = tokio::task::spawn_blocking(move || {
+                    shoal_dispatcher::pki::ClusterPki::load_or_create(&dir, &id)
+                })
+                .await
+                .context("loading the cluster CA")?
+                .context("loading the cluster CA")?;
+                Some(Arc::new(pki))
+            }
+            None => None,
+        };
+        let join_token = match &pki {
+            Some(pki) => {
+                let token = pki.token().to_string();
+                write_private(&settings.data_dir.join("join-token"), &format!("{token}\n"))?;
+                Some(token)
+            }
+            None => None,
+        };
+        let shutdown = CancellationToken::new();
+        let (current, _) = tokio::sync::watch::channel(None);
+        let leader = Leader {
+            store,
+            cluster_id: cluster_id.clone(),
+            pki,
+            dispatcher_listen: settings.dispatcher_listen,
+            join_listen: settings.join_listen,
+            data_dir: settings.data_dir.clone(),
+            current,
+            // A restarted operator (a new pod) waits for its agents to find
+            // it before it declares their hosts lost, as a new leader does.
+            startup_grace: Some(HA_STARTUP_GRACE),
+            servers: None,
+        };
+        let running = leader.start(shutdown.child_token()).await?;
+        Ok(Operator {
+            cluster_id,
+            dispatcher_url: running.dispatcher_url,
+            join: running.join_url.zip(join_token),
+            tasks: running.tasks,
+            shutdown,
+        })
+    }
+
+    /// Stops every component and waits for them.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

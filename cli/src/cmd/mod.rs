@@ -12,6 +12,7 @@ pub mod get;
 pub mod host;
 pub mod join_token;
 pub mod logs;
+pub mod operator;
 pub mod ps;
 pub mod resume;
 pub mod rollback;

@@ -1,0 +1,177 @@
+//! Kubernetes mode end to end: `shoal operator` keeps its desired state in
+//! a Kubernetes-dialect API server through the kube-rs backend, and a real
+//! agent runs the tasks on the test engine. No kube-apiserver can be had
+//! here, so "the cluster" is Shoal's embedded API server over a memory
+//! store, started by this test with no controllers of its own: everything
+//! that happens to the containers comes from the operator process, which
+//! talks to it over HTTP exactly as it would to a cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use common::{Killed, eventually, ok};
+use shoal_store::{ClusterStore, MemStore};
+use shoal_tests::{RemoveClusterOnDrop, main_docker_host};
+
+/// The ids of the running containers of `service` in `cluster`.
+fn running(cluster: &str, service: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["-H", &main_docker_host(), "ps", "-q", "--no-trunc"])
+        .args(["--filter", &format!("label=shoal.dev/cluster={cluster}")])
+        .args(["--filter", &format!("label=shoal.dev/service={service}")])
+        .output()
+        .unwrap();
+    let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn start_operator(kc: &Path, data: &Path, port: u16, log: &Path) -> (Killed, String, String) {
+    let out = log.with_extension("out");
+    let child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["operator", "--no-join", "--dispatcher-listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--kubeconfig")
+            .arg(kc)
+            .arg("--data-dir")
+            .arg(data)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let mut dispatcher = String::new();
+    eventually("the operator to print its dispatcher", 30, || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let found = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("dispatcher:"))
+            .and_then(|rest| rest.split_whitespace().next().map(str::to_owned));
+        found.map(|d| dispatcher = d).is_some()
+    });
+    let cluster = std::fs::read_to_string(data.join("cluster-id"))
+        .unwrap()
+        .trim()
+        .to_string();
+    (child, dispatcher, cluster)
+}
+
+#[test]
+fn the_operator_runs_services_from_the_clusters_api() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(shoal_tests::Engine::main()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // "The cluster": an API server and nothing else.
+    let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+    let api = rt
+        .block_on(shoal_apiserver::RunningServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            store,
+            shoal_apiserver::Config::default(),
+        ))
+        .unwrap();
+    let kc = tmp.path().join("kubeconfig");
+    shoal_apiserver::kubeconfig::write(&kc, &api.url()).unwrap();
+
+    // The dispatcher keeps its port across restarts, as behind a
+    // Kubernetes Service.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = tmp.path().join("operator");
+    let (operator, dispatcher, cluster) =
+        start_operator(&kc, &data, port, &tmp.path().join("operator.log"));
+    let _cleanup = RemoveClusterOnDrop(Some(cluster.clone()));
+    let host = shoal_tests::unique_name("kube-mode");
+    let _agent = Killed(
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["agent", "--dispatcher", &dispatcher])
+            .args(["--cluster-id", &cluster, "--host-name", &host])
+            .arg("--state-dir")
+            .arg(tmp.path().join("agent"))
+            .env("DOCKER_HOST", main_docker_host())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // The Host object is written into the cluster from the agent's hello.
+    eventually("the host to join", 30, || {
+        common::shoal(&kc, &["host", "ls"]).status.success()
+            && ok(&kc, &["host", "ls"]).contains(&host)
+    });
+
+    let manifest = tmp.path().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: shoal.dev/v1alpha1
+kind: Service
+metadata: { name: web, namespace: default }
+spec:
+  replicas: 2
+  template:
+    image: shoal-test/busybox:1
+    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
+    stopGracePeriod: 1s
+"#,
+    )
+    .unwrap();
+    ok(&kc, &["apply", "-f", manifest.to_str().unwrap()]);
+    eventually("2 running containers", 60, || {
+        running(&cluster, "web").len() == 2
+    });
+    eventually("the service's status to say 2 ready", 30, || {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(&kc, &["get", "services", "web", "-o", "json"])).unwrap();
+        v["status"]["readyReplicas"] == 2
+    });
+    let before = running(&cluster, "web");
+
+    // The operator dies: the containers run on, and a new one takes over
+    // from the cluster's state without restarting any of them.
+    drop(operator);
+    let (_operator, dispatcher2, cluster2) =
+        start_operator(&kc, &data, port, &tmp.path().join("operator2.log"));
+    assert_eq!(cluster2, cluster, "the data directory keeps the cluster id");
+    assert_eq!(dispatcher2, dispatcher);
+    // Past the new operator's start-up grace (5 s): the host is Ready again
+    // and its tasks are still the same running containers.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    eventually("the host to be Ready again", 30, || {
+        ok(&kc, &["host", "ls"])
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq([host.as_str(), "True"]))
+    });
+    assert_eq!(running(&cluster, "web"), before, "no container restarted");
+
+    // Scale and delete through the cluster's API: the operator acts on it.
+    ok(&kc, &["scale", "web=1"]);
+    eventually("1 running container", 60, || {
+        running(&cluster, "web").len() == 1
+    });
+    assert!(before.contains(&running(&cluster, "web")[0]));
+    ok(&kc, &["delete", "service", "web"]);
+    eventually("the containers to go", 60, || {
+        running(&cluster, "web").is_empty()
+    });
+    eventually("the service and its tasks to go", 60, || {
+        let tasks: serde_json::Value =
+            serde_json::from_str(&ok(&kc, &["get", "tasks", "-o", "json"])).unwrap();
+        tasks["items"].as_array().is_some_and(Vec::is_empty)
+            && !common::shoal(&kc, &["get", "services", "web"])
+                .status
+                .success()
+    });
+}
