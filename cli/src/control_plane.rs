@@ -81,7 +81,7 @@ pub struct ControlPlane {
 }
 
 /// `n` random bytes from the kernel, in hex.
-fn random_hex(n: usize) -> anyhow::Result<String> {
+pub(crate) fn random_hex(n: usize) -> anyhow::Result<String> {
     let mut bytes = vec![0u8; n];
     std::io::Read::read_exact(
         &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
@@ -347,7 +347,7 @@ impl ControlPlane {
             let r = raft.clone();
             let stop = shutdown.child_token();
             tasks.push(tokio::spawn(
-                async move { lead_while_leader(r, leader, stop).await }
+                async move { lead_while(Leadership::Raft(r), leader, stop).await }
                     .instrument(tracing::info_span!("leadership")),
             ));
             urls
@@ -695,16 +695,94 @@ impl Leader {
     }
 }
 
-/// Runs the leader's components while this server leads, until `stop`.
-async fn lead_while_leader(raft: Arc<RaftStore>, leader: Leader, stop: CancellationToken) {
-    let poll = std::time::Duration::from_millis(50);
-    loop {
-        // Wait to lead.
-        while !raft.status().is_leader {
+/// Who leads: the Raft leader among `shoal server`s, or the holder of a
+/// Kubernetes Lease among operators.
+pub(crate) enum Leadership {
+    Raft(Arc<RaftStore>),
+    Lease(Box<shoal_kubestore::lease::LeaseElector>),
+}
+
+impl Leadership {
+    /// Waits until this process leads: `false` if `stop` came first.
+    async fn acquire(&mut self, stop: &CancellationToken) -> bool {
+        loop {
+            let pause = match self {
+                Leadership::Raft(raft) => {
+                    if raft.status().is_leader {
+                        return true;
+                    }
+                    RAFT_POLL
+                }
+                Leadership::Lease(lease) => {
+                    match lease.try_acquire_or_renew().await {
+                        Ok(true) => return true,
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot read the lease; retrying"),
+                    }
+                    lease.config().retry
+                }
+            };
             tokio::select! {
-                () = tokio::time::sleep(poll) => {}
+                () = tokio::time::sleep(pause) => {}
+                () = stop.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Returns when this process no longer leads, or at `stop`. A lease
+    /// holder renews it; one that could not for its renew deadline stops
+    /// leading before any other candidate may start.
+    async fn hold(&mut self, stop: &CancellationToken) {
+        let mut renewed = tokio::time::Instant::now();
+        loop {
+            let pause = match self {
+                Leadership::Raft(_) => RAFT_POLL,
+                Leadership::Lease(lease) => lease.config().retry,
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
                 () = stop.cancelled() => return,
             }
+            match self {
+                Leadership::Raft(raft) => {
+                    if !raft.status().is_leader {
+                        return;
+                    }
+                }
+                Leadership::Lease(lease) => match lease.try_acquire_or_renew().await {
+                    Ok(true) => renewed = tokio::time::Instant::now(),
+                    Ok(false) => {
+                        tracing::warn!("the lease went to another operator");
+                        return;
+                    }
+                    Err(e) if renewed.elapsed() >= lease.config().renew_deadline => {
+                        tracing::warn!(error = %e, "could not renew the lease in time");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot renew the lease; retrying"),
+                },
+            }
+        }
+    }
+
+    /// Lets another take over at once (after this one stopped leading).
+    async fn resign(&mut self) {
+        if let Leadership::Lease(lease) = self
+            && let Err(e) = lease.release().await
+        {
+            tracing::warn!(error = %e, "cannot release the lease (it expires on its own)");
+        }
+    }
+}
+
+/// How often a server checks whether it leads the Raft group.
+const RAFT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Runs the leader's components while this process leads, until `stop`.
+async fn lead_while(mut leadership: Leadership, leader: Leader, stop: CancellationToken) {
+    loop {
+        if !leadership.acquire(&stop).await {
+            return;
         }
         let term = stop.child_token();
         let running = match leader.start(term.clone()).await {
@@ -715,24 +793,23 @@ async fn lead_while_leader(raft: Arc<RaftStore>, leader: Leader, stop: Cancellat
                 term.cancel();
                 tokio::select! {
                     () = tokio::time::sleep(std::time::Duration::from_millis(200)) => continue,
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => {
+                        leadership.resign().await;
+                        return;
+                    }
                 }
             }
         };
-        tracing::info!(status = ?raft.status().term, "leading: orchestrator, scheduler and dispatcher started");
-        // Lead until another server does (or this one stops).
-        while raft.status().is_leader && !stop.is_cancelled() {
-            tokio::select! {
-                () = tokio::time::sleep(poll) => {}
-                () = stop.cancelled() => {}
-            }
-        }
+        tracing::info!("leading: orchestrator, scheduler and dispatcher started");
+        // Lead until another process does (or this one stops).
+        leadership.hold(&stop).await;
         term.cancel();
         leader.current.send_replace(None);
         for t in running.tasks {
             let _ = t.await;
         }
         if stop.is_cancelled() {
+            leadership.resign().await;
             return;
         }
         tracing::warn!("no longer the leader: orchestrator, scheduler and dispatcher stopped");
@@ -831,9 +908,12 @@ pub struct Operator {
 
 impl Operator {
     /// Starts the components on `store`.
+    /// With `lease`, the components run only while this operator holds it
+    /// (the others stand by, their listeners closed).
     pub async fn start(
         store: Arc<dyn ClusterStore>,
         settings: &OperatorSettings,
+        lease: Option<shoal_kubestore::lease::LeaseElector>,
     ) -> anyhow::Result<Operator> {
         if !settings.dispatcher_listen.ip().is_loopback() {
             anyhow::bail!(
@@ -885,12 +965,30 @@ impl Operator {
             startup_grace: Some(HA_STARTUP_GRACE),
             servers: None,
         };
-        let running = leader.start(shutdown.child_token()).await?;
+        let Some(lease) = lease else {
+            let running = leader.start(shutdown.child_token()).await?;
+            return Ok(Operator {
+                cluster_id,
+                dispatcher_url: running.dispatcher_url,
+                join: running.join_url.zip(join_token),
+                tasks: running.tasks,
+                shutdown,
+            });
+        };
+        let urls = (
+            format!("http://{}", settings.dispatcher_listen),
+            settings.join_listen.map(|a| format!("https://{a}")),
+        );
+        let stop = shutdown.child_token();
+        let task = tokio::spawn(
+            async move { lead_while(Leadership::Lease(Box::new(lease)), leader, stop).await }
+                .instrument(tracing::info_span!("leadership")),
+        );
         Ok(Operator {
             cluster_id,
-            dispatcher_url: running.dispatcher_url,
-            join: running.join_url.zip(join_token),
-            tasks: running.tasks,
+            dispatcher_url: urls.0,
+            join: urls.1.zip(join_token),
+            tasks: vec![task],
             shutdown,
         })
     }

@@ -23,6 +23,9 @@
 //! by etcd (and Shoal's embedded one) hands out as increasing integers; a
 //! resourceVersion that is not one is an [`StoreError::Internal`] error.
 
+pub mod lease;
+pub mod secret;
+
 use std::time::Duration;
 
 use futures::{StreamExt, stream::BoxStream};

@@ -33,9 +33,9 @@ fn ex(method: &'static str, path: &'static str, status: u16, body: Value) -> Exc
     }
 }
 
-/// A store whose API server answers `exchanges` in order (and fails the
+/// A client whose API server answers `exchanges` in order (and fails the
 /// test on any other request).
-fn mocked(exchanges: Vec<Exchange>) -> (KubeStore, tokio::task::JoinHandle<()>) {
+fn mocked_client(exchanges: Vec<Exchange>) -> (kube::Client, tokio::task::JoinHandle<()>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(async move {
         for e in exchanges {
@@ -55,10 +55,13 @@ fn mocked(exchanges: Vec<Exchange>) -> (KubeStore, tokio::task::JoinHandle<()>) 
             );
         }
     });
-    (
-        KubeStore::new(kube::Client::new(service, "default")),
-        server,
-    )
+    (kube::Client::new(service, "default"), server)
+}
+
+/// A store over [`mocked_client`].
+fn mocked(exchanges: Vec<Exchange>) -> (KubeStore, tokio::task::JoinHandle<()>) {
+    let (client, server) = mocked_client(exchanges);
+    (KubeStore::new(client), server)
 }
 
 fn svc(rv: &str) -> Value {
@@ -266,4 +269,189 @@ async fn a_gone_error_inside_the_stream_ends_the_watch_as_too_old() {
     }
     assert!(w.next().await.is_none());
     server.await.unwrap();
+}
+
+/// What several operators share: the Lease of their leader and the Secret of
+/// their cluster state.
+mod operator_ha {
+    use super::*;
+    use shoal_kubestore::lease::{LeaseConfig, LeaseElector};
+    use std::time::Duration;
+
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/shoal/leases/op";
+
+    fn lease(holder: Option<&str>, rv: &str, transitions: i32) -> Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "op", "namespace": "shoal", "resourceVersion": rv},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "renewTime": "2026-01-01T00:00:00.000000Z", "leaseTransitions": transitions},
+        })
+    }
+
+    fn elector(client: kube::Client) -> LeaseElector {
+        LeaseElector::new(client, LeaseConfig::new("shoal", "op", "me"))
+    }
+
+    #[tokio::test]
+    async fn a_missing_lease_is_created_and_a_lost_race_is_not_leading() {
+        let (client, server) = mocked_client(vec![
+            ex("GET", LEASE, 404, status(404, "NotFound", "not found")),
+            Exchange {
+                check: Some(|b| {
+                    assert_eq!(b["spec"]["holderIdentity"], "me");
+                    assert_eq!(b["spec"]["leaseDurationSeconds"], 15);
+                }),
+                ..ex(
+                    "POST",
+                    "/apis/coordination.k8s.io/v1/namespaces/shoal/leases",
+                    201,
+                    lease(Some("me"), "1", 0),
+                )
+            },
+            ex("GET", LEASE, 404, status(404, "NotFound", "not found")),
+            ex(
+                "POST",
+                "/apis/coordination.k8s.io/v1/namespaces/shoal/leases",
+                409,
+                status(409, "AlreadyExists", "exists"),
+            ),
+        ]);
+        let mut e = elector(client);
+        assert!(e.try_acquire_or_renew().await.unwrap());
+        assert!(!e.try_acquire_or_renew().await.unwrap());
+        server.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_holder_is_waited_out_by_this_clock_then_taken_over() {
+        let (client, server) = mocked_client(vec![
+            ex("GET", LEASE, 200, lease(Some("other"), "5", 2)),
+            // 10 s later, unchanged: still theirs.
+            ex("GET", LEASE, 200, lease(Some("other"), "5", 2)),
+            // They renewed (a new record): the wait starts again.
+            ex("GET", LEASE, 200, lease(Some("other"), "6", 2)),
+            ex("GET", LEASE, 200, lease(Some("other"), "6", 2)),
+            // 16 s after the last change: taken.
+            ex("GET", LEASE, 200, lease(Some("other"), "6", 2)),
+            Exchange {
+                check: Some(|b| {
+                    assert_eq!(b["metadata"]["resourceVersion"], "6");
+                    assert_eq!(b["spec"]["holderIdentity"], "me");
+                    assert_eq!(b["spec"]["leaseTransitions"], 3);
+                }),
+                ..ex("PUT", LEASE, 200, lease(Some("me"), "7", 3))
+            },
+        ]);
+        let mut e = elector(client);
+        assert!(!e.try_acquire_or_renew().await.unwrap());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!e.try_acquire_or_renew().await.unwrap());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(
+            !e.try_acquire_or_renew().await.unwrap(),
+            "renewed: wait again"
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!e.try_acquire_or_renew().await.unwrap());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(e.try_acquire_or_renew().await.unwrap());
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_holder_renews_loses_on_a_conflict_and_releases() {
+        let (client, server) = mocked_client(vec![
+            ex("GET", LEASE, 200, lease(Some("me"), "8", 1)),
+            Exchange {
+                check: Some(|b| {
+                    assert_eq!(b["spec"]["holderIdentity"], "me");
+                    assert_ne!(b["spec"]["renewTime"], "2026-01-01T00:00:00.000000Z");
+                }),
+                ..ex("PUT", LEASE, 200, lease(Some("me"), "9", 1))
+            },
+            ex("GET", LEASE, 200, lease(Some("me"), "9", 1)),
+            ex("PUT", LEASE, 409, status(409, "Conflict", "modified")),
+            ex("GET", LEASE, 200, lease(Some("me"), "10", 1)),
+            Exchange {
+                check: Some(|b| {
+                    assert!(
+                        b["spec"].get("holderIdentity").is_none_or(Value::is_null),
+                        "{b}"
+                    )
+                }),
+                ..ex("PUT", LEASE, 200, lease(None, "11", 1))
+            },
+            // Not ours: nothing written.
+            ex("GET", LEASE, 200, lease(Some("other"), "12", 2)),
+        ]);
+        let mut e = elector(client);
+        assert!(e.try_acquire_or_renew().await.unwrap());
+        assert!(!e.try_acquire_or_renew().await.unwrap());
+        e.release().await.unwrap();
+        e.release().await.unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_state_secret_is_taken_or_published_and_a_lost_race_takes_theirs() {
+        use shoal_kubestore::secret::{Published, SecretFiles};
+        use std::os::unix::fs::PermissionsExt;
+        const SECRETS: &str = "/api/v1/namespaces/shoal/secrets";
+        let theirs = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "state", "namespace": "shoal"},
+            // "theirs-id", "THEIR KEY"
+            "data": {"cluster-id": "dGhlaXJzLWlk", "ca.key": "VEhFSVIgS0VZ"},
+        });
+        let (client, server) = mocked_client(vec![
+            ex(
+                "GET",
+                "/api/v1/namespaces/shoal/secrets/state",
+                404,
+                status(404, "NotFound", ""),
+            ),
+            Exchange {
+                check: Some(|b| {
+                    assert_eq!(b["data"]["cluster-id"], "bWluZQ=="); // "mine"
+                    assert_eq!(b["data"]["join-token"], "dG9r"); // "tok"
+                    assert!(b["data"].get("ca.key").is_none(), "no such file yet");
+                }),
+                ..ex("POST", SECRETS, 409, status(409, "AlreadyExists", "exists"))
+            },
+            ex(
+                "GET",
+                "/api/v1/namespaces/shoal/secrets/state",
+                200,
+                theirs.clone(),
+            ),
+            ex("GET", "/api/v1/namespaces/shoal/secrets/state", 200, theirs),
+        ]);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let files = [
+            ("cluster-id".to_string(), dir.join("cluster-id")),
+            ("ca.key".to_string(), dir.join("pki/ca.key")),
+        ];
+        let secret = SecretFiles::new(client, "shoal", "state", files);
+        assert!(!secret.fetch().await.unwrap());
+        std::fs::write(dir.join("cluster-id"), "mine").unwrap();
+        let extra = std::collections::BTreeMap::from([("join-token".to_string(), b"tok".to_vec())]);
+        assert_eq!(secret.publish(extra).await.unwrap(), Published::TookTheirs);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cluster-id")).unwrap(),
+            "theirs-id"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("pki/ca.key")).unwrap(),
+            "THEIR KEY"
+        );
+        let mode = std::fs::metadata(dir.join("pki/ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(secret.fetch().await.unwrap());
+        server.await.unwrap();
+    }
 }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use shoal_kubestore::KubeStore;
+use shoal_kubestore::lease::{LeaseConfig, LeaseElector};
+use shoal_kubestore::secret::{Published, SecretFiles};
 use shoal_store::{ClusterStore, StoreError};
 
 use crate::control_plane::{Operator, OperatorSettings, default_data_dir, dialable, stop_signal};
@@ -49,6 +51,26 @@ pub struct Args {
     /// Address an agent on this machine dials, without TLS (loopback only).
     #[arg(long, default_value = "127.0.0.1:6444")]
     dispatcher_listen: SocketAddr,
+    /// Keep the cluster id, the cluster CA and the join secret in this
+    /// Secret (in --namespace) as well as in --data-dir: every replica
+    /// shares them, and a pod moved to another node keeps them. The first
+    /// operator creates it; its `join-token` key holds the agents' token.
+    #[arg(long, value_name = "NAME")]
+    state_secret: Option<String>,
+    /// Several operators may run: one leads (holding the Lease
+    /// --lease-name in --namespace) and runs the components; the others
+    /// wait with their listeners closed, and one takes over within the
+    /// lease's 15 s when the leader is gone (at once when it stops
+    /// cleanly). Needs --state-secret, so that they share one cluster.
+    #[arg(long, requires = "state_secret")]
+    leader_elect: bool,
+    /// The Lease of --leader-elect.
+    #[arg(long, value_name = "NAME", default_value = "shoal-operator")]
+    lease_name: String,
+    /// Namespace of the Secret and the Lease. Default: the pod's own (in a
+    /// cluster), else the kubeconfig context's, else `default`.
+    #[arg(long, value_name = "NAMESPACE")]
+    namespace: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -71,13 +93,33 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             return Err(anyhow::anyhow!("{e}")).context("reaching the cluster's API server");
         }
     }
+    let client = kube.client().clone();
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
     let store: Arc<dyn ClusterStore> = Arc::new(kube);
     let settings = OperatorSettings {
         data_dir: args.data_dir.unwrap_or_else(default_data_dir),
         dispatcher_listen: args.dispatcher_listen,
         join_listen: (!args.no_join).then_some(args.join_listen),
     };
-    let op = Operator::start(store, &settings).await?;
+    if let Some(name) = &args.state_secret {
+        share_state(&client, &namespace, name, &settings).await?;
+    }
+    let lease = args.leader_elect.then(|| {
+        let identity = format!(
+            "{}-{}",
+            crate::host_agent::machine_host_name(),
+            crate::control_plane::random_hex(3).unwrap_or_default()
+        );
+        tracing::info!(%identity, lease = %args.lease_name, %namespace, "standing for the lease");
+        LeaseElector::new(
+            client.clone(),
+            LeaseConfig::new(&namespace, &args.lease_name, &identity),
+        )
+    });
+    let op = Operator::start(store, &settings, lease).await?;
     println!("Shoal's operator is up (cluster {}).", op.cluster_id);
     println!("  data:       {}", settings.data_dir.display());
     println!("  dispatcher: {}   (loopback)", op.dispatcher_url);
@@ -98,5 +140,59 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     tracing::info!("{why}: shutting down");
     op.stop().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The operator's own state shared through the Secret `namespace/name`:
+/// taken from it when it exists, else made here and published (and, when
+/// another replica published first, replaced with its).
+async fn share_state(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    settings: &OperatorSettings,
+) -> anyhow::Result<()> {
+    let dir = &settings.data_dir;
+    let pki = dir.join("pki");
+    let files = [
+        ("cluster-id", dir.join("cluster-id")),
+        ("ca.crt", pki.join("ca.crt")),
+        ("ca.key", pki.join("ca.key")),
+        ("join-secret", pki.join("join-secret")),
+    ]
+    .map(|(k, p)| (k.to_string(), p));
+    let secret = SecretFiles::new(client.clone(), namespace, name, files);
+    let subject = format!("the Secret {namespace}/{name}");
+    if secret
+        .fetch()
+        .await
+        .with_context(|| format!("reading {subject}"))?
+    {
+        tracing::info!("cluster state taken from {subject}");
+        return Ok(());
+    }
+    // None yet: this operator makes the cluster's identity.
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let id = crate::control_plane::cluster_id(dir)?;
+    let made = tokio::task::spawn_blocking(move || {
+        shoal_dispatcher::pki::ClusterPki::load_or_create(&pki, &id)
+    })
+    .await
+    .context("making the cluster CA")?
+    .context("making the cluster CA")?;
+    let token = std::collections::BTreeMap::from([(
+        "join-token".to_string(),
+        format!("{}\n", made.token()).into_bytes(),
+    )]);
+    match secret
+        .publish(token)
+        .await
+        .with_context(|| format!("creating {subject}"))?
+    {
+        Published::Created => tracing::info!("cluster state kept in {subject}"),
+        Published::TookTheirs => {
+            tracing::info!("another operator made the cluster first: its state from {subject}");
+        }
+    }
     Ok(())
 }
