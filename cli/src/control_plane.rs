@@ -105,25 +105,42 @@ pub fn cluster_id(data_dir: &Path) -> anyhow::Result<String> {
     }
 }
 
+/// Checks the plain dispatcher's address (loopback only), makes the data
+/// directory and returns its cluster id.
+fn prepare(dispatcher_listen: SocketAddr, data_dir: &Path) -> anyhow::Result<String> {
+    if !dispatcher_listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--dispatcher-listen {dispatcher_listen}: the plain dispatcher listens on loopback only; agents of other hosts join over mutual TLS on --join-listen"
+        );
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    cluster_id(data_dir)
+}
+
+/// The cluster CA of `DATA_DIR/pki`, made on first use (blocking work, off
+/// the async threads).
+pub(crate) async fn load_pki(
+    data_dir: &Path,
+    cluster_id: &str,
+) -> anyhow::Result<Arc<shoal_dispatcher::pki::ClusterPki>> {
+    let (dir, id) = (data_dir.join("pki"), cluster_id.to_owned());
+    let pki = tokio::task::spawn_blocking(move || {
+        shoal_dispatcher::pki::ClusterPki::load_or_create(&dir, &id)
+    })
+    .await
+    .context("loading the cluster CA")?
+    .context("loading the cluster CA")?;
+    Ok(Arc::new(pki))
+}
+
 impl ControlPlane {
     /// Opens the store and starts every component. In a highly available
     /// control plane (`settings.ha`), the store is one Raft voter among the
     /// peers, and the orchestrator, the scheduler and the dispatcher run
     /// only while this server leads (the API serves on every server).
     pub async fn start(settings: &Settings) -> anyhow::Result<ControlPlane> {
-        if !settings.dispatcher_listen.ip().is_loopback() {
-            anyhow::bail!(
-                "--dispatcher-listen {}: the plain dispatcher listens on loopback only; agents of other hosts join over mutual TLS on --join-listen",
-                settings.dispatcher_listen
-            );
-        }
-        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-            format!(
-                "creating the data directory {}",
-                settings.data_dir.display()
-            )
-        })?;
-        let cluster_id = cluster_id(&settings.data_dir)?;
+        let cluster_id = prepare(settings.dispatcher_listen, &settings.data_dir)?;
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -131,15 +148,7 @@ impl ControlPlane {
         // and between the servers of a highly available control plane.
         let secure_api = !settings.api_listen.ip().is_loopback();
         let pki = if settings.join_listen.is_some() || secure_api || settings.ha.is_some() {
-            let dir = settings.data_dir.join("pki");
-            let id = cluster_id.clone();
-            let pki = tokio::task::spawn_blocking(move || {
-                shoal_dispatcher::pki::ClusterPki::load_or_create(&dir, &id)
-            })
-            .await
-            .context("loading the cluster CA")?
-            .context("loading the cluster CA")?;
-            Some(Arc::new(pki))
+            Some(load_pki(&settings.data_dir, &cluster_id).await?)
         } else {
             None
         };
@@ -915,31 +924,9 @@ impl Operator {
         settings: &OperatorSettings,
         lease: Option<shoal_kubestore::lease::LeaseElector>,
     ) -> anyhow::Result<Operator> {
-        if !settings.dispatcher_listen.ip().is_loopback() {
-            anyhow::bail!(
-                "--dispatcher-listen {}: the plain dispatcher listens on loopback only; agents of other hosts join over mutual TLS on --join-listen",
-                settings.dispatcher_listen
-            );
-        }
-        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-            format!(
-                "creating the data directory {}",
-                settings.data_dir.display()
-            )
-        })?;
-        let cluster_id = cluster_id(&settings.data_dir)?;
+        let cluster_id = prepare(settings.dispatcher_listen, &settings.data_dir)?;
         let pki = match settings.join_listen {
-            Some(_) => {
-                let dir = settings.data_dir.join("pki");
-                let id = cluster_id.clone();
-                let pki = tokio::task::spawn_blocking(move || {
-                    shoal_dispatcher::pki::ClusterPki::load_or_create(&dir, &id)
-                })
-                .await
-                .context("loading the cluster CA")?
-                .context("loading the cluster CA")?;
-                Some(Arc::new(pki))
-            }
+            Some(_) => Some(load_pki(&settings.data_dir, &cluster_id).await?),
             None => None,
         };
         let join_token = match &pki {

@@ -86,22 +86,6 @@ impl Server {
     }
 }
 
-/// Ids of the service's running containers on the main engine.
-fn running(cluster: &str) -> Vec<String> {
-    let o = Command::new("docker")
-        .args(["-H", &main_docker_host(), "ps", "-q", "--no-trunc"])
-        .args(["--filter", &format!("label=shoal.dev/cluster={cluster}")])
-        .args(["--filter", "label=shoal.dev/service=steady"])
-        .output()
-        .unwrap();
-    let mut ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    ids.sort();
-    ids
-}
-
 /// Servers 1..=`n`: fresh ports, data directories under `dir`.
 fn servers(dir: &Path, n: u64) -> Vec<Server> {
     (1..=n)
@@ -205,7 +189,7 @@ fn the_control_plane_survives_its_leader() {
             "60s",
         ],
     );
-    let before = running(&cluster);
+    let before = common::running(&cluster, "steady");
     assert_eq!(before.len(), 3);
     eventually("the agent to be told every server", 30, || {
         std::fs::read_to_string(state.join("dispatchers")).is_ok_and(|told| {
@@ -253,8 +237,10 @@ fn the_control_plane_survives_its_leader() {
     });
     // The agent follows: the fourth replica runs, the first three were not
     // restarted.
-    eventually("four replicas", 60, || running(&cluster).len() == 4);
-    let after = running(&cluster);
+    eventually("four replicas", 60, || {
+        common::running(&cluster, "steady").len() == 4
+    });
+    let after = common::running(&cluster, "steady");
     for id in &before {
         assert!(
             after.contains(id),
@@ -327,7 +313,7 @@ fn the_control_plane_survives_its_leader() {
     });
     ok(&back, &["scale", "steady=3"]);
     eventually("back to three replicas", 60, || {
-        running(&cluster).len() == 3
+        common::running(&cluster, "steady").len() == 3
     });
     ok(
         &kc2,

@@ -13,25 +13,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use common::{Killed, eventually, ok};
+use common::{Killed, eventually, ok, running};
 use shoal_store::{ClusterStore, MemStore};
 use shoal_tests::{RemoveClusterOnDrop, main_docker_host};
-
-/// The ids of the running containers of `service` in `cluster`.
-fn running(cluster: &str, service: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["-H", &main_docker_host(), "ps", "-q", "--no-trunc"])
-        .args(["--filter", &format!("label=shoal.dev/cluster={cluster}")])
-        .args(["--filter", &format!("label=shoal.dev/service={service}")])
-        .output()
-        .unwrap();
-    let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(String::from)
-        .collect();
-    ids.sort();
-    ids
-}
 
 fn start_operator(kc: &Path, data: &Path, port: u16, log: &Path) -> (Killed, String, String) {
     let out = log.with_extension("out");

@@ -127,22 +127,10 @@ fn io_error(path: &Path, e: &std::io::Error) -> StoreError {
 }
 
 /// Writes `bytes` to `path` (its directory made), readable by the owner
-/// only, through a temporary file renamed into place.
+/// only and replaced atomically.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io_error(&tmp, &e))?;
-    f.write_all(bytes).map_err(|e| io_error(&tmp, &e))?;
-    f.sync_all().map_err(|e| io_error(&tmp, &e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_error(path, &e))
+    shoal_proto::join::write_private(path, bytes).map_err(|e| io_error(path, &e))
 }

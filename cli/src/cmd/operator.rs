@@ -174,12 +174,7 @@ async fn share_state(
     // None yet: this operator makes the cluster's identity.
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let id = crate::control_plane::cluster_id(dir)?;
-    let made = tokio::task::spawn_blocking(move || {
-        shoal_dispatcher::pki::ClusterPki::load_or_create(&pki, &id)
-    })
-    .await
-    .context("making the cluster CA")?
-    .context("making the cluster CA")?;
+    let made = crate::control_plane::load_pki(dir, &id).await?;
     let token = std::collections::BTreeMap::from([(
         "join-token".to_string(),
         format!("{}\n", made.token()).into_bytes(),

@@ -243,3 +243,20 @@ impl TwoHosts {
         });
     }
 }
+
+/// The ids of the running containers of `service` in `cluster` on the main
+/// engine, sorted.
+pub fn running(cluster: &str, service: &str) -> Vec<String> {
+    let o = Command::new("docker")
+        .args(["-H", &main_docker_host(), "ps", "-q", "--no-trunc"])
+        .args(["--filter", &format!("label=shoal.dev/cluster={cluster}")])
+        .args(["--filter", &format!("label=shoal.dev/service={service}")])
+        .output()
+        .unwrap();
+    let mut ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    ids.sort();
+    ids
+}
