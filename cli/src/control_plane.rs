@@ -708,7 +708,14 @@ impl Leader {
 /// Kubernetes Lease among operators.
 pub(crate) enum Leadership {
     Raft(Arc<RaftStore>),
-    Lease(Box<shoal_kubestore::lease::LeaseElector>),
+    /// A lease, and the pod to label while holding it.
+    Lease(Box<LeaseHolder>),
+}
+
+/// A candidate for the operators' lease.
+pub(crate) struct LeaseHolder {
+    elector: shoal_kubestore::lease::LeaseElector,
+    pod: Option<shoal_kubestore::lease::LeaderPod>,
 }
 
 impl Leadership {
@@ -722,13 +729,13 @@ impl Leadership {
                     }
                     RAFT_POLL
                 }
-                Leadership::Lease(lease) => {
-                    match lease.try_acquire_or_renew().await {
+                Leadership::Lease(h) => {
+                    match h.elector.try_acquire_or_renew().await {
                         Ok(true) => return true,
                         Ok(false) => {}
                         Err(e) => tracing::warn!(error = %e, "cannot read the lease; retrying"),
                     }
-                    lease.config().retry
+                    h.elector.config().retry
                 }
             };
             tokio::select! {
@@ -746,7 +753,7 @@ impl Leadership {
         loop {
             let pause = match self {
                 Leadership::Raft(_) => RAFT_POLL,
-                Leadership::Lease(lease) => lease.config().retry,
+                Leadership::Lease(h) => h.elector.config().retry,
             };
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
@@ -758,13 +765,13 @@ impl Leadership {
                         return;
                     }
                 }
-                Leadership::Lease(lease) => match lease.try_acquire_or_renew().await {
+                Leadership::Lease(h) => match h.elector.try_acquire_or_renew().await {
                     Ok(true) => renewed = tokio::time::Instant::now(),
                     Ok(false) => {
                         tracing::warn!("the lease went to another operator");
                         return;
                     }
-                    Err(e) if renewed.elapsed() >= lease.config().renew_deadline => {
+                    Err(e) if renewed.elapsed() >= h.elector.config().renew_deadline => {
                         tracing::warn!(error = %e, "could not renew the lease in time");
                         return;
                     }
@@ -774,10 +781,22 @@ impl Leadership {
         }
     }
 
+    /// Labels this operator's pod as the leader's (or no longer): a
+    /// Service selecting the label reaches the leader only. A failure is
+    /// logged; the next term tries again.
+    async fn mark(&self, leading: bool) {
+        if let Leadership::Lease(h) = self
+            && let Some(pod) = &h.pod
+            && let Err(e) = pod.mark(leading).await
+        {
+            tracing::warn!(error = %e, leading, "cannot label this operator's pod");
+        }
+    }
+
     /// Lets another take over at once (after this one stopped leading).
     async fn resign(&mut self) {
-        if let Leadership::Lease(lease) = self
-            && let Err(e) = lease.release().await
+        if let Leadership::Lease(h) = self
+            && let Err(e) = h.elector.release().await
         {
             tracing::warn!(error = %e, "cannot release the lease (it expires on its own)");
         }
@@ -810,8 +829,10 @@ async fn lead_while(mut leadership: Leadership, leader: Leader, stop: Cancellati
             }
         };
         tracing::info!("leading: orchestrator, scheduler and dispatcher started");
+        leadership.mark(true).await;
         // Lead until another process does (or this one stops).
         leadership.hold(&stop).await;
+        leadership.mark(false).await;
         term.cancel();
         leader.current.send_replace(None);
         for t in running.tasks {
@@ -922,7 +943,10 @@ impl Operator {
     pub async fn start(
         store: Arc<dyn ClusterStore>,
         settings: &OperatorSettings,
-        lease: Option<shoal_kubestore::lease::LeaseElector>,
+        lease: Option<(
+            shoal_kubestore::lease::LeaseElector,
+            Option<shoal_kubestore::lease::LeaderPod>,
+        )>,
     ) -> anyhow::Result<Operator> {
         let cluster_id = prepare(settings.dispatcher_listen, &settings.data_dir)?;
         let pki = match settings.join_listen {
@@ -952,7 +976,7 @@ impl Operator {
             startup_grace: Some(HA_STARTUP_GRACE),
             servers: None,
         };
-        let Some(lease) = lease else {
+        let Some((lease, pod)) = lease else {
             let running = leader.start(shutdown.child_token()).await?;
             return Ok(Operator {
                 cluster_id,
@@ -968,8 +992,14 @@ impl Operator {
         );
         let stop = shutdown.child_token();
         let task = tokio::spawn(
-            async move { lead_while(Leadership::Lease(Box::new(lease)), leader, stop).await }
-                .instrument(tracing::info_span!("leadership")),
+            async move {
+                let holder = LeaseHolder {
+                    elector: lease,
+                    pod,
+                };
+                lead_while(Leadership::Lease(Box::new(holder)), leader, stop).await
+            }
+            .instrument(tracing::info_span!("leadership")),
         );
         Ok(Operator {
             cluster_id,

@@ -238,6 +238,53 @@ impl LeaseElector {
     }
 }
 
+/// The label the leading operator sets on its own pod, so that a Service
+/// selecting it sends agents to the leader while every replica stays Ready.
+pub const LEADER_LABEL: &str = "shoal.dev/leader";
+
+/// The leader's own pod, labelled [`LEADER_LABEL`]`=true` while it leads.
+pub struct LeaderPod {
+    api: kube::Api<k8s_openapi::api::core::v1::Pod>,
+    name: String,
+}
+
+impl std::fmt::Debug for LeaderPod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderPod")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaderPod {
+    /// The pod `namespace/name` (this process's).
+    pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
+        Self {
+            api: kube::Api::namespaced(client, namespace),
+            name: name.into(),
+        }
+    }
+
+    /// Sets the label (`leading`) or removes it.
+    pub async fn mark(&self, leading: bool) -> Result<(), StoreError> {
+        let value = if leading {
+            serde_json::json!("true")
+        } else {
+            serde_json::Value::Null
+        };
+        let patch = serde_json::json!({ "metadata": { "labels": { LEADER_LABEL: value } } });
+        self.api
+            .patch(
+                &self.name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| store_error(&format!("pods/{}", self.name), e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -394,6 +394,47 @@ mod operator_ha {
     }
 
     #[tokio::test]
+    async fn the_leaders_pod_is_labelled_and_unlabelled() {
+        use shoal_kubestore::lease::LeaderPod;
+        const POD: &str = "/api/v1/namespaces/shoal/pods/op-0";
+        let pod = |labels: Value| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "op-0", "namespace": "shoal", "labels": labels}})
+        };
+        let (client, server) = mocked_client(vec![
+            Exchange {
+                check: Some(|b| {
+                    assert_eq!(
+                        b,
+                        &json!({"metadata": {"labels": {"shoal.dev/leader": "true"}}})
+                    )
+                }),
+                ..ex("PATCH", POD, 200, pod(json!({"shoal.dev/leader": "true"})))
+            },
+            Exchange {
+                check: Some(|b| {
+                    assert_eq!(
+                        b,
+                        &json!({"metadata": {"labels": {"shoal.dev/leader": null}}})
+                    )
+                }),
+                ..ex("PATCH", POD, 200, pod(json!({})))
+            },
+            ex(
+                "PATCH",
+                POD,
+                403,
+                status(403, "Forbidden", "pods \"op-0\" is forbidden"),
+            ),
+        ]);
+        let leader = LeaderPod::new(client, "shoal", "op-0");
+        leader.mark(true).await.unwrap();
+        leader.mark(false).await.unwrap();
+        assert!(leader.mark(true).await.is_err());
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn the_state_secret_is_taken_or_published_and_a_lost_race_takes_theirs() {
         use shoal_kubestore::secret::{Published, SecretFiles};
         use std::os::unix::fs::PermissionsExt;

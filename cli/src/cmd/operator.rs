@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use shoal_kubestore::KubeStore;
-use shoal_kubestore::lease::{LeaseConfig, LeaseElector};
+use shoal_kubestore::lease::{LeaderPod, LeaseConfig, LeaseElector};
 use shoal_kubestore::secret::{Published, SecretFiles};
 use shoal_store::{ClusterStore, StoreError};
 
@@ -67,6 +67,17 @@ pub struct Args {
     /// The Lease of --leader-elect.
     #[arg(long, value_name = "NAME", default_value = "shoal-operator")]
     lease_name: String,
+    /// With --leader-elect: this operator's pod (in --namespace), labelled
+    /// shoal.dev/leader=true while it leads, so that a Service selecting
+    /// that label sends agents to the leader (the Helm chart passes the
+    /// pod's name).
+    #[arg(
+        long,
+        value_name = "POD",
+        env = "SHOAL_POD_NAME",
+        requires = "leader_elect"
+    )]
+    leader_pod: Option<String>,
     /// Namespace of the Secret and the Lease. Default: the pod's own (in a
     /// cluster), else the kubeconfig context's, else `default`.
     #[arg(long, value_name = "NAMESPACE")]
@@ -114,10 +125,15 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             crate::control_plane::random_hex(3).unwrap_or_default()
         );
         tracing::info!(%identity, lease = %args.lease_name, %namespace, "standing for the lease");
-        LeaseElector::new(
+        let pod = args
+            .leader_pod
+            .as_deref()
+            .map(|pod| LeaderPod::new(client.clone(), &namespace, pod));
+        let elector = LeaseElector::new(
             client.clone(),
             LeaseConfig::new(&namespace, &args.lease_name, &identity),
-        )
+        );
+        (elector, pod)
     });
     let op = Operator::start(store, &settings, lease).await?;
     println!("Shoal's operator is up (cluster {}).", op.cluster_id);
