@@ -54,17 +54,36 @@ fn the_operator_runs_services_from_the_clusters_api() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(shoal_tests::Engine::main()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    // "The cluster": an API server and nothing else.
+    // "The cluster": an API server and nothing else, over HTTPS with its
+    // own CA and a bearer token, as a cluster's is.
     let store: Arc<dyn ClusterStore> = Arc::new(MemStore::new());
+    let ca =
+        shoal_dispatcher::pki::ClusterPki::load_or_create(&tmp.path().join("ca"), "kube").unwrap();
+    let (cert_chain_pem, key_pem) = ca.issue_server(&["127.0.0.1".to_string()]).unwrap();
+    let token = "a-service-account-token".to_string();
+    let security = shoal_apiserver::Security {
+        cert_chain_pem,
+        key_pem,
+        token: token.clone(),
+        view_token: None,
+    };
     let api = rt
         .block_on(shoal_apiserver::RunningServer::start(
             "127.0.0.1:0".parse().unwrap(),
             store,
-            shoal_apiserver::Config::default(),
+            shoal_apiserver::Config {
+                security: Some(security),
+                ..shoal_apiserver::Config::default()
+            },
         ))
         .unwrap();
+    assert!(api.url().starts_with("https://"));
     let kc = tmp.path().join("kubeconfig");
-    shoal_apiserver::kubeconfig::write(&kc, &api.url()).unwrap();
+    std::fs::write(
+        &kc,
+        shoal_apiserver::kubeconfig::kubeconfig_secure(&api.url(), "default", ca.ca_pem(), &token),
+    )
+    .unwrap();
 
     // The dispatcher keeps its port across restarts, as behind a
     // Kubernetes Service.
