@@ -134,6 +134,91 @@ pub(crate) async fn load_pki(
     Ok(Arc::new(pki))
 }
 
+/// The API's TLS and tokens when it listens beyond loopback (`None` on
+/// loopback: dev mode): a certificate of the cluster CA for 127.0.0.1,
+/// localhost, the host name, the listen address and `names`; the tokens of
+/// `DATA_DIR/api-token` and `api-token-view`, made on first use.
+fn api_security(
+    pki: Option<&shoal_dispatcher::pki::ClusterPki>,
+    data_dir: &Path,
+    listen: SocketAddr,
+    names: &[String],
+) -> anyhow::Result<Option<shoal_apiserver::Security>> {
+    let Some(pki) = pki.filter(|_| !listen.ip().is_loopback()) else {
+        return Ok(None);
+    };
+    let token = api_token(data_dir, "api-token")?;
+    let view_token = api_token(data_dir, "api-token-view")?;
+    let mut all = vec![
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+        "localhost".to_string(),
+        crate::host_agent::machine_host_name(),
+    ];
+    if !listen.ip().is_unspecified() {
+        all.push(listen.ip().to_string());
+    }
+    all.extend(names.iter().cloned());
+    all.sort();
+    all.dedup();
+    let (cert_chain_pem, key_pem) = pki
+        .issue_server(&all)
+        .context("issuing the API server's certificate")?;
+    Ok(Some(shoal_apiserver::Security {
+        cert_chain_pem,
+        key_pem,
+        token,
+        view_token: Some(view_token),
+    }))
+}
+
+/// Writes `DATA_DIR/kubeconfig` for the running API (and, with a read-only
+/// token, `kubeconfig-view`); returns its path and the URL a client on
+/// this machine dials.
+fn write_kubeconfigs(
+    data_dir: &Path,
+    api: &RunningServer,
+    security: Option<&shoal_apiserver::Security>,
+    pki: Option<&shoal_dispatcher::pki::ClusterPki>,
+) -> anyhow::Result<(PathBuf, String)> {
+    let kubeconfig = data_dir.join("kubeconfig");
+    // A client on this machine dials loopback when the API listens on
+    // every address.
+    let api_url = api
+        .url()
+        .replace("0.0.0.0", "127.0.0.1")
+        .replace("[::]", "[::1]");
+    match (security, pki) {
+        (Some(sec), Some(pki)) => {
+            write_private(
+                &kubeconfig,
+                &shoal_apiserver::kubeconfig::kubeconfig_secure(
+                    &api_url,
+                    "default",
+                    pki.ca_pem(),
+                    &sec.token,
+                ),
+            )?;
+            // The same with the read-only token: for dashboards,
+            // monitoring and people who only look.
+            if let Some(view) = &sec.view_token {
+                write_private(
+                    &data_dir.join("kubeconfig-view"),
+                    &shoal_apiserver::kubeconfig::kubeconfig_secure(
+                        &api_url,
+                        "default",
+                        pki.ca_pem(),
+                        view,
+                    ),
+                )?;
+            }
+        }
+        _ => shoal_apiserver::kubeconfig::write(&kubeconfig, &api_url)
+            .with_context(|| format!("writing {}", kubeconfig.display()))?,
+    }
+    Ok((kubeconfig, api_url))
+}
+
 impl ControlPlane {
     /// Opens the store and starts every component. In a highly available
     /// control plane (`settings.ha`), the store is one Raft voter among the
@@ -235,34 +320,12 @@ impl ControlPlane {
             _ => None,
         };
 
-        let security = match (&pki, secure_api) {
-            (Some(pki), true) => {
-                let token = api_token(&settings.data_dir, "api-token")?;
-                let view_token = api_token(&settings.data_dir, "api-token-view")?;
-                let mut names = vec![
-                    "127.0.0.1".to_string(),
-                    "::1".to_string(),
-                    "localhost".to_string(),
-                    crate::host_agent::machine_host_name(),
-                ];
-                if !settings.api_listen.ip().is_unspecified() {
-                    names.push(settings.api_listen.ip().to_string());
-                }
-                names.extend(settings.api_names.iter().cloned());
-                names.sort();
-                names.dedup();
-                let (cert_chain_pem, key_pem) = pki
-                    .issue_server(&names)
-                    .context("issuing the API server's certificate")?;
-                Some(shoal_apiserver::Security {
-                    cert_chain_pem,
-                    key_pem,
-                    token,
-                    view_token: Some(view_token),
-                })
-            }
-            _ => None,
-        };
+        let security = api_security(
+            pki.as_deref(),
+            &settings.data_dir,
+            settings.api_listen,
+            &settings.api_names,
+        )?;
         let server_metrics = Arc::new(crate::server_metrics::ServerMetrics {
             raft: raft.clone(),
             current: current_rx.clone(),
@@ -285,41 +348,8 @@ impl ControlPlane {
         let api = RunningServer::start(settings.api_listen, store.clone(), api_config)
             .await
             .with_context(|| format!("starting the API server on {}", settings.api_listen))?;
-        let kubeconfig = settings.data_dir.join("kubeconfig");
-        // A client on this machine dials loopback when the API listens on
-        // every address.
-        let api_url = api
-            .url()
-            .replace("0.0.0.0", "127.0.0.1")
-            .replace("[::]", "[::1]");
-        match (&security, &pki) {
-            (Some(sec), Some(pki)) => {
-                write_private(
-                    &kubeconfig,
-                    &shoal_apiserver::kubeconfig::kubeconfig_secure(
-                        &api_url,
-                        "default",
-                        pki.ca_pem(),
-                        &sec.token,
-                    ),
-                )?;
-                // The same with the read-only token: for dashboards,
-                // monitoring and people who only look.
-                if let Some(view) = &sec.view_token {
-                    write_private(
-                        &settings.data_dir.join("kubeconfig-view"),
-                        &shoal_apiserver::kubeconfig::kubeconfig_secure(
-                            &api_url,
-                            "default",
-                            pki.ca_pem(),
-                            view,
-                        ),
-                    )?;
-                }
-            }
-            _ => shoal_apiserver::kubeconfig::write(&kubeconfig, &api_url)
-                .with_context(|| format!("writing {}", kubeconfig.display()))?,
-        }
+        let (kubeconfig, api_url) =
+            write_kubeconfigs(&settings.data_dir, &api, security.as_ref(), pki.as_deref())?;
 
         let join_token = match (settings.join_listen, &pki) {
             (Some(_), Some(pki)) => {
@@ -808,6 +838,9 @@ const RAFT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Runs the leader's components while this process leads, until `stop`.
 async fn lead_while(mut leadership: Leadership, leader: Leader, stop: CancellationToken) {
+    // A label left by this pod's previous process (one that crashed while
+    // leading) would send agents to a standby.
+    leadership.mark(false).await;
     loop {
         if !leadership.acquire(&stop).await {
             return;
@@ -856,7 +889,7 @@ pub fn dialable(url: &str) -> String {
 /// A bearer token of the API, made on first use (`DATA_DIR/FILE`, readable
 /// by its owner only; a kubeconfig carries it too): `api-token` may do
 /// anything, `api-token-view` only read.
-fn api_token(data_dir: &Path, file: &str) -> anyhow::Result<String> {
+pub(crate) fn api_token(data_dir: &Path, file: &str) -> anyhow::Result<String> {
     let path = data_dir.join(file);
     if let Ok(s) = std::fs::read_to_string(&path)
         && !s.trim().is_empty()
@@ -919,6 +952,13 @@ pub struct OperatorSettings {
     /// Address agents of other hosts dial, with mutual TLS, after joining
     /// with the token in `DATA_DIR/join-token`. `None`: loopback only.
     pub join_listen: Option<SocketAddr>,
+    /// Shoal's own API in front of the cluster (its resources, and the
+    /// logs, stats and exec of tasks through the dispatcher): plain HTTP on
+    /// loopback, HTTPS with the cluster CA and the tokens of `DATA_DIR`
+    /// beyond. `None`: not served.
+    pub api_listen: Option<SocketAddr>,
+    /// Extra names or addresses for the API's certificate.
+    pub api_names: Vec<String>,
 }
 
 /// The control plane over a Kubernetes cluster's API: the orchestrator,
@@ -932,6 +972,10 @@ pub struct Operator {
     /// `https://ADDRESS:PORT` agents of other hosts dial, with the join
     /// token (also in `DATA_DIR/join-token`, readable by the owner only).
     pub join: Option<(String, String)>,
+    /// The URL of Shoal's API and the kubeconfig written for it (with
+    /// `api_listen`).
+    pub api: Option<(String, PathBuf)>,
+    api_server: Option<RunningServer>,
     tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
 }
@@ -949,9 +993,11 @@ impl Operator {
         )>,
     ) -> anyhow::Result<Operator> {
         let cluster_id = prepare(settings.dispatcher_listen, &settings.data_dir)?;
-        let pki = match settings.join_listen {
-            Some(_) => Some(load_pki(&settings.data_dir, &cluster_id).await?),
-            None => None,
+        let secure_api = settings.api_listen.is_some_and(|a| !a.ip().is_loopback());
+        let pki = if settings.join_listen.is_some() || secure_api {
+            Some(load_pki(&settings.data_dir, &cluster_id).await?)
+        } else {
+            None
         };
         let join_token = match &pki {
             Some(pki) => {
@@ -962,7 +1008,41 @@ impl Operator {
             None => None,
         };
         let shutdown = CancellationToken::new();
-        let (current, _) = tokio::sync::watch::channel(None);
+        let (current, current_rx) = tokio::sync::watch::channel(None);
+        let (api_server, api) = match settings.api_listen {
+            Some(addr) => {
+                let security = api_security(
+                    pki.as_deref(),
+                    &settings.data_dir,
+                    addr,
+                    &settings.api_names,
+                )?;
+                // Logs, stats and exec through this operator's dispatcher
+                // while it leads (a standby answers that it is unavailable).
+                let bridge = Arc::new(crate::task_logs::DispatcherLogs {
+                    current: current_rx,
+                    via_leader: None,
+                });
+                let config = shoal_apiserver::Config {
+                    logs: Some(bridge.clone()),
+                    stats: Some(bridge.clone()),
+                    exec: Some(bridge),
+                    security: security.clone(),
+                    ..shoal_apiserver::Config::default()
+                };
+                let server = RunningServer::start(addr, store.clone(), config)
+                    .await
+                    .with_context(|| format!("starting the API server on {addr}"))?;
+                let (kubeconfig, url) = write_kubeconfigs(
+                    &settings.data_dir,
+                    &server,
+                    security.as_ref(),
+                    pki.as_deref(),
+                )?;
+                (Some(server), Some((url, kubeconfig)))
+            }
+            None => (None, None),
+        };
         let leader = Leader {
             store,
             cluster_id: cluster_id.clone(),
@@ -982,6 +1062,8 @@ impl Operator {
                 cluster_id,
                 dispatcher_url: running.dispatcher_url,
                 join: running.join_url.zip(join_token),
+                api,
+                api_server,
                 tasks: running.tasks,
                 shutdown,
             });
@@ -1005,16 +1087,23 @@ impl Operator {
             cluster_id,
             dispatcher_url: urls.0,
             join: urls.1.zip(join_token),
+            api,
+            api_server,
             tasks: vec![task],
             shutdown,
         })
     }
 
     /// Stops every component and waits for them.
-    pub async fn stop(self) {
+    pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
+        let api = match self.api_server {
+            Some(api) => api.shutdown().await,
+            None => Ok(()),
+        };
         for t in self.tasks {
             let _ = t.await;
         }
+        api.context("stopping the API server")
     }
 }

@@ -21,7 +21,8 @@ fn start_operator(kc: &Path, data: &Path, port: u16, log: &Path) -> (Killed, Str
     let out = log.with_extension("out");
     let child = Killed(
         Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["operator", "--no-join", "--dispatcher-listen"])
+            .args(["operator", "--no-join", "--listen", "127.0.0.1:0"])
+            .arg("--dispatcher-listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--kubeconfig")
             .arg(kc)
@@ -126,7 +127,7 @@ spec:
   replicas: 2
   template:
     image: shoal-test/busybox:1
-    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
+    command: ["sh", "-c", "echo hello from $(hostname); trap 'exit 0' TERM; sleep 100000 & wait"]
     stopGracePeriod: 1s
 "#,
     )
@@ -158,6 +159,14 @@ spec:
             .any(|l| l.split_whitespace().take(2).eq([host.as_str(), "True"]))
     });
     assert_eq!(running(&cluster, "web"), before, "no container restarted");
+
+    // What the cluster's API cannot serve, the operator's own does: logs
+    // and exec of the tasks, through the leader's dispatcher.
+    let own = data.join("kubeconfig");
+    let logs = ok(&own, &["logs", "web"]);
+    assert_eq!(logs.matches("hello from ").count(), 2, "{logs}");
+    assert_eq!(ok(&own, &["exec", "web", "--", "echo", "hi"]).trim(), "hi");
+    assert!(ok(&own, &["get", "services"]).contains("web"));
 
     // Scale and delete through the cluster's API: the operator acts on it.
     ok(&kc, &["scale", "web=1"]);

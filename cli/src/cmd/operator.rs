@@ -27,9 +27,11 @@ use crate::control_plane::{Operator, OperatorSettings, default_data_dir, dialabl
 /// The cluster is found as kubectl finds it: --kubeconfig, else KUBECONFIG
 /// or ~/.kube/config, else the pod's service account. It needs get, list,
 /// watch, create, update, patch and delete on services, tasks and hosts of
-/// shoal.dev (and their /status) and on core events. Run one operator per
-/// cluster. Logs, exec and top of tasks go through `shoal server`'s API
-/// only: in kubernetes mode they are not served yet.
+/// shoal.dev (and their /status) and on core events; with --state-secret,
+/// get and create on that Secret; with --leader-elect, get, create and
+/// update on its Lease (and get and patch on --leader-pod). Logs, exec and
+/// top of tasks need Shoal's own API (--listen): the cluster's cannot
+/// reach the hosts.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The cluster's kubeconfig (its current context). Default: KUBECONFIG,
@@ -51,6 +53,19 @@ pub struct Args {
     /// Address an agent on this machine dials, without TLS (loopback only).
     #[arg(long, default_value = "127.0.0.1:6444")]
     dispatcher_listen: SocketAddr,
+    /// Also serve Shoal's own API here, in front of the cluster: its
+    /// resources as the cluster has them, plus what the cluster's API cannot
+    /// serve — `shoal logs`, `exec` and `top` (the tasks' log, stats and
+    /// exec subresources) through the leader's dispatcher. On loopback:
+    /// plain HTTP without authentication; beyond (e.g. 0.0.0.0:6443): HTTPS
+    /// with the cluster CA and the bearer tokens of DATA_DIR/api-token and
+    /// api-token-view; DATA_DIR/kubeconfig points at it. Off by default.
+    #[arg(long, value_name = "ADDRESS")]
+    listen: Option<SocketAddr>,
+    /// Another name or address clients use for --listen, for its
+    /// certificate (repeatable).
+    #[arg(long = "api-name", value_name = "NAME", requires = "listen")]
+    api_names: Vec<String>,
     /// Keep the cluster id, the cluster CA and the join secret in this
     /// Secret (in --namespace) as well as in --data-dir: every replica
     /// shares them, and a pod moved to another node keeps them. The first
@@ -114,6 +129,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         data_dir: args.data_dir.unwrap_or_else(default_data_dir),
         dispatcher_listen: args.dispatcher_listen,
         join_listen: (!args.no_join).then_some(args.join_listen),
+        api_listen: args.listen,
+        api_names: args.api_names.clone(),
     };
     if let Some(name) = &args.state_secret {
         share_state(&client, &namespace, name, &settings).await?;
@@ -139,6 +156,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     println!("Shoal's operator is up (cluster {}).", op.cluster_id);
     println!("  data:       {}", settings.data_dir.display());
     println!("  dispatcher: {}   (loopback)", op.dispatcher_url);
+    if let Some((url, kubeconfig)) = &op.api {
+        println!("  api:        {url}");
+        println!(
+            "  kubeconfig: {}   (for shoal logs, exec and top)",
+            kubeconfig.display()
+        );
+    }
     if let Some((url, _)) = &op.join {
         println!("  join:       {url}   (mutual TLS)");
         println!(
@@ -154,7 +178,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     );
     let why = stop_signal().await?;
     tracing::info!("{why}: shutting down");
-    op.stop().await;
+    op.stop().await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -175,6 +199,8 @@ async fn share_state(
         ("ca.crt", pki.join("ca.crt")),
         ("ca.key", pki.join("ca.key")),
         ("join-secret", pki.join("join-secret")),
+        ("api-token", dir.join("api-token")),
+        ("api-token-view", dir.join("api-token-view")),
     ]
     .map(|(k, p)| (k.to_string(), p));
     let secret = SecretFiles::new(client.clone(), namespace, name, files);
@@ -191,6 +217,9 @@ async fn share_state(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let id = crate::control_plane::cluster_id(dir)?;
     let made = crate::control_plane::load_pki(dir, &id).await?;
+    for file in ["api-token", "api-token-view"] {
+        crate::control_plane::api_token(dir, file)?;
+    }
     let token = std::collections::BTreeMap::from([(
         "join-token".to_string(),
         format!("{}\n", made.token()).into_bytes(),
