@@ -68,3 +68,17 @@ The name of the claim holding the operator's data
 {{- define "shoal.claimName" -}}
 {{- default (include "shoal.fullname" .) .Values.persistence.existingClaim }}
 {{- end }}
+
+{{/*
+The name of the Secret holding the cluster's state (made by the operator, not the chart)
+*/}}
+{{- define "shoal.stateSecretName" -}}
+{{- printf "%s-state" (include "shoal.fullname" .) }}
+{{- end }}
+
+{{/*
+Whether several operators run: leader election with more than one replica
+*/}}
+{{- define "shoal.ha" -}}
+{{- if and .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- end }}
