@@ -11,6 +11,10 @@
 //!   and `kubectl apply -f` creates a 50-replica Service. Containers counted: label
 //!   `shoal.dev/cluster=<cluster id>`. Afterwards Shoal gets SIGTERM and its containers and
 //!   networks are removed.
+//! - Shoal in kubernetes mode (`kube_converge_50_ms`): `shoal operator` over an API
+//!   server this process starts (Shoal's embedded one over memory, with no controllers:
+//!   the stand-in for a cluster's, reached over HTTP through the kube-rs store, since no
+//!   kube-apiserver can be had here) and `shoal agent` on the engine; timed like Shoal.
 //! - Swarm: `docker swarm init --advertise-addr <host address>`; the clock starts and
 //!   `docker service create --detach --no-resolve-image --replicas 50` runs. Counted: label
 //!   `com.docker.swarm.service.name=conv`. Afterwards `docker service rm`, wait for the
@@ -53,7 +57,7 @@
 //! directory holding this executable) unless `SHOAL_BIN` names one. Logs of every run
 //! (`shoal up`'s stderr, the commands' output) go to `converge-logs/` beside this
 //! executable. Prints `engine_floor_50_ms`, `engine_floor_netns_50_ms`, `converge_runs`,
-//! `swarm_converge_50_ms`, `swarm_overlay_converge_50_ms`, `compose_converge_50_ms`,
+//! `swarm_converge_50_ms`, `kube_converge_50_ms`, `swarm_overlay_converge_50_ms`, `compose_converge_50_ms`,
 //! `swarm_vs_floor`, `swarm_vs_floor_netns` and, last, `converge_50_ms`.
 
 use std::collections::HashMap;
@@ -352,58 +356,200 @@ async fn shoal_run(
     let label = format!("shoal.dev/cluster={cluster}");
     let kubeconfig = up.kubeconfig();
 
-    let measured = async {
-        // Its Host Ready (and kubectl's discovery cache warm) before the clock starts.
-        loop {
-            let out = kubectl(&kubeconfig, &cache)
-                .args([
-                    "get",
-                    "shost",
-                    "-o",
-                    "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
-                ])
-                .stdin(Stdio::null())
-                .output()
-                .context("running kubectl")?;
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("True") {
-                break;
-            }
-            ensure!(
-                started.elapsed() < Duration::from_secs(90),
-                "the host did not become Ready: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let ready_at = started.elapsed();
-        let file = tmp.path().join("conv.yaml");
-        std::fs::write(&file, sleep_service_yaml("conv", REPLICAS))?;
-        let apply_log = logs.join(format!("shoal-apply-{run}.log"));
-        let mut timeline = Timeline::start(docker, &label).await;
-        let cpu = CpuMeter::start(engine_pid(host), up.id());
-        timeline.mark();
-        let t0 = Instant::now();
-        let apply = spawn_logged(kubectl(&kubeconfig, &cache).arg("apply").arg("-f").arg(&file), &apply_log)?;
-        let d = converged(docker, &label, t0).await;
-        finish(apply, "kubectl apply", &apply_log).await?;
-        let d = d?;
-        eprintln!(
-            "  shoal run {run}: up in {:.0} ms, host Ready at {:.0} ms; 50 running {:.0} ms after apply ({})",
-            ms(up_at),
-            ms(ready_at),
-            ms(d),
-            cpu.report()
-        );
-        eprintln!("    {}", timeline.report().await);
-        Ok::<Duration, anyhow::Error>(d)
-    }
+    let measured = measure_apply(
+        &Measure {
+            kubeconfig: &kubeconfig,
+            cache: &cache,
+            docker,
+            host,
+            label: &label,
+            logs,
+            run,
+            system: "shoal",
+            pid: up.id(),
+        },
+        started,
+        up_at,
+    )
     .await;
 
     let stopped = up.stop();
     let cleared = clear(docker, &label, 0, true).await;
     let d = measured?;
     stopped?;
+    cleared?;
+    Ok(d)
+}
+
+/// What [`measure_apply`] measures: a control plane reached through `kubeconfig` whose
+/// containers carry `label`.
+struct Measure<'a> {
+    kubeconfig: &'a Path,
+    cache: &'a Path,
+    docker: &'a Docker,
+    host: &'a Host,
+    label: &'a str,
+    logs: &'a Path,
+    run: usize,
+    /// Its name in the progress lines and log files.
+    system: &'a str,
+    /// Its process (for its CPU time).
+    pid: Option<u32>,
+}
+
+/// Waits for the control plane's Host to be Ready (and kubectl's discovery cache to be
+/// warm), then times `kubectl apply` of the 50-replica Service until 50 run.
+async fn measure_apply(m: &Measure<'_>, started: Instant, up_at: Duration) -> Result<Duration> {
+    let tmp = tempfile::tempdir()?;
+    loop {
+        let out = kubectl(m.kubeconfig, m.cache)
+            .args([
+                "get",
+                "shost",
+                "-o",
+                "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .context("running kubectl")?;
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("True") {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(90),
+            "the host did not become Ready: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready_at = started.elapsed();
+    let file = tmp.path().join("conv.yaml");
+    std::fs::write(&file, sleep_service_yaml("conv", REPLICAS))?;
+    let apply_log = m.logs.join(format!("{}-apply-{}.log", m.system, m.run));
+    let mut timeline = Timeline::start(m.docker, m.label).await;
+    let cpu = CpuMeter::start(engine_pid(m.host), m.pid);
+    timeline.mark();
+    let t0 = Instant::now();
+    let apply = spawn_logged(
+        kubectl(m.kubeconfig, m.cache)
+            .arg("apply")
+            .arg("-f")
+            .arg(&file),
+        &apply_log,
+    )?;
+    let d = converged(m.docker, m.label, t0).await;
+    finish(apply, "kubectl apply", &apply_log).await?;
+    let d = d?;
+    eprintln!(
+        "  {} run {}: up in {:.0} ms, host Ready at {:.0} ms; 50 running {:.0} ms after apply ({})",
+        m.system,
+        m.run,
+        ms(up_at),
+        ms(ready_at),
+        ms(d),
+        cpu.report()
+    );
+    eprintln!("    {}", timeline.report().await);
+    Ok(d)
+}
+
+/// One run of kubernetes mode: `shoal operator` over an API server started here (the
+/// embedded one over memory, no controllers of its own: a stand-in for a cluster's, spoken
+/// to over HTTP through the kube-rs store) and `shoal agent` on the engine; the time from
+/// `kubectl apply` to 50 running containers.
+async fn kube_run(
+    bin: &Path,
+    host: &Host,
+    docker: &Docker,
+    logs: &Path,
+    run: usize,
+) -> Result<Duration> {
+    let tmp = tempfile::tempdir()?;
+    let started = Instant::now();
+    let store: std::sync::Arc<dyn shoal_store::ClusterStore> =
+        std::sync::Arc::new(shoal_store::MemStore::new());
+    let api = shoal_apiserver::RunningServer::start(
+        "127.0.0.1:0".parse()?,
+        store,
+        shoal_apiserver::Config::default(),
+    )
+    .await?;
+    let kubeconfig = tmp.path().join("kubeconfig");
+    shoal_apiserver::kubeconfig::write(&kubeconfig, &api.url())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let data = tmp.path().join("operator");
+    let out = logs.join(format!("shoal-kube-operator-{run}.out"));
+    let mut operator = Command::new(bin)
+        .args(["operator", "--no-join", "--dispatcher-listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--data-dir")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out)?)
+        .stderr(File::create(
+            logs.join(format!("shoal-kube-operator-{run}.log")),
+        )?)
+        .spawn()
+        .context("starting shoal operator")?;
+    let measured = async {
+        while !std::fs::read_to_string(&out).is_ok_and(|s| s.contains("dispatcher:")) {
+            ensure!(
+                operator.try_wait()?.is_none(),
+                "shoal operator ended; see its log"
+            );
+            ensure!(started.elapsed() < Duration::from_secs(60), "no operator");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cluster = std::fs::read_to_string(data.join("cluster-id"))?
+            .trim()
+            .to_string();
+        let agent = Command::new(bin)
+            .args(["agent", "--dispatcher", &format!("http://127.0.0.1:{port}")])
+            .args(["--cluster-id", &cluster, "--host-name", SHOAL_HOST_NAME])
+            .arg("--state-dir")
+            .arg(tmp.path().join("agent"))
+            .env("DOCKER_HOST", &host.docker_host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(
+                logs.join(format!("shoal-kube-agent-{run}.log")),
+            )?)
+            .spawn()
+            .context("starting shoal agent")?;
+        let up_at = started.elapsed();
+        let label = format!("shoal.dev/cluster={cluster}");
+        let d = measure_apply(
+            &Measure {
+                kubeconfig: &kubeconfig,
+                cache: &tmp.path().join("kube-cache"),
+                docker,
+                host,
+                label: &label,
+                logs,
+                run,
+                system: "shoal-kube",
+                pid: Some(operator.id()),
+            },
+            started,
+            up_at,
+        )
+        .await;
+        Ok::<_, anyhow::Error>((d, agent, label))
+    }
+    .await;
+    let _ = operator.kill();
+    let _ = operator.wait();
+    let (d, mut agent, label) = measured?;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let cleared = clear(docker, &label, 0, true).await;
+    let _ = api.shutdown().await;
+    let d = d?;
     cleared?;
     Ok(d)
 }
@@ -725,6 +871,7 @@ async fn main() -> Result<()> {
     let compose_dir = tempfile::tempdir()?;
 
     let mut shoal = Vec::new();
+    let mut kube = Vec::new();
     let mut swarm = Vec::new();
     let mut swarm_overlay = Vec::new();
     let mut comp = Vec::new();
@@ -737,6 +884,15 @@ async fn main() -> Result<()> {
                 Ok(d) => shoal.push(ms(d)),
                 Err(e) => {
                     failure = Some(e.context(format!("shoal run {run}")));
+                    break;
+                }
+            }
+        }
+        if wanted("shoal-kube") {
+            match kube_run(&bin, &host, &docker, &logs, run).await {
+                Ok(d) => kube.push(ms(d)),
+                Err(e) => {
+                    failure = Some(e.context(format!("shoal-kube run {run}")));
                     break;
                 }
             }
@@ -802,6 +958,7 @@ async fn main() -> Result<()> {
     }
 
     eprintln!("shoal runs (ms):   {}", list_ms(&shoal));
+    eprintln!("shoal kubernetes-mode runs (ms): {}", list_ms(&kube));
     eprintln!("swarm runs (ms):   {}", list_ms(&swarm));
     eprintln!("swarm overlay runs (ms): {}", list_ms(&swarm_overlay));
     eprintln!("compose runs (ms): {}", list_ms(&comp));
@@ -835,6 +992,9 @@ async fn main() -> Result<()> {
         println!("compose_converge_50_ms: unavailable");
         eprintln!("shoal vs swarm: {:.2}x faster", w / s);
     }
+    let k = median(kube);
+    println!("kube_converge_50_ms: {k:.0}");
+    eprintln!("kubernetes mode vs standalone: {:.2}x the time", k / s);
     println!("swarm_vs_floor: {:.2}", w / f);
     println!("swarm_vs_floor_netns: {:.2}", w / fnet);
     let target = w / 1.5;
