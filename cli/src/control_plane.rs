@@ -426,6 +426,10 @@ impl ControlPlane {
     }
 }
 
+/// How long a new operator's dispatcher waits for the hosts it has not
+/// heard from yet before it declares them lost.
+const OPERATOR_STARTUP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a new leader's dispatcher waits for the hosts it has not heard
 /// from yet before it declares them lost: they first have to find it.
 const HA_STARTUP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -1051,9 +1055,13 @@ impl Operator {
             join_listen: settings.join_listen,
             data_dir: settings.data_dir.clone(),
             current,
-            // A restarted operator (a new pod) waits for its agents to find
-            // it before it declares their hosts lost, as a new leader does.
-            startup_grace: Some(HA_STARTUP_GRACE),
+            // A restarted operator (a new pod) or a new leader waits for its
+            // agents to find it before it declares their hosts lost. They
+            // come back within their longest backoff (5 s) after it
+            // listens — twice that here, as its predecessor may have been
+            // gone for a lease's 15 s, long enough for every agent's
+            // backoff to reach its longest.
+            startup_grace: Some(OPERATOR_STARTUP_GRACE),
             servers: None,
         };
         let Some((lease, pod)) = lease else {
