@@ -212,22 +212,7 @@ fn a_standby_operator_takes_over_from_a_killed_leader() {
             .any(|l| l.split_whitespace().take(2).eq([host, "True"]))
     };
     eventually("the host to be Ready", 30, || ready(&host));
-    let manifest = tmp.path().join("web.yaml");
-    std::fs::write(
-        &manifest,
-        r#"apiVersion: shoal.dev/v1alpha1
-kind: Service
-metadata: { name: web, namespace: default }
-spec:
-  replicas: 2
-  template:
-    image: shoal-test/busybox:1
-    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
-    stopGracePeriod: 1s
-"#,
-    )
-    .unwrap();
-    ok(&kc, &["apply", "-f", manifest.to_str().unwrap()]);
+    common::apply_web(&kc, 2);
     eventually("2 running containers", 60, || {
         running(&cluster, "web").len() == 2
     });

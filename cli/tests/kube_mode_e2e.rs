@@ -117,22 +117,7 @@ fn the_operator_runs_services_from_the_clusters_api() {
             && ok(&kc, &["host", "ls"]).contains(&host)
     });
 
-    let manifest = tmp.path().join("web.yaml");
-    std::fs::write(
-        &manifest,
-        r#"apiVersion: shoal.dev/v1alpha1
-kind: Service
-metadata: { name: web, namespace: default }
-spec:
-  replicas: 2
-  template:
-    image: shoal-test/busybox:1
-    command: ["sh", "-c", "echo hello from $(hostname); trap 'exit 0' TERM; sleep 100000 & wait"]
-    stopGracePeriod: 1s
-"#,
-    )
-    .unwrap();
-    ok(&kc, &["apply", "-f", manifest.to_str().unwrap()]);
+    common::apply_web(&kc, 2);
     eventually("2 running containers", 60, || {
         running(&cluster, "web").len() == 2
     });

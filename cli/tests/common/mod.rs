@@ -260,3 +260,27 @@ pub fn running(cluster: &str, service: &str) -> Vec<String> {
     ids.sort();
     ids
 }
+
+/// Applies (`shoal apply -f`) a Service `web` of `replicas` replicas of the
+/// test image that print `hello from HOSTNAME` and stop at once on
+/// SIGTERM; its manifest is written beside the kubeconfig.
+pub fn apply_web(kc: &Path, replicas: u32) {
+    let manifest = kc.with_file_name("web.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: shoal.dev/v1alpha1
+kind: Service
+metadata: {{ name: web, namespace: default }}
+spec:
+  replicas: {replicas}
+  template:
+    image: shoal-test/busybox:1
+    command: ["sh", "-c", "echo hello from $(hostname); trap 'exit 0' TERM; sleep 100000 & wait"]
+    stopGracePeriod: 1s
+"#
+        ),
+    )
+    .unwrap();
+    ok(kc, &["apply", "-f", manifest.to_str().unwrap()]);
+}
