@@ -712,3 +712,89 @@ async fn draining_a_host_moves_its_tasks_stop_first() {
         ConditionStatus::True
     );
 }
+
+/// A spec that only a schema-checking API server let through (a cluster's,
+/// in kubernetes mode) is not acted on, and says why; corrected, it is.
+#[tokio::test]
+async fn an_invalid_spec_is_reported_and_not_acted_on() {
+    let c = Cluster::new();
+    c.add_host("h1", &[], "1Gi").await;
+    c.create_service(service("web", 2)).await;
+    c.converge(&["web"], 20).await;
+    let before: BTreeSet<String> = c
+        .current()
+        .await
+        .iter()
+        .map(|t| t.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(before.len(), 2);
+
+    // 300m of memory: 0.3 bytes to Kubernetes, 300 MiB to Docker.
+    c.edit_service("web", |s| {
+        s.spec.replicas = Some(4);
+        s.spec.template.resources.as_mut().unwrap().limits = Some(shoal_crds::ResourceLimits {
+            memory: Some(ByteQuantity::new("300m")),
+            ..Default::default()
+        });
+    })
+    .await;
+    c.converge(&["web"], 20).await;
+    let after: BTreeSet<String> = c
+        .current()
+        .await
+        .iter()
+        .map(|t| t.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(after, before, "neither scaled nor replaced");
+    let svc = c.service("web").await.unwrap();
+    let (status, reason, message) = condition(&svc, "Valid");
+    assert_eq!(
+        (status, reason.as_str()),
+        (ConditionStatus::False, "InvalidSpec")
+    );
+    assert!(
+        message.contains("spec.template.resources.limits.memory") && message.contains("300Mi"),
+        "{message}"
+    );
+    assert_eq!(
+        svc.status.as_ref().unwrap().observed_generation,
+        svc.metadata.generation
+    );
+    // Events are written in the background.
+    let mut warned = false;
+    for _ in 0..100 {
+        let raw = c
+            .store
+            .list(shoal_store::Kind::Event, &ListOptions::default())
+            .await
+            .unwrap();
+        warned = raw
+            .items
+            .iter()
+            .any(|e| e["reason"] == "InvalidSpec" && e["type"] == "Warning");
+        if warned {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(warned, "a Warning event InvalidSpec");
+
+    // Corrected: acted on, and the condition is gone.
+    c.edit_service("web", |s| {
+        s.spec.template.resources.as_mut().unwrap().limits = Some(shoal_crds::ResourceLimits {
+            memory: Some(ByteQuantity::new("300Mi")),
+            ..Default::default()
+        });
+    })
+    .await;
+    c.converge(&["web"], 40).await;
+    let cur = c.current().await;
+    assert_eq!(cur.len(), 4);
+    assert!(
+        cur.iter()
+            .all(|t| !before.contains(t.metadata.name.as_ref().unwrap()))
+    );
+    let svc = c.service("web").await.unwrap();
+    let conds = svc.status.unwrap().conditions.unwrap();
+    assert!(conds.iter().all(|c| c.type_ != "Valid"), "{conds:?}");
+}

@@ -19,8 +19,8 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use shoal_crds::{
-    Condition, DesiredState, Host, Service, ServiceStatus, Task, TaskPhase, TaskSpec, TaskStatus,
-    UpdateState,
+    Condition, ConditionStatus, DesiredState, Host, Service, ServiceStatus, Task, TaskPhase,
+    TaskSpec, TaskStatus, UpdateState,
 };
 use shoal_store::events::{EventRecorder, ObjectRef, component};
 use shoal_store::typed::{self, StoreKind};
@@ -38,6 +38,10 @@ pub use plan::{
 use crate::reports::SchedulingReports;
 use crate::runner::{Queue, event_object, str_at, watch_kinds};
 use crate::scheduler::{SchedHost, ServiceRef, TARGET_HOST_LABEL};
+
+/// The Service condition that says its spec breaks Shoal's rules (present
+/// only then): `False`, reason `InvalidSpec`.
+pub const VALID_CONDITION: &str = "Valid";
 
 /// Orchestrator settings.
 #[derive(Clone, Debug)]
@@ -339,6 +343,14 @@ impl Orchestrator {
             // (e.g. removed by hand): its Tasks must not outlive it.
             return self.remove_orphans(key, &tasks).await;
         };
+        // An API server that checks only the CRD's schema (a cluster's, in
+        // kubernetes mode) lets through what Shoal's own rules refuse: such
+        // a spec is not acted on — what runs keeps running — and says why.
+        if svc.metadata.deletion_timestamp.is_none()
+            && let Err(errors) = shoal_crds::validate::validate_service(&svc)
+        {
+            return self.refuse_invalid(&svc, &errors.to_string()).await;
+        }
         self.scaled_event(&svc);
         let (hosts, _) = typed::list::<Host>(store, &ListOptions::default()).await?;
         let hosts: Vec<SchedHost> = hosts.iter().map(SchedHost::from_host).collect();
@@ -453,6 +465,49 @@ impl Orchestrator {
             return Err(OrchestratorError::Conflicts(conflicts));
         }
         Ok(p.requeue_after)
+    }
+
+    /// Reports an invalid spec: the condition `Valid` (`False`, reason
+    /// `InvalidSpec`, every problem with its field in the message) with the
+    /// spec's generation observed, and a Warning event when that is new.
+    async fn refuse_invalid(
+        &self,
+        svc: &Service,
+        problems: &str,
+    ) -> Result<Option<Duration>, OrchestratorError> {
+        let old = svc.status.as_ref();
+        let mut status = old.cloned().unwrap_or_default();
+        status.observed_generation = svc.metadata.generation;
+        let conditions = status.conditions.get_or_insert_with(Vec::new);
+        conditions.retain(|c| c.type_ != VALID_CONDITION);
+        conditions.push(Condition {
+            type_: VALID_CONDITION.into(),
+            status: ConditionStatus::False,
+            reason: Some("InvalidSpec".into()),
+            message: Some(problems.to_string()),
+            last_transition_time: None,
+        });
+        if old.is_some_and(|o| same_status(o, &status)) {
+            return Ok(None);
+        }
+        stamp_conditions(&mut status, old, Timestamp::now());
+        let mut s = svc.clone();
+        s.status = Some(status);
+        match typed::update_status(self.store.as_ref(), &s).await {
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Err(StoreError::Conflict { .. }) => return Err(OrchestratorError::Conflicts(1)),
+            Err(e) => return Err(e.into()),
+        }
+        warn!(service = ?svc.metadata.name, %problems, "invalid spec: not acted on");
+        self.events.warning(
+            &ObjectRef::of(svc),
+            "InvalidSpec",
+            &format!(
+                "Not acted on until corrected: {}",
+                problems.replace('\n', "; ")
+            ),
+        );
+        Ok(None)
     }
 
     /// Stops and deletes the Tasks of a Service that no longer exists.
