@@ -135,9 +135,9 @@ fn the_operator_runs_services_from_the_clusters_api() {
         start_operator(&kc, &data, port, &tmp.path().join("operator2.log"));
     assert_eq!(cluster2, cluster, "the data directory keeps the cluster id");
     assert_eq!(dispatcher2, dispatcher);
-    // Past the new operator's start-up grace (5 s): the host is Ready again
+    // Past the new operator's start-up grace (10 s): the host is Ready again
     // and its tasks are still the same running containers.
-    std::thread::sleep(std::time::Duration::from_secs(6));
+    std::thread::sleep(std::time::Duration::from_secs(11));
     eventually("the host to be Ready again", 30, || {
         ok(&kc, &["host", "ls"])
             .lines()
