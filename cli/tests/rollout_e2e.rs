@@ -277,6 +277,10 @@ fn start_first_and_rollback_on_a_real_engine() {
 
 /// A service whose `version` template runs only once `gate/open` exists
 /// on the host (`gated`), else serves at once; failures pause the rollout.
+/// The next batch waits 2 s after one is ready: a gated task is Running for
+/// a moment before it exits, and without the delay the rollout may move on
+/// to the next slot before that exit is seen (as Swarm's would), so how
+/// many slots run the new template when it pauses would be a race.
 fn gated_service(version: &str, gate: &Path, gated: bool) -> String {
     let command = if gated {
         format!("test -f /gate/open || exit 3; {SERVES}")
@@ -298,6 +302,7 @@ spec:
   restartPolicy: {{ condition: Always, delay: 0s, maxDelay: 1s }}
   update:
     parallelism: 1
+    delay: 2s
     failureAction: Pause
     monitor: 2s
 "#,
