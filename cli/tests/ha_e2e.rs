@@ -12,14 +12,14 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Killed, eventually, ok, shoal};
 use shoal_tests::{
-    Engine, RemoveClusterOnDrop, ServerPorts, main_docker_host, shoal_server_command,
+    Engine, RemoveClusterOnDrop, ServerPorts, free_port, main_docker_host, shoal_agent_command,
+    shoal_server_command,
 };
 
 const HOST: &str = "e2e-ha";
@@ -35,14 +35,6 @@ spec:
     command: ["sh", "-c", "echo steady here; trap 'exit 0' TERM; while true; do sleep 1; done"]
     stopGracePeriod: 1s
 "#;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One server's addresses and data.
 struct Server {
@@ -93,11 +85,11 @@ fn servers(dir: &Path, n: u64) -> Vec<Server> {
             data: dir.join(format!("server-{id}")),
             ports: ServerPorts {
                 id,
-                api: free_port(),
-                dispatcher: free_port(),
-                raft: free_port(),
+                api: free_port().unwrap(),
+                dispatcher: free_port().unwrap(),
+                raft: free_port().unwrap(),
             },
-            join: free_port(),
+            join: free_port().unwrap(),
         })
         .collect()
 }
@@ -159,18 +151,16 @@ fn the_control_plane_survives_its_leader() {
         .collect();
     join_urls.sort_unstable();
     let _agent = Killed(
-        Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["agent", "--dispatcher"])
-            .arg(format!("https://127.0.0.1:{}", first_leader.join))
-            .args(["--join-token", token.trim(), "--host-name", HOST])
-            .arg("--state-dir")
-            .arg(&state)
-            .env("DOCKER_HOST", main_docker_host())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
-            .spawn()
-            .unwrap(),
+        shoal_agent_command(
+            Path::new(env!("CARGO_BIN_EXE_shoal")),
+            &format!("https://127.0.0.1:{}", first_leader.join),
+            &state,
+            &main_docker_host(),
+        )
+        .args(["--join-token", token.trim(), "--host-name", HOST])
+        .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap(),
     );
     let kc = servers[0].kubeconfig();
     eventually("the host to join", 30, || {

@@ -25,10 +25,12 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use common::{Killed, eventually, ok, running};
+use common::{Killed, eventually, host_ready, ok, running};
 use serde_json::{Value, json};
 use shoal_store::{ClusterStore, MemStore};
-use shoal_tests::{RemoveClusterOnDrop, main_docker_host};
+use shoal_tests::{
+    RemoveClusterOnDrop, free_port, main_docker_host, shoal_agent_command, shoal_operator_command,
+};
 
 /// Objects by path, and the last resourceVersion handed out.
 #[derive(Default)]
@@ -119,26 +121,11 @@ async fn serve_cluster() -> (String, Shared, tokio::sync::watch::Sender<bool>) {
     (url, extra, stop)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn operator(kc: &Path, data: &Path, port: u16, log: &Path) -> Killed {
     Killed(
-        Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["operator", "--no-join", "--leader-elect"])
+        shoal_operator_command(Path::new(env!("CARGO_BIN_EXE_shoal")), kc, data, port)
+            .arg("--leader-elect")
             .args(["--state-secret", "shoal-state", "--namespace", "shoal"])
-            .arg("--dispatcher-listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--kubeconfig")
-            .arg(kc)
-            .arg("--data-dir")
-            .arg(data)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
@@ -167,7 +154,7 @@ fn a_standby_operator_takes_over_from_a_killed_leader() {
     shoal_apiserver::kubeconfig::write(&kc, &url).unwrap();
 
     // Two operators, each with its own data directory and dispatcher port.
-    let (port_a, port_b) = (free_port(), free_port());
+    let (port_a, port_b) = (free_port().unwrap(), free_port().unwrap());
     let data_a = tmp.path().join("a");
     let data_b = tmp.path().join("b");
     let op_a = operator(&kc, &data_a, port_a, &tmp.path().join("a.log"));
@@ -191,27 +178,18 @@ fn a_standby_operator_takes_over_from_a_killed_leader() {
     // One agent, given both operators' addresses.
     let host = shoal_tests::unique_name("kube-ha");
     let _agent = Killed(
-        Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["agent", "--dispatcher"])
-            .arg(format!(
-                "http://127.0.0.1:{port_a},http://127.0.0.1:{port_b}"
-            ))
-            .args(["--cluster-id", &cluster, "--host-name", &host])
-            .arg("--state-dir")
-            .arg(tmp.path().join("agent"))
-            .env("DOCKER_HOST", main_docker_host())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
-            .spawn()
-            .unwrap(),
+        shoal_agent_command(
+            Path::new(env!("CARGO_BIN_EXE_shoal")),
+            &format!("http://127.0.0.1:{port_a},http://127.0.0.1:{port_b}"),
+            &tmp.path().join("agent"),
+            &main_docker_host(),
+        )
+        .args(["--cluster-id", &cluster, "--host-name", &host])
+        .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap(),
     );
-    let ready = |host: &str| {
-        ok(&kc, &["host", "ls"])
-            .lines()
-            .any(|l| l.split_whitespace().take(2).eq([host, "True"]))
-    };
-    eventually("the host to be Ready", 30, || ready(&host));
+    eventually("the host to be Ready", 30, || host_ready(&kc, &host));
     common::apply_web(&kc, 2);
     eventually("2 running containers", 60, || {
         running(&cluster, "web").len() == 2
@@ -232,7 +210,7 @@ fn a_standby_operator_takes_over_from_a_killed_leader() {
     assert_ne!(second, first);
     // The agent finds it; no container restarted; the new leader acts.
     eventually("the host to be Ready under the new leader", 30, || {
-        ready(&host)
+        host_ready(&kc, &host)
     });
     assert_eq!(running(&cluster, "web"), before, "no container restarted");
     ok(&kc, &["scale", "web=3"]);

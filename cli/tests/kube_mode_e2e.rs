@@ -10,25 +10,19 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use common::{Killed, eventually, ok, running};
+use common::{Killed, eventually, host_ready, ok, running};
 use shoal_store::{ClusterStore, MemStore};
-use shoal_tests::{RemoveClusterOnDrop, main_docker_host};
+use shoal_tests::{
+    RemoveClusterOnDrop, free_port, main_docker_host, shoal_agent_command, shoal_operator_command,
+};
 
 fn start_operator(kc: &Path, data: &Path, port: u16, log: &Path) -> (Killed, String, String) {
     let out = log.with_extension("out");
     let child = Killed(
-        Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["operator", "--no-join", "--listen", "127.0.0.1:0"])
-            .arg("--dispatcher-listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--kubeconfig")
-            .arg(kc)
-            .arg("--data-dir")
-            .arg(data)
-            .stdin(Stdio::null())
+        shoal_operator_command(Path::new(env!("CARGO_BIN_EXE_shoal")), kc, data, port)
+            .args(["--listen", "127.0.0.1:0"])
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
@@ -88,28 +82,23 @@ fn the_operator_runs_services_from_the_clusters_api() {
 
     // The dispatcher keeps its port across restarts, as behind a
     // Kubernetes Service.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port().unwrap();
     let data = tmp.path().join("operator");
     let (operator, dispatcher, cluster) =
         start_operator(&kc, &data, port, &tmp.path().join("operator.log"));
     let _cleanup = RemoveClusterOnDrop(Some(cluster.clone()));
     let host = shoal_tests::unique_name("kube-mode");
     let _agent = Killed(
-        Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["agent", "--dispatcher", &dispatcher])
-            .args(["--cluster-id", &cluster, "--host-name", &host])
-            .arg("--state-dir")
-            .arg(tmp.path().join("agent"))
-            .env("DOCKER_HOST", main_docker_host())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
-            .spawn()
-            .unwrap(),
+        shoal_agent_command(
+            Path::new(env!("CARGO_BIN_EXE_shoal")),
+            &dispatcher,
+            &tmp.path().join("agent"),
+            &main_docker_host(),
+        )
+        .args(["--cluster-id", &cluster, "--host-name", &host])
+        .stderr(std::fs::File::create(tmp.path().join("agent.log")).unwrap())
+        .spawn()
+        .unwrap(),
     );
     // The Host object is written into the cluster from the agent's hello.
     eventually("the host to join", 30, || {
@@ -138,11 +127,7 @@ fn the_operator_runs_services_from_the_clusters_api() {
     // Past the new operator's start-up grace (10 s): the host is Ready again
     // and its tasks are still the same running containers.
     std::thread::sleep(std::time::Duration::from_secs(11));
-    eventually("the host to be Ready again", 30, || {
-        ok(&kc, &["host", "ls"])
-            .lines()
-            .any(|l| l.split_whitespace().take(2).eq([host.as_str(), "True"]))
-    });
+    eventually("the host to be Ready again", 30, || host_ready(&kc, &host));
     assert_eq!(running(&cluster, "web"), before, "no container restarted");
 
     // What the cluster's API cannot serve, the operator's own does: logs

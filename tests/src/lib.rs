@@ -76,6 +76,54 @@ pub fn shoal_up_command(bin: &Path, data: &Path, host_name: &str, docker_host: &
     c
 }
 
+/// `BIN operator` over the cluster of `kubeconfig`, as the end-to-end tests and benchmarks
+/// run kubernetes mode: data in `data`, no join listener, the plain dispatcher on
+/// `127.0.0.1:dispatcher_port`, stdin closed. The caller adds arguments and output
+/// redirections and spawns it.
+pub fn shoal_operator_command(
+    bin: &Path,
+    kubeconfig: &Path,
+    data: &Path,
+    dispatcher_port: u16,
+) -> Command {
+    let mut c = Command::new(bin);
+    c.args(["operator", "--no-join"])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--dispatcher-listen")
+        .arg(format!("127.0.0.1:{dispatcher_port}"))
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// `BIN agent` dialling `dispatchers` (comma-separated), its state in `state_dir`, for the
+/// engine at `docker_host`; stdin and stdout closed. The caller adds the cluster id or
+/// join token, the host name and the stderr redirection, and spawns it.
+pub fn shoal_agent_command(
+    bin: &Path,
+    dispatchers: &str,
+    state_dir: &Path,
+    docker_host: &str,
+) -> Command {
+    let mut c = Command::new(bin);
+    c.args(["agent", "--dispatcher", dispatchers])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("DOCKER_HOST", docker_host)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    c
+}
+
+/// A loopback port free at the time of the call.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// The loopback ports of one server of a replicated control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerPorts {

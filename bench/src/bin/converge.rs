@@ -477,19 +477,10 @@ async fn kube_run(
     .await?;
     let kubeconfig = tmp.path().join("kubeconfig");
     shoal_apiserver::kubeconfig::write(&kubeconfig, &api.url())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = shoal_tests::free_port()?;
     let data = tmp.path().join("operator");
     let out = logs.join(format!("shoal-kube-operator-{run}.out"));
-    let mut operator = Command::new(bin)
-        .args(["operator", "--no-join", "--dispatcher-listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--data-dir")
-        .arg(&data)
-        .stdin(Stdio::null())
+    let mut operator = shoal_tests::shoal_operator_command(bin, &kubeconfig, &data, port)
         .stdout(File::create(&out)?)
         .stderr(File::create(
             logs.join(format!("shoal-kube-operator-{run}.log")),
@@ -508,19 +499,18 @@ async fn kube_run(
         let cluster = std::fs::read_to_string(data.join("cluster-id"))?
             .trim()
             .to_string();
-        let agent = Command::new(bin)
-            .args(["agent", "--dispatcher", &format!("http://127.0.0.1:{port}")])
-            .args(["--cluster-id", &cluster, "--host-name", SHOAL_HOST_NAME])
-            .arg("--state-dir")
-            .arg(tmp.path().join("agent"))
-            .env("DOCKER_HOST", &host.docker_host)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(
-                logs.join(format!("shoal-kube-agent-{run}.log")),
-            )?)
-            .spawn()
-            .context("starting shoal agent")?;
+        let agent = shoal_tests::shoal_agent_command(
+            bin,
+            &format!("http://127.0.0.1:{port}"),
+            &tmp.path().join("agent"),
+            &host.docker_host,
+        )
+        .args(["--cluster-id", &cluster, "--host-name", SHOAL_HOST_NAME])
+        .stderr(File::create(
+            logs.join(format!("shoal-kube-agent-{run}.log")),
+        )?)
+        .spawn()
+        .context("starting shoal agent")?;
         let up_at = started.elapsed();
         let label = format!("shoal.dev/cluster={cluster}");
         let d = measure_apply(

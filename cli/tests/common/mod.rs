@@ -231,15 +231,7 @@ impl TwoHosts {
     /// Waits until every host named is Ready (`shoal host ls`).
     pub fn wait_ready(&self, names: &[&str]) {
         eventually("the hosts to be Ready", 30, || {
-            let o = shoal(&self.kc, &["host", "ls"]);
-            let out = String::from_utf8_lossy(&o.stdout).into_owned();
-            o.status.success()
-                && names.iter().all(|n| {
-                    out.lines().any(|l| {
-                        let cols: Vec<&str> = l.split_whitespace().collect();
-                        cols.first() == Some(n) && cols.get(1) == Some(&"True")
-                    })
-                })
+            names.iter().all(|n| host_ready(&self.kc, n))
         });
     }
 }
@@ -283,4 +275,13 @@ spec:
     )
     .unwrap();
     ok(kc, &["apply", "-f", manifest.to_str().unwrap()]);
+}
+
+/// Whether `shoal host ls` shows host `name` Ready.
+pub fn host_ready(kc: &Path, name: &str) -> bool {
+    let o = shoal(kc, &["host", "ls"]);
+    o.status.success()
+        && String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq([name, "True"]))
 }
