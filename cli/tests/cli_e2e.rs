@@ -511,7 +511,10 @@ spec:
             .unwrap_or_else(|| panic!("CPU {cpu:?} in {top}"))
     };
     let cpu = millicores(burning[2]);
-    assert!((50..=450).contains(&cpu), "burner at {cpu}m: {top}");
+    // One second's sample of a loaded machine strays above the limit (458m
+    // seen in CI); a single-threaded burner without its limit shows about
+    // 1000m, so 700m still tells the two apart.
+    assert!((50..=700).contains(&cpu), "burner at {cpu}m: {top}");
     assert_eq!(burning[4], "32Mi", "{top}");
     assert!(
         burning[3].ends_with("Ki") || burning[3].ends_with("Mi"),
